@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Run every benchmarks/bench_*.py and print their figures as one table.
 
 Each bench script is a standalone program that prints one JSON object per

@@ -103,12 +103,12 @@ def parse_text(text: str, path: str, doc: Optional[Document] = None) -> Tuple[Do
         if separator < 0:
             errors.append(ConfigError("expected 'key = value', got %r" % stripped, path, number))
             continue
-        if section is None:
-            errors.append(ConfigError("option outside of any [section]", path, number))
-            continue
         key = stripped[:separator].strip().lower()
         if not key:
             errors.append(ConfigError("empty option name", path, number))
+            continue
+        if section is None:
+            errors.append(ConfigError("option outside of any [section]", path, number))
             continue
         last = section.values[key] = Value(stripped[separator + 1 :].strip(), path, number)
     return doc, errors
@@ -130,7 +130,7 @@ def read_files(paths: Iterable[str], doc: Optional[Document] = None) -> Tuple[Do
         except (OSError, UnicodeDecodeError) as exc:
             errors.append(ConfigError("cannot read: %s" % exc, path))
             continue
-        _, file_errors = parse_text(text, path, doc)
+        file_errors = parse_text(text, path, doc)[1]
         errors.extend(file_errors)
     return doc, errors
 

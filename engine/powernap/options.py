@@ -12,6 +12,7 @@ plain message; the config loader turns that into a ``ConfigError`` carrying
 the file and line.
 """
 
+import math
 import re
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -112,7 +113,7 @@ class Number(OptionType):
             value = float(text.strip())
         except ValueError:
             raise ValueError("%r is not a number" % text) from None
-        if value != value:  # NaN
+        if math.isnan(value):
             raise ValueError("%r is not a number" % text)
         _check_range(value, self.minimum, self.maximum)
         return value
@@ -208,7 +209,7 @@ class PortRanges(OptionType):
     def parse(self, text: str) -> Tuple[Tuple[int, int], ...]:
         ranges: List[Tuple[int, int]] = []
         for item in split_list(text):
-            low_text, _, high_text = item.partition("-")
+            low_text, _dash, high_text = item.partition("-")
             try:
                 low = int(low_text)
                 high = int(high_text) if high_text else low
