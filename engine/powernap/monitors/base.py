@@ -11,7 +11,11 @@ Two styles, which one class may combine:
   (monitors that must run a command do it asynchronously, see ``fds``).
 * event-driven: ``fds()`` lists file descriptors (netlink, evdev, inotify,
   raw sockets); the daemon's selector calls ``on_readable(fd)`` when one is
-  readable, and a returned reason is activity at that instant.
+  readable, and a returned reason is activity at that instant.  The set of
+  fds may change (input hot-plug, a device unplugged or reopened): the daemon
+  re-reads ``fds()`` after ``open()``, each ``check()`` and each
+  ``on_readable()`` and updates its selector (fds that vanished are already
+  closed by the monitor).
 
 The reserved key ``type`` (defaulting to the section name after ``monitor.``)
 is read by the config loader, not declared here.

@@ -1,0 +1,116 @@
+"""process and io monitors: /proc scans on a fake root, netlink process events on the real kernel."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from monitor_fakes import make, wait_event, write
+
+from powernap.clock import FakeClock
+from powernap.errors import MonitorError
+
+
+def fake_process(root, pid, argv, io=None, comm=None):
+    write(root, "/proc/%d/cmdline" % pid, b"\0".join(a.encode() for a in argv) + (b"\0" if argv else b""))
+    if comm:
+        write(root, "/proc/%d/comm" % pid, comm + "\n")
+    if io is not None:
+        write(
+            root,
+            "/proc/%d/io" % pid,
+            "rchar: %d\nwchar: %d\nsyscr: 1\nsyscw: 1\nread_bytes: %d\n"
+            "write_bytes: %d\ncancelled_write_bytes: 0\n" % (io[0] * 10, io[1] * 10, io[0], io[1]),
+        )
+
+
+def remove_process(root, pid):
+    base = os.path.join(str(root), "proc", str(pid))
+    for name in os.listdir(base):
+        os.unlink(os.path.join(base, name))
+    os.rmdir(base)
+
+
+def test_scan_finds_full_command_line(tmp_path):
+    fake_process(tmp_path, 100, ["/usr/bin/python3", "/opt/backup.py", "--full"])
+    fake_process(tmp_path, 200, ["bash"])
+    monitor = make("process", root=tmp_path, regex=r"backup\.py --full")
+    monitor.open()
+    assert monitor.fds() == []  # fake root: no netlink, polling
+    reason = monitor.check()
+    assert reason and "process 100" in reason and "/opt/backup.py --full" in reason
+    remove_process(tmp_path, 100)
+    assert monitor.check() is None
+    monitor.close()
+
+
+def test_scan_idle_when_nothing_matches_and_kernel_threads_match_by_name(tmp_path):
+    fake_process(tmp_path, 2, [], comm="kworker/0:1")
+    fake_process(tmp_path, 300, ["sleep", "100"])
+    assert make("process", root=tmp_path, regex="rsync").check() is None
+    assert "kworker" in make("process", root=tmp_path, regex=r"^\[kworker").check()
+
+
+def test_netlink_events_see_a_real_process_start_and_exit():
+    """Runs as root on the real kernel: the proc connector must work here (no silent fallback)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (the lab and CI run as root)")
+    marker = "powernap-test-marker-%d" % os.getpid()
+    monitor = make("process", regex=marker)  # real root
+    monitor.open()
+    try:
+        assert monitor.mode == "events", "kernel refused netlink process events"
+        assert len(monitor.fds()) == 1
+        assert monitor.check() is None
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+        try:
+            reasons = wait_event(monitor, 5.0)
+            assert any("process %d started" % child.pid in r for r in reasons.values()), reasons
+            assert "process %d running" % child.pid in monitor.check()
+        finally:
+            child.kill()
+            child.wait(5)
+        deadline = time.monotonic() + 5
+        while child.pid in monitor.matching and time.monotonic() < deadline:
+            wait_event(monitor, 0.2)
+        assert monitor.check() is None, "exit event did not clear the process"
+    finally:
+        monitor.close()
+    assert monitor.fds() == []
+
+
+def test_events_disabled_falls_back_to_scanning_real_proc():
+    monitor = make("process", regex="^this-matches-no-process-anywhere$", events="no")
+    monitor.open()
+    assert monitor.fds() == [] and monitor.mode == "scan"
+    assert monitor.check() is None
+    monitor.close()
+
+
+def test_io_rate_threshold(tmp_path):
+    clock = FakeClock()
+    fake_process(tmp_path, 10, ["rsync", "-a", "/src", "/dst"], io=(1000, 0))
+    fake_process(tmp_path, 11, ["sshd"], io=(0, 0))
+    monitor = make("io", root=tmp_path, clock=clock, regex="^rsync", threshold="1M")
+    assert monitor.check() is None  # first sample only sets the baseline
+    clock.advance(2)
+    fake_process(tmp_path, 10, ["rsync", "-a", "/src", "/dst"], io=(1000 + 3_000_000, 0))
+    fake_process(tmp_path, 11, ["sshd"], io=(50_000_000, 0))  # not matching: ignored
+    reason = monitor.check()
+    assert reason and "1500000 bytes/s" in reason
+    clock.advance(2)
+    fake_process(tmp_path, 10, ["rsync", "-a", "/src", "/dst"], io=(3_001_000, 100_000))
+    assert monitor.check() is None  # 50 kB/s is below 1 MB/s
+
+
+def test_io_all_counters_and_errors(tmp_path):
+    clock = FakeClock()
+    fake_process(tmp_path, 10, ["nfsd"], io=(0, 0))
+    monitor = make("io", root=tmp_path, clock=clock, regex="nfsd", counters="all", threshold="100")
+    monitor.check()
+    clock.advance(1)
+    fake_process(tmp_path, 10, ["nfsd"], io=(0, 20))  # wchar grows by 200
+    assert monitor.check() is not None
+    with pytest.raises(MonitorError, match="no processes"):
+        make("io", root=tmp_path / "empty", regex="x").check()
