@@ -1,0 +1,1 @@
+"""powernap lab: a simulated fleet on one machine (see lab/README.md)."""

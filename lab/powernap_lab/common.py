@@ -1,0 +1,392 @@
+"""Shared constants, naming and small helpers for the powernap lab.
+
+Everything the lab creates is named from the lab name (``pnl`` by default), so two labs
+with different names never touch each other's namespaces, links, cgroups or files.
+"""
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+
+DEFAULT_NAME = "pnl"
+RUN_ROOT = "/run/powernap-lab"
+CACHE_ROOT = os.environ.get("POWERNAP_LAB_CACHE", "/var/cache/powernap-lab")
+LAB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(LAB_DIR, "powernap-lab")
+# What the lab runs itself as (supervisor, BMC hooks): the Python entry behind the TOOL wrapper.
+TOOL_ENTRY = os.path.join(LAB_DIR, "powernap_lab", "__main__.py")
+PYTHON = "/usr/bin/python3"
+
+LAN_NET = "198.18.0"
+MGMT_NET = "198.19.0"
+CONTROLLER_LAN = LAN_NET + ".2"
+CONTROLLER_MGMT = MGMT_NET + ".2"
+UPS_PORT = 3493
+UPS_NAME = "rack1"
+BMC_PORT = 623
+MAX_HOSTS = 200
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+HOST_RE = re.compile(r"^h([1-9][0-9]{0,2})$")
+# Inside a host: where the lab's per-host "NIC" directory is bind-mounted.
+GUEST_NIC_DIR = "/run/powernap-lab-nic"
+GUEST_SUSPEND = "/usr/local/sbin/powernap-lab-suspend"
+
+CLONE_NEWNET = 0x40000000
+POWER_STATES = ("on", "suspended", "off")
+REQUIRED_TOOLS = {
+    "ip": "iproute2",
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "nsenter": "util-linux",
+    "ssh-keygen": "openssh-client",
+    "ipmi_sim": "openipmi",
+}
+REQUIRED_FILES = {
+    "/lib/nut/upsd": "nut-server",
+    "/lib/nut/dummy-ups": "nut-server",
+}
+
+
+class LabError(Exception):
+    """A failure with a message meant for the user."""
+
+
+def check_root():
+    if os.geteuid() != 0:
+        raise LabError("powernap-lab must run as root (it creates namespaces, mounts and cgroups); try: sudo %s" % TOOL)
+
+
+def check_packages():
+    missing = []
+    for tool, pkg in REQUIRED_TOOLS.items():
+        if not shutil.which(tool):
+            missing.append("%s (command %s)" % (pkg, tool))
+    for path, pkg in REQUIRED_FILES.items():
+        if not os.access(path, os.X_OK):
+            missing.append("%s (%s)" % (pkg, path))
+    if missing:
+        pkgs = sorted({m.split(" ")[0] for m in missing})
+        raise LabError("missing packages: %s; install with: apt-get install %s" % (", ".join(missing), " ".join(pkgs)))
+
+
+def check_name(name):
+    if not NAME_RE.match(name or ""):
+        raise LabError("invalid lab name %r: use 1-8 lowercase letters/digits, starting with a letter" % name)
+    return name
+
+
+def host_index(host):
+    m = HOST_RE.match(host)
+    if not m:
+        raise LabError("invalid host name %r (expected h1, h2, ...)" % host)
+    return int(m.group(1))
+
+
+def host_mac(index):
+    return "02:50:4e:00:%02x:%02x" % (index >> 8, index & 0xFF)
+
+
+def host_address(index):
+    return "%s.%d" % (LAN_NET, 10 + index)
+
+
+def bmc_address(index):
+    return "%s.%d" % (MGMT_NET, 10 + index)
+
+
+class Lab:
+    """Names and paths of one lab."""
+
+    def __init__(self, name=None):
+        self.name = check_name(name or os.environ.get("POWERNAP_LAB_NAME") or DEFAULT_NAME)
+        self.run = os.path.join(RUN_ROOT, self.name)
+
+    # namespaces
+    @property
+    def ns_switch(self):
+        return "%s-sw" % self.name
+
+    @property
+    def ns_ctl(self):
+        return "%s-ctl" % self.name
+
+    @property
+    def ns_bmc(self):
+        return "%s-bmc" % self.name
+
+    def ns_host(self, host):
+        return "%s-%s" % (self.name, host)
+
+    def all_netns(self):
+        """Every existing network namespace that belongs to this lab."""
+        try:
+            names = os.listdir("/run/netns")
+        except FileNotFoundError:
+            return []
+        prefix = self.name + "-"
+        return sorted(n for n in names if n.startswith(prefix) and re.match(r"^(sw|ctl|bmc|h\d+)$", n[len(prefix) :]))
+
+    # links in the switch namespace
+    @property
+    def br_lan(self):
+        return "%s-lan" % self.name
+
+    @property
+    def br_mgmt(self):
+        return "%s-mgmt" % self.name
+
+    def port(self, who):
+        """Switch-side veth of a host/ctl/bmc on the LAN."""
+        return "%s-%s" % (self.name, who)
+
+    def mport(self, who):
+        """Switch-side veth on the management network."""
+        return "%s-m%s" % (self.name, who)
+
+    # files
+    def path(self, *parts):
+        return os.path.join(self.run, *parts)
+
+    def host_dir(self, host, *parts):
+        return os.path.join(self.run, "hosts", host, *parts)
+
+    @property
+    def state_file(self):
+        return self.path("lab.json")
+
+    @property
+    def events_file(self):
+        return self.path("events.jsonl")
+
+    @property
+    def socket_path(self):
+        return self.path("supervisor.sock")
+
+    @property
+    def inventory_path(self):
+        return self.path("inventory.yml")
+
+    @property
+    def ssh_key(self):
+        return self.path("ssh", "id_ed25519")
+
+    def load_state(self):
+        try:
+            with open(self.state_file, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def save_state(self, state):
+        write_file(self.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def write_file(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def run(cmd, check=True, capture=True, timeout=60, env=None, input_text=None):
+    """Run a command (bounded); raise LabError with its stderr when it fails and check is set."""
+    try:
+        proc = subprocess.run(
+            cmd, check=False, capture_output=capture, text=True, timeout=timeout, env=env, input=input_text
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LabError("timed out after %ss: %s" % (timeout, " ".join(cmd))) from exc
+    except FileNotFoundError as exc:
+        raise LabError("command not found: %s" % cmd[0]) from exc
+    if check and proc.returncode != 0:
+        err = (proc.stderr or "").strip() if capture else ""
+        raise LabError("command failed (%d): %s%s" % (proc.returncode, " ".join(cmd), (": " + err) if err else ""))
+    return proc
+
+
+def ip(*args, ns=None, check=True):
+    cmd = ["ip"]
+    if ns:
+        cmd += ["-n", ns]
+    return run(cmd + list(args), check=check)
+
+
+_libc = None
+
+
+def _setns(fd, nstype):
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextmanager
+def in_netns(ns):
+    """Switch the calling thread into network namespace ``ns`` (by name) for the block.
+
+    Sockets created inside the block stay in that namespace after it ends.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(os.path.join("/run/netns", ns), os.O_RDONLY)
+        try:
+            _setns(target, CLONE_NEWNET)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
+
+
+def socket_in(ns, family=socket.AF_INET, type_=socket.SOCK_STREAM, proto=0):
+    with in_netns(ns):
+        return socket.socket(family, type_, proto)
+
+
+def ssh_banner(ns, address, timeout=1.0):
+    """True when an SSH server answers on address:22 as seen from namespace ns."""
+    try:
+        sock = socket_in(ns)
+    except OSError:
+        return False
+    try:
+        sock.settimeout(timeout)
+        sock.connect((address, 22))
+        return sock.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+# process records: pid + start time, so a recycled pid is never killed by mistake
+def proc_starttime(pid):
+    try:
+        with open("/proc/%d/stat" % pid, encoding="utf-8", errors="replace") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data.rsplit(")", 1)[1].split()[19])
+
+
+def record_pid(lab, role, pid):
+    os.makedirs(lab.path("pids"), exist_ok=True)
+    write_file(lab.path("pids", role), json.dumps({"pid": pid, "start": proc_starttime(pid)}) + "\n")
+
+
+def forget_pid(lab, role):
+    try:
+        os.unlink(lab.path("pids", role))
+    except FileNotFoundError:
+        pass
+
+
+def recorded_pids(lab):
+    out = {}
+    try:
+        names = os.listdir(lab.path("pids"))
+    except FileNotFoundError:
+        return out
+    for role in names:
+        try:
+            with open(lab.path("pids", role), encoding="utf-8") as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if rec.get("start") is not None and proc_starttime(rec["pid"]) == rec["start"]:
+            out[role] = rec["pid"]
+    return out
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open("/proc/%d/stat" % pid, encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pids(pids, timeout=5.0):
+    """SIGTERM the given pids, wait (bounded), SIGKILL the survivors."""
+    pids = [p for p in pids if pid_alive(p)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if pid_alive(p)]
+        time.sleep(0.05)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    """Poll predicate until true; raise LabError naming ``what`` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise LabError("timed out after %.0fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def request(lab, message, timeout=120.0):
+    """Send one JSON request to the lab supervisor and return its JSON reply."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(lab.socket_path)
+        except OSError as exc:
+            raise LabError(
+                "lab %r is not running (no supervisor at %s: %s); run: powernap-lab --name %s up"
+                % (lab.name, lab.socket_path, exc.strerror, lab.name)
+            ) from exc
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError as exc:
+        raise LabError(
+            "timed out after %.0fs waiting for the lab supervisor (%s)" % (timeout, message.get("op"))
+        ) from exc
+    finally:
+        sock.close()
+    if not data:
+        raise LabError("the lab supervisor closed the connection without answering")
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise LabError(reply.get("error", "supervisor error"))
+    return reply
