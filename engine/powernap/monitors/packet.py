@@ -47,7 +47,7 @@ _SKF_AD_PKTTYPE = 4
 Target = Union[int, str]  # a jump target: a label name, or 0 meaning "next instruction"
 
 
-class _Program:
+class BpfProgram:
     """A tiny classic-BPF assembler with named labels (jumps are resolved at the end)."""
 
     def __init__(self) -> None:
@@ -89,7 +89,7 @@ def build_filter(
     snaplen: int = 0xFFFF,
 ) -> bytes:
     """Assemble the filter described in the module docstring."""
-    prog = _Program()
+    prog = BpfProgram()
     prog.op(_LD | _B | _ABS, _SKF_AD_OFF + _SKF_AD_PKTTYPE)
     prog.op(_JMP | _JEQ, PACKET_OUTGOING, jt="reject")
     prog.op(_LD | _H | _ABS, _SKF_AD_OFF + _SKF_AD_PROTOCOL)
@@ -131,6 +131,28 @@ def build_filter(
     return prog.assemble()
 
 
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """Attach an assembled classic-BPF program to ``sock`` (packet or netlink socket)."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def word_equals_filter(offset: int, value: int) -> bytes:
+    """A program passing only messages whose host-order 32-bit word at ``offset`` equals ``value``.
+
+    BPF loads words big-endian, so the constant is compared as it lies in memory.
+    """
+    loaded = struct.unpack(">I", struct.pack("=I", value))[0]
+    prog = BpfProgram()
+    prog.op(_LD | _W | _ABS, offset)
+    prog.op(_JMP | _JEQ, loaded, jt="pass", jf=0)
+    prog.op(_RET, 0)
+    prog.label("pass")
+    prog.op(_RET, 0xFFFFFFFF)
+    return prog.assemble()
+
+
 class PacketListener:
     """A non-blocking AF_PACKET socket on every interface with a BPF filter attached."""
 
@@ -144,9 +166,7 @@ class PacketListener:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-            buf = ctypes.create_string_buffer(self.program, len(self.program))
-            fprog = struct.pack("@HP", len(self.program) // 8, ctypes.addressof(buf))
-            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            attach_filter(sock, self.program)
             sock.setblocking(False)
             # Frames queued between socket() and the filter were not filtered: drop them.
             self._drain(sock, 10000)

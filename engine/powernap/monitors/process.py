@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..errors import MonitorError
 from ..options import Boolean, Choice, Option, Regex, Size
-from . import procfs
+from . import packet, procfs
 from .base import MONITOR_COMMON_OPTIONS, Monitor
 
 NETLINK_CONNECTOR = 11
@@ -24,6 +24,8 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _CN_MSG = struct.Struct("=IIIIHH")
 _EVENT_HEAD = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _FOUR_PIDS = struct.Struct("=iiii")
+RESCAN_AFTER_VANISHED = 5.0  # seconds between rescans caused by unreadable short-lived processes
+_WHAT_OFFSET = _NLMSGHDR.size + _CN_MSG.size  # proc_event.what within a netlink message
 
 
 class ProcConnector:
@@ -37,11 +39,20 @@ class ProcConnector:
 
     def __init__(self) -> None:
         self.sock: Optional[socket.socket] = None
+        self.exec_only = False
 
     def open(self) -> int:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         try:
             sock.bind((0, CN_IDX_PROC))
+            # Only exec events reach us: forks and exits are most of the stream on a busy
+            # host and waking for each costs more than the whole rest of the daemon.
+            # Exits and fork-then-exit daemons are caught by ProcessMonitor.check().
+            try:
+                packet.attach_filter(sock, packet.word_equals_filter(_WHAT_OFFSET, PROC_EVENT_EXEC))
+                self.exec_only = True
+            except OSError:
+                self.exec_only = False
             self._control(sock, PROC_CN_MCAST_LISTEN)
             sock.setblocking(False)
         except OSError:
@@ -131,6 +142,8 @@ class ProcessMonitor(Monitor):
         self.matching: Dict[int, str] = {}
         self.connector: Optional[ProcConnector] = None
         self.mode = "scan"
+        self.last_rescan = float("-inf")
+        self.vanished_since: Optional[float] = None
 
     def open(self) -> None:
         if self.options["events"] and self.ctx.root.is_real:
@@ -151,6 +164,7 @@ class ProcessMonitor(Monitor):
 
     def rescan(self) -> None:
         root = self.ctx.root
+        self.last_rescan = self.ctx.clock.monotonic()
         found = {}
         own = os.getpid()
         for pid in procfs.pids(root):
@@ -169,9 +183,29 @@ class ProcessMonitor(Monitor):
         return "process %d running: %s%s" % (pid, _short(self.matching[pid]), " (+%d more)" % more if more else "")
 
     def check(self) -> Optional[str]:
-        if self.connector is None:
+        if self.connector is None or not self._tracked_still_match() or self._rescan_due():
             self.rescan()
         return self._reason()
+
+    def _rescan_due(self) -> bool:
+        """A process exec'd and vanished before its command line could be read: it may have
+        forked a matching daemon that no event will announce.  Rescan, at most every few seconds."""
+        if self.vanished_since is None:
+            return False
+        now = self.ctx.clock.monotonic()
+        if now - self.last_rescan < RESCAN_AFTER_VANISHED:
+            return False
+        self.vanished_since = None
+        return True
+
+    def _tracked_still_match(self) -> bool:
+        """False when a tracked process is gone or no longer matches.
+
+        With exec-only events this is how exits are seen; a rescan then also
+        finds children a daemonizing process forked before it exited.
+        """
+        root = self.ctx.root
+        return all(procfs.cmdline(root, pid) == line for pid, line in self.matching.items())
 
     def fds(self) -> List[int]:
         fd = self.connector.fileno() if self.connector is not None else None
@@ -194,6 +228,8 @@ class ProcessMonitor(Monitor):
                     self.matching.pop(pid, None)
             elif what == PROC_EVENT_EXEC:
                 line = procfs.cmdline(self.ctx.root, tgid)
+                if line is None and self.vanished_since is None:
+                    self.vanished_since = self.ctx.clock.monotonic()
                 if line is not None and self.regex.search(line):
                     self.matching[tgid] = line
                     started = "process %d started: %s" % (tgid, _short(line))
