@@ -1,0 +1,117 @@
+# Copyright: (c) 2026, powernap.fleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+import socket
+
+import pytest
+
+from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, wake
+from ansible_collections.powernap.fleet.plugins.module_utils.action_helpers import (
+    fill_from_inventory,
+    strip_secrets,
+    target_from_host,
+)
+
+
+@pytest.fixture
+def receiver():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_batch_sends_one_packet_per_target_and_reports_each(receiver):
+    port = receiver.getsockname()[1]
+    targets = [{"name": "h%d" % i, "mac": "02:50:4e:00:01:%02x" % i} for i in range(50)]
+    targets.append({"name": "broken", "mac": "nonsense"})
+    results = wake.wake_targets(targets, {"broadcast": "127.0.0.1", "port": port}, repeat=1)
+    received = set()
+    for _attempt in range(50):
+        received.add(receiver.recv(2048))
+    assert len(received) == 50
+    assert [r["woken_by"] for r in results[:50]] == ["wol"] * 50
+    assert results[50]["failed"] and results[50]["error"] == "setting"
+    summary = wake.summarize(results)
+    assert summary["total"] == 51 and summary["by_wol"] == 50 and summary["failed"] == 1
+
+
+def test_host_that_answers_is_left_alone(receiver, listener):
+    port = receiver.getsockname()[1]
+    target = {"name": "up", "mac": "02:50:4e:00:00:01", "address": "127.0.0.1", "ssh_port": listener}
+    (result,) = wake.wake_targets([target], {"broadcast": "127.0.0.1", "port": port})
+    assert result["changed"] is False and result["confirmed"] is True and result["msg"] == "already up"
+    receiver.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        receiver.recv(2048)
+
+
+def test_check_mode_sends_nothing(receiver):
+    port = receiver.getsockname()[1]
+    (result,) = wake.wake_targets(
+        [{"mac": "02:50:4e:00:00:02"}], {"broadcast": "127.0.0.1", "port": port}, check_mode=True
+    )
+    assert result["changed"] is True and "would wake by wol" in result["msg"]
+    receiver.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        receiver.recv(2048)
+
+
+def test_method_needs_its_data():
+    results = wake.wake_targets([{"name": "a", "method": "ipmi", "mac": "02:50:4e:00:00:03"}, {"name": "b"}])
+    assert "no BMC known" in results[0]["msg"]
+    assert "no MAC address known" in results[1]["msg"]
+
+
+def test_auto_prefers_the_bmc_and_adds_wol_when_it_reports_on(receiver, monkeypatch):
+    port = receiver.getsockname()[1]
+    states = {"bmc-off": "off", "bmc-on": "on"}
+
+    def fake_set_state(self, state, wait_timeout=0.0, check_mode=False):
+        before = states[self.host]
+        return {"changed": before != "on", "before": before, "after": "on", "request": "on" if before != "on" else None}
+
+    monkeypatch.setattr(ipmi.IpmiDriver, "set_state", fake_set_state)
+    monkeypatch.setattr(ipmi, "HAS_PYGHMI", True)
+    targets = [
+        {"name": "off", "bmc_host": "bmc-off", "mac": "02:50:4e:00:00:04"},
+        {"name": "asleep", "bmc_host": "bmc-on", "mac": "02:50:4e:00:00:05"},
+    ]
+    results = wake.wake_targets(targets, {"broadcast": "127.0.0.1", "port": port}, repeat=1)
+    assert results[0]["woken_by"] == "ipmi" and results[0]["method"] == "ipmi"
+    assert results[1]["woken_by"] == "wol" and results[1]["suspended"] is True
+    assert receiver.recv(2048)[-6:] == bytes.fromhex("02504e000005")
+
+
+def test_inventory_variables_fill_unset_options_only():
+    host_vars = {
+        "powernap_mac": "02:50:4e:00:00:09",
+        "powernap_bmc_host": "198.19.0.19",
+        "powernap_bmc_password": "s3cret",
+        "powernap_wol_port": 7,
+        "ansible_host": "198.18.0.19",
+        "ansible_port": 2222,
+    }
+    filled = fill_from_inventory({"port": 9, "mac": None}, host_vars, "h9")
+    assert filled["port"] == 9
+    assert filled["mac"] == "02:50:4e:00:00:09"
+    assert filled["bmc_host"] == "198.19.0.19"
+    assert filled["address"] == "198.18.0.19" and filled["ssh_port"] == 2222
+    target = target_from_host("h9", host_vars)
+    assert target["name"] == "h9" and target["port"] == 7 and "relay" not in target
+
+
+def test_secrets_are_stripped_from_results():
+    cleaned = strip_secrets(
+        {"a": 1, "bmc_password": "x", "results": [{"secureon": "y", "b": 2}]}, {"bmc_password", "secureon"}
+    )
+    assert cleaned == {"a": 1, "results": [{"b": 2}]}
