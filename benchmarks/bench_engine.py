@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmarks of the nap engine (powernapd), one JSON object per line on stdout.
 
 1. Footprint: the real daemon (dry run, real root, the web-server monitor set,

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Module figures: batch WoL to 1,000 targets, IPMI power-on of 30 BMCs vs community.general.ipmi_power,
 and byte-for-byte interoperability of our magic packet with Debian's ``wakeonlan``.
 
