@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import ini, platform
 from .errors import ConfigError
+from .hardware_keys import DMI_FACTS, ENTRY_KEYS, LIST_FACTS, MATCH_KEYS
 from .options import registry, split_list
 from .sysroot import SysRoot
 from .tweaks import platform_denies
@@ -45,19 +46,6 @@ ACTIONS = ("powersave", "suspend", "hibernate", "hybrid-sleep", "suspend-then-hi
 SLEEP_ACTIONS = ("suspend", "hibernate", "hybrid-sleep", "suspend-then-hibernate")
 NEEDS_SUSPEND = ("suspend", "hybrid-sleep", "suspend-then-hibernate")
 NEEDS_HIBERNATE = ("hibernate", "hybrid-sleep", "suspend-then-hibernate")
-DMI_FACTS = (
-    "sys_vendor",
-    "product_name",
-    "product_version",
-    "board_vendor",
-    "board_name",
-    "bios_vendor",
-    "bios_version",
-)
-SCALAR_FACTS = DMI_FACTS + ("cpu_model", "kernel")
-LIST_FACTS = ("pci", "usb", "nic_driver")
-MATCH_KEYS = SCALAR_FACTS + LIST_FACTS
-ENTRY_KEYS = MATCH_KEYS + ("actions", "tweaks", "reason")
 _ID_PATTERN = re.compile(r"^[0-9a-f*?\[\]!-]{1,9}:[0-9a-f*?\[\]!-]{1,9}$")
 _KERNEL_COMPARE = re.compile(r"^(<=|>=|<|>|==|=)\s*(\d+(?:\.\d+)*)$")
 

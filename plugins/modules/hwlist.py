@@ -153,22 +153,9 @@ from ansible_collections.powernap.fleet.plugins.module_utils.engine import (
     EngineCli,
     find_engine,
 )
+from ansible_collections.powernap.fleet.plugins.module_utils.hardware_keys import MATCH_KEYS
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError
 
-MATCH_KEYS = (
-    "sys_vendor",
-    "product_name",
-    "product_version",
-    "board_vendor",
-    "board_name",
-    "bios_vendor",
-    "bios_version",
-    "cpu_model",
-    "kernel",
-    "pci",
-    "usb",
-    "nic_driver",
-)
 HEADER = "# Managed by Ansible (powernap.fleet.hwlist). Local edits to managed entries are overwritten.\n"
 
 

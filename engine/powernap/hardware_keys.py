@@ -1,0 +1,1 @@
+../../plugins/module_utils/hardware_keys.py
