@@ -120,6 +120,15 @@ class _DiskTweak(Tweak):
         return result
 
 
+# Shared by the disk APM and spindown tweaks.
+DISKS_OPTION = Option(
+    "disks",
+    ListOf(String(nonempty=True)),
+    default=(),
+    doc="Disks to tweak (e.g. sdb, /dev/sdc); empty = every rotational non-system disk.",
+)
+
+
 class DiskApm(_DiskTweak):
     """Set hard disk APM (hdparm -B) on data HDDs; restore the level read with hdparm -B."""
 
@@ -131,12 +140,7 @@ class DiskApm(_DiskTweak):
             default=128,
             doc="APM level: 1-127 allow spin-down, 128-254 do not; 128 is the lowest that keeps spinning.",
         ),
-        Option(
-            "disks",
-            ListOf(String(nonempty=True)),
-            default=(),
-            doc="Disks to tweak (e.g. sdb, /dev/sdc); empty = every rotational non-system disk.",
-        ),
+        DISKS_OPTION,
     )
 
     def plan(self) -> List[Any]:
@@ -182,12 +186,7 @@ class DiskSpindown(_DiskTweak):
             default=0.0,
             doc="Timer set on restore (0 = never spin down): drives do not report the prior value.",
         ),
-        Option(
-            "disks",
-            ListOf(String(nonempty=True)),
-            default=(),
-            doc="Disks to tweak (e.g. sdb, /dev/sdc); empty = every rotational non-system disk.",
-        ),
+        DISKS_OPTION,
     )
 
     def plan(self) -> List[Any]:
