@@ -1,0 +1,340 @@
+"""powerwaked's configuration: /etc/powernap/powerwaked.conf plus powerwaked.d/*.conf, INI like the engine.
+
+Sections (each declared once below, so ``powerwaked check-config`` and the
+docs come from the same table): ``[powerwaked]``, ``[proxy]``, ``[ipmi]``,
+``[host.NAME]``, ``[group.NAME]``, ``[ups.NAME]``, ``[schedule.NAME]``,
+``[cluster.NAME]``.  The file holds the fleet secret and BMC passwords:
+keep it mode 0600 (the daemon warns when others can read it).
+"""
+
+import os
+import re
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+from .. import ini
+from ..errors import ConfigError
+from ..magic_packet import parse_mac
+from ..monitors.oncalendar import CalendarEvent
+from ..options import (
+    Boolean,
+    Choice,
+    Declared,
+    Duration,
+    Integer,
+    ListOf,
+    Number,
+    Option,
+    OptionType,
+    PortRanges,
+    String,
+)
+from . import DEFAULT_PORT
+
+DEFAULT_CONFIG = "/etc/powernap/powerwaked.conf"
+NAP_ACTIONS = ("suspend", "hibernate", "hybrid-sleep", "suspend-then-hibernate", "poweroff", "best-effort")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class Mac(OptionType):
+    def parse(self, text: str) -> str:
+        from ..magic_packet import format_mac
+
+        return format_mac(parse_mac(text.strip()))
+
+    def describe(self) -> str:
+        return "MAC address"
+
+
+class Calendar(OptionType):
+    def parse(self, text: str) -> CalendarEvent:
+        return CalendarEvent(text.strip())
+
+    def describe(self) -> str:
+        return "systemd OnCalendar expression (e.g. Mon..Fri 07:00)"
+
+
+class ServerSection(Declared):
+    """[powerwaked]: the server as a whole."""
+
+    KIND = "powerwaked"
+    TYPE = "powerwaked"
+    OPTIONS = (
+        Option("secret", String(), default="", secret=True,
+               doc="The fleet's shared secret (the engines' [server] token)."),
+        Option("secret_file", String(), default="", doc="Read the secret from this file instead (first line)."),
+        Option("listen", String(nonempty=True), default="0.0.0.0", doc="Address for reports (UDP) and the API (TCP)."),
+        Option("port", Integer(1, 65535), default=DEFAULT_PORT, doc="Port for reports (UDP) and the HTTP API (TCP)."),
+        Option("state_file", String(nonempty=True), default="/var/lib/powerwaked/registry.json",
+               doc="Where the registry is kept across restarts (written atomically)."),
+        Option("save_every", Duration(minimum=1), default=10.0, doc="Write heartbeat-only changes at most this often."),
+        Option("stale_factor", Number(minimum=1.5), default=3.0,
+               doc="An up host is 'unknown' after this many missed heartbeat intervals."),
+        Option("max_skew", Duration(minimum=5), default=120.0,
+               doc="Reject messages whose timestamp is further than this from the server clock."),
+        Option("interface", String(), default="",
+               doc="The segment's network interface: the sleep proxy listens here and wakes leave by it."),
+        Option("broadcast", String(nonempty=True), default="255.255.255.255", doc="Destination of UDP magic packets."),
+        Option("wol_port", Integer(1, 65535), default=9, doc="UDP port of magic packets."),
+        Option("wol_transport", Choice("udp", "raw", "both"), default="udp",
+               doc="udp (broadcast), raw (ethertype 0x0842 frame, needs interface) or both."),
+        Option("confirm_timeout", Duration(minimum=1), default=45.0,
+               doc="A wake not confirmed (report, frame from the host's MAC) within this escalates to IPMI."),
+        Option("read_auth", Boolean(), default=False,
+               doc="Require a signed request for the API's GET endpoints too (default: reads are open)."),
+        Option("announce", Boolean(), default=True, doc="Announce _powerwaked._udp by multicast DNS."),
+        Option("command_retries", Integer(0, 10), default=3, doc="Resend an unacknowledged command this often."),
+    )  # fmt: skip
+
+
+class ProxySection(Declared):
+    """[proxy]: the ARP/NDP sleep proxy (needs [powerwaked] interface)."""
+
+    KIND = "powerwaked"
+    TYPE = "proxy"
+    OPTIONS = (
+        Option("enabled", Boolean(), default=True, doc="Watch the segment and wake sleepers that are asked for."),
+        Option("ignore_macs", ListOf(Mac()), default=(), doc="Never wake for requests from these MACs (gateways)."),
+        Option("cooldown", Duration(minimum=1), default=60.0, doc="At most one wake per sleeper in this time."),
+        Option("rate", Number(minimum=0.1), default=10.0, doc="Global wake rate limit (wakes per second)."),
+        Option("burst", Integer(1, 10000), default=20, doc="Wakes allowed at once before the rate limit applies."),
+        Option("ipv6", Boolean(), default=True, doc="Also wake for IPv6 neighbour solicitations."),
+        Option("answer_arp", Boolean(), default=False,
+               doc="ARP SPOOFING: answer who-has for sleepers with our MAC and wake only for TCP SYNs to 'ports'."),
+        Option("ports", PortRanges(), default=((22, 22),), doc="With answer_arp: the TCP ports that wake a sleeper."),
+    )  # fmt: skip
+
+
+class IpmiSection(Declared):
+    """[ipmi]: defaults for IPMI escalation and power-off (ipmitool -I lanplus)."""
+
+    KIND = "powerwaked"
+    TYPE = "ipmi"
+    OPTIONS = (
+        Option("user", String(), default="", doc="BMC user."),
+        Option("password", String(), default="", secret=True, doc="BMC password (never logged)."),
+        Option("port", Integer(1, 65535), default=623, doc="BMC UDP port."),
+        Option("cipher", Integer(0, 17), default=3, doc="Cipher suite (ipmitool -C)."),
+        Option("privilege", Choice("USER", "OPERATOR", "ADMINISTRATOR"), default="ADMINISTRATOR",
+               doc="Privilege level (ipmitool -L)."),
+        Option("timeout", Duration(minimum=1, maximum=300), default=20.0, doc="Hard deadline of one ipmitool run."),
+    )  # fmt: skip
+
+
+class HostSection(Declared):
+    """[host.NAME]: a host's static facts (engines report the rest)."""
+
+    KIND = "powerwaked"
+    TYPE = "host"
+    OPTIONS = (
+        Option("mac", ListOf(Mac()), default=(), doc="MAC address(es) for Wake-on-LAN."),
+        Option("ip", ListOf(String(nonempty=True)), default=(), doc="Addresses the sleep proxy watches for."),
+        Option("groups", ListOf(String(nonempty=True)), default=(), doc="Groups this host belongs to."),
+        Option("wake", ListOf(Choice("wol", "ipmi")), default=("wol", "ipmi"),
+               doc="Wake methods in order; ipmi is the escalation when WoL is not confirmed."),
+        Option("secureon", String(), default="", secret=True, doc="SecureOn password of the host's NIC."),
+        Option("bmc", String(), default="", doc="BMC address (IPMI)."),
+        Option("bmc_port", Integer(1, 65535), default=None, doc="BMC port (default: [ipmi] port)."),
+        Option("bmc_user", String(), default="", doc="BMC user (default: [ipmi] user)."),
+        Option("bmc_password", String(), default="", secret=True, doc="BMC password (default: [ipmi] password)."),
+    )  # fmt: skip
+
+
+class GroupSection(Declared):
+    """[group.NAME]: members of a group (in addition to [host.NAME] groups)."""
+
+    KIND = "powerwaked"
+    TYPE = "group"
+    OPTIONS = (
+        Option("hosts", ListOf(String(nonempty=True)), default=(), doc="Member hosts."),
+        Option("nap_action", Choice(*NAP_ACTIONS), default="suspend", doc="What 'nap' means for this group."),
+    )
+
+
+class UpsSection(Declared):
+    """[ups.NAME]: shed groups while a NUT UPS is on battery, bring them back when mains returns."""
+
+    KIND = "powerwaked"
+    TYPE = "ups"
+    OPTIONS = (
+        Option("ups", String(nonempty=True), required=True, doc="UPS name in upsd."),
+        Option("host", String(nonempty=True), default="127.0.0.1", doc="upsd host."),
+        Option("port", Integer(1, 65535), default=3493, doc="upsd port."),
+        Option("username", String(), default="", doc="upsd user (if reading needs a login)."),
+        Option("password", String(), default="", secret=True, doc="upsd password."),
+        Option("groups", ListOf(String(nonempty=True), nonempty=True), required=True,
+               doc="Groups to shed, least important first; they come back in reverse order."),
+        Option("action", Choice("nap", "poweroff"), default="nap",
+               doc="nap (the group's nap_action) or poweroff."),
+        Option("after", Duration(), default=300.0, doc="On battery this long before shedding starts."),
+        Option("step", Duration(), default=30.0, doc="Time between one group and the next (shedding and waking)."),
+        Option("resume_charge", Number(0, 100), default=80.0,
+               doc="On mains, wake groups back once battery.charge reaches this percentage."),
+        Option("resume_delay", Duration(), default=60.0,
+               doc="On mains, wake back after this long when the UPS does not report battery.charge."),
+        Option("poll", Duration(minimum=0.2), default=5.0, doc="How often upsd is asked."),
+        Option("timeout", Duration(minimum=0.1), default=3.0, doc="upsd connection and reply timeout."),
+    )  # fmt: skip
+
+
+class ScheduleSection(Declared):
+    """[schedule.NAME]: calendar windows for groups (wake at, nap after when idle)."""
+
+    KIND = "powerwaked"
+    TYPE = "schedule"
+    OPTIONS = (
+        Option("groups", ListOf(String(nonempty=True), nonempty=True), required=True, doc="Groups it applies to."),
+        Option("wake", Calendar(), default=None, doc="When to wake the groups (OnCalendar, e.g. Mon..Fri 07:00)."),
+        Option("nap", Calendar(), default=None, doc="From when on idle hosts are napped (e.g. Mon..Fri 20:00)."),
+        Option("idle", Duration(), default=600.0, doc="After 'nap', nap a host once it reports this much idle time."),
+    )
+
+
+class ClusterSection(Declared):
+    """[cluster.NAME]: keep enough hosts of a load-balanced group awake, nap the surplus."""
+
+    KIND = "powerwaked"
+    TYPE = "cluster"
+    OPTIONS = (
+        Option("group", String(nonempty=True), required=True, doc="The group behind the load balancer."),
+        Option("min_awake", Integer(0, 100000), default=1, doc="Never fewer awake hosts than this."),
+        Option("capacity", Number(minimum=0.01), default=0.7,
+               doc="Load one host may carry (reported load per CPU, or status URL units per host)."),
+        Option("source", Choice("reports", "url"), default="reports",
+               doc="reports: the engines' load; url: a number from 'url'."),
+        Option("url", String(), default="", doc="Status URL giving the group's total load (plain number or JSON)."),
+        Option("json_key", String(), default="", doc="With a JSON status page: the key holding the number."),
+        Option("low_for", Duration(), default=600.0, doc="Load must stay low this long before a host is napped."),
+        Option("step", Duration(), default=300.0, doc="At most one nap per this interval."),
+        Option("headroom", Integer(0, 1000), default=0, doc="Extra hosts kept awake above the computed need."),
+    )  # fmt: skip
+
+
+SECTIONS: Dict[str, Type[Declared]] = {
+    cls.TYPE: cls
+    for cls in (
+        ServerSection, ProxySection, IpmiSection, HostSection, GroupSection, UpsSection, ScheduleSection,
+        ClusterSection,
+    )
+}  # fmt: skip
+NAMED = ("host", "group", "ups", "schedule", "cluster")
+
+
+class ServerConfig:
+    def __init__(self) -> None:
+        self.files: List[str] = []
+        self.server: Dict[str, Any] = ServerSection.parse_options({})
+        self.proxy: Dict[str, Any] = ProxySection.parse_options({})
+        self.ipmi: Dict[str, Any] = IpmiSection.parse_options({})
+        self.named: Dict[str, Dict[str, Dict[str, Any]]] = {kind: {} for kind in NAMED}
+
+    @property
+    def hosts(self) -> Dict[str, Dict[str, Any]]:
+        return self.named["host"]
+
+    @property
+    def groups(self) -> Dict[str, Dict[str, Any]]:
+        return self.named["group"]
+
+    def group_members(self) -> Dict[str, List[str]]:
+        """Group name to member hosts, from [group.X] hosts and [host.Y] groups."""
+        members: Dict[str, List[str]] = {name: list(opts["hosts"]) for name, opts in self.groups.items()}
+        for host, opts in self.hosts.items():
+            for group in opts["groups"]:
+                if host not in members.setdefault(group, []):
+                    members[group].append(host)
+        return members
+
+    def nap_action(self, group: str) -> str:
+        return str(self.groups.get(group, {}).get("nap_action") or "suspend")
+
+    @property
+    def secret(self) -> str:
+        return str(self.server["secret"])
+
+
+def load_config(paths: List[str]) -> Tuple[ServerConfig, List[ConfigError]]:
+    """Parse and validate; returns every problem located as FILE:LINE."""
+    doc, errors = ini.read_files(paths)
+    config = ServerConfig()
+    config.files = list(doc.files)
+    for section in doc:
+        kind, _dot, name = section.name.partition(".")
+        cls = SECTIONS.get(kind)
+        if cls is None:
+            errors.append(
+                section.error(
+                    "unknown section [%s] (known: %s)"
+                    % (section.name, ", ".join(sorted(k + (".NAME" if k in NAMED else "") for k in SECTIONS)))
+                )
+            )
+            continue
+        if (kind in NAMED) != bool(name):
+            errors.append(
+                section.error(
+                    "section [%s] %s"
+                    % (section.name, "needs a name: [%s.NAME]" % kind if kind in NAMED else "takes no name")
+                )
+            )
+            continue
+        if name and not _NAME_RE.match(name):
+            errors.append(section.error("bad name %r (use letters, digits, _ . -)" % name))
+            continue
+
+        def on_error(key: str, message: str, section: Any = section) -> None:
+            errors.append(section.error(message, key))
+
+        values = cls.parse_options(section.texts(), on_error)
+        if kind in NAMED:
+            config.named[kind][name] = values
+        else:
+            setattr(config, "server" if kind == "powerwaked" else kind, values)
+    _check(config, doc, errors)
+    return config, errors
+
+
+def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
+    def where(name: str, key: Optional[str] = None) -> ConfigError:
+        section = doc.get(name)
+        return section.error if section is not None else (lambda message, key=None: ConfigError(message))
+
+    secret_file = config.server["secret_file"]
+    if secret_file:
+        try:
+            with open(secret_file, encoding="utf-8") as handle:
+                config.server["secret"] = handle.readline().strip()
+        except OSError as exc:
+            errors.append(where("powerwaked")("cannot read secret_file: %s" % exc, "secret_file"))
+    if not config.server["secret"]:
+        errors.append(where("powerwaked")("a fleet secret is required (secret or secret_file)", "secret"))
+    elif len(config.server["secret"]) < 16:
+        errors.append(where("powerwaked")("the fleet secret is too short (at least 16 characters)", "secret"))
+    if config.server["wol_transport"] != "udp" and not config.server["interface"]:
+        errors.append(
+            where("powerwaked")("wol_transport = %s needs interface" % config.server["wol_transport"], "wol_transport")
+        )
+    members = config.group_members()
+    for kind, key in (("ups", "groups"), ("schedule", "groups")):
+        for name, opts in config.named[kind].items():
+            for group in opts[key]:
+                if group not in members:
+                    errors.append(where("%s.%s" % (kind, name))("unknown group %r" % group, key))
+    for name, opts in config.named["cluster"].items():
+        if opts["group"] not in members:
+            errors.append(where("cluster." + name)("unknown group %r" % opts["group"], "group"))
+        if opts["source"] == "url" and not opts["url"]:
+            errors.append(where("cluster." + name)("source = url needs url", "source"))
+    for name, opts in config.named["schedule"].items():
+        if opts["wake"] is None and opts["nap"] is None:
+            errors.append(where("schedule." + name)("a schedule needs wake, nap or both"))
+
+
+def config_files(main: str) -> List[str]:
+    return ini.config_files(main, os.path.join(os.path.dirname(main), "powerwaked.d"))
+
+
+def insecure_mode(path: str) -> bool:
+    """True when others than the owner's group may read the file holding the secret."""
+    try:
+        return bool(os.stat(path).st_mode & 0o004)
+    except OSError:
+        return False

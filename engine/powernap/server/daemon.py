@@ -1,0 +1,414 @@
+"""powerwaked: the main loop of the fleet server (one per L2 segment).
+
+One selector loop serves: the UDP report socket (engine reports, command
+acks), the sleep proxy's raw sockets, the mDNS socket and the signal
+wake-up socket; every ``TICK`` it runs the time-based work (registry
+staleness, wake confirmation and IPMI escalation, command resends, UPS,
+schedule and cluster policies, saving the registry).  The HTTP API runs on
+its own thread and takes ``self.lock`` like the loop does.
+
+Run: ``python3 -m powernap.server.daemon [--config FILE] [--check-config]``.
+"""
+
+import argparse
+import logging
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .. import __version__
+from ..clock import Clock
+from ..magic_packet import format_mac
+from . import mdns
+from . import protocol as P
+from .api import ApiServer
+from .cluster import ClusterPolicy, UrlLoad
+from .config import DEFAULT_CONFIG, ServerConfig, config_files, insecure_mode, load_config
+from .fleet import Fleet
+from .proxy import RawListener, SleepProxy
+from .registry import Registry
+from .schedule import SchedulePolicy, earliest
+from .ups import UpsPolicy, UpsPoller
+from .wake import WolSender, interface_mac
+
+TICK = 0.25
+
+
+class Server:
+    def __init__(
+        self,
+        config: ServerConfig,
+        clock: Optional[Clock] = None,
+        log: Optional[logging.Logger] = None,
+        api: bool = True,
+    ):
+        self.config = config
+        self.clock = clock or Clock()
+        self.log = log or logging.getLogger("powernap.powerwaked")
+        self.lock = threading.RLock()
+        self.want_api = api
+        opts = config.server
+        self.read_auth = bool(opts["read_auth"])
+        self.endpoint = P.Endpoint(config.secret.encode("utf-8"), float(opts["max_skew"]), clock=self.clock.wall)
+        self.registry = Registry(
+            str(opts["state_file"]),
+            float(opts["stale_factor"]),
+            float(opts["save_every"]),
+            log=self.log.getChild("registry"),
+        )
+        self.members = config.group_members()
+        self.wol = WolSender(opts["interface"], opts["broadcast"], opts["wol_port"], opts["wol_transport"])
+        self.fleet = Fleet(
+            self.registry, config, self.clock, self.wol.send, self._send_datagram, log=self.log.getChild("fleet")
+        )
+        self.udp: Optional[socket.socket] = None
+        self.api: Optional[ApiServer] = None
+        self.raw: Optional[RawListener] = None
+        self.proxy: Optional[SleepProxy] = None
+        self.mdns: Optional[mdns.Responder] = None
+        self.ups: List[Tuple[UpsPolicy, UpsPoller]] = []
+        self.schedules: List[SchedulePolicy] = []
+        self.clusters: Dict[str, ClusterPolicy] = {}
+        self.url_loads: List[UrlLoad] = []
+        self.reports = 0
+        self.rejected = 0
+        self.started = self.clock.wall()
+        self._selector = selectors.DefaultSelector()
+        self._stopping = False
+        self._signal_r: Optional[socket.socket] = None
+        self._signal_w: Optional[socket.socket] = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        opts = self.config.server
+        now = self.clock.wall()
+        loaded = self.registry.load()
+        for name, host in self.config.hosts.items():
+            self.registry.define(name, host["mac"], host["ip"], host["groups"], host["bmc"] or None, host["wake"])
+        for group, names in self.members.items():
+            for name in names:
+                record = self.registry.get(name) or self.registry.define(name)
+                if group not in record.groups:
+                    record.groups.append(group)
+        self.log.info("powerwaked %s: %d hosts (%d from the saved registry)", __version__, len(self.registry), loaded)
+        family = socket.AF_INET6 if ":" in opts["listen"] else socket.AF_INET
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _large_receive_buffer(self.udp)
+        self.udp.bind((opts["listen"], opts["port"]))
+        self.udp.setblocking(False)
+        self._selector.register(self.udp, selectors.EVENT_READ, self._on_udp)
+        if self.want_api:
+            self.api = ApiServer(self, opts["listen"], opts["port"])
+            self.api.start()
+        if opts["interface"] and self.config.proxy["enabled"]:
+            self._start_proxy(now)
+        for name, ups_opts in self.config.named["ups"].items():
+            poller = UpsPoller(ups_opts, self.log.getChild("ups"))
+            poller.start()
+            self.ups.append((UpsPolicy(name, ups_opts, self.fleet, self.members, self.log.getChild("ups")), poller))
+        for name, sched_opts in self.config.named["schedule"].items():
+            self.schedules.append(
+                SchedulePolicy(name, sched_opts, self.fleet, self.members, self.log.getChild("schedule"), now)
+            )
+        for name, cl_opts in self.config.named["cluster"].items():
+            url_load = None
+            if cl_opts["source"] == "url":
+                url_load = UrlLoad(cl_opts["url"], cl_opts["json_key"], self.log.getChild("cluster"), self.clock)
+                url_load.start()
+                self.url_loads.append(url_load)
+            self.clusters[cl_opts["group"]] = ClusterPolicy(
+                name, cl_opts, self.fleet, self.members, self.log.getChild("cluster"), url_load
+            )
+        if opts["announce"]:
+            try:
+                self.mdns = mdns.Responder(
+                    socket.gethostname(), opts["port"], opts["interface"], self.log.getChild("mdns")
+                )
+                self._selector.register(self.mdns.sock, selectors.EVENT_READ, self._on_mdns)
+            except OSError as exc:
+                self.log.warning("mDNS announce disabled: %s", exc)
+                self.mdns = None
+        self.registry.save(now)
+
+    def _start_proxy(self, now: float) -> None:
+        opts, proxy_opts = self.config.server, self.config.proxy
+        self.raw = RawListener(opts["interface"], ipv6=proxy_opts["ipv6"], ipv4=proxy_opts["answer_arp"])
+        own = format_mac(interface_mac(opts["interface"]))
+        self.proxy = SleepProxy(
+            self.registry,
+            self.fleet.wake,
+            own_macs=[own],
+            ignore_macs=proxy_opts["ignore_macs"],
+            cooldown=proxy_opts["cooldown"],
+            rate=proxy_opts["rate"],
+            burst=proxy_opts["burst"],
+            answer_arp=proxy_opts["answer_arp"],
+            ports=proxy_opts["ports"],
+            proxy_mac=own,
+            send_frame=self.raw.send,
+            now=now,
+        )
+        self.registry.listeners.append(self._on_state_change)
+        for fd in self.raw.fds():
+            self._selector.register(fd, selectors.EVENT_READ, self._on_raw)
+        self.log.info("sleep proxy on %s (answer_arp=%s)", opts["interface"], proxy_opts["answer_arp"])
+
+    def _on_state_change(self, record: Any, old: str, cause: str) -> None:
+        if self.proxy is not None and old == P.WAKING and record.up:
+            self.proxy.announce(record)
+
+    def run(self, max_seconds: Optional[float] = None) -> int:
+        self._install_signals()
+        give_up = None if max_seconds is None else time.monotonic() + max_seconds
+        next_tick = time.monotonic()
+        try:
+            while not self._stopping:
+                if give_up is not None and time.monotonic() >= give_up:
+                    break
+                for key, _mask in self._selector.select(max(0.0, next_tick - time.monotonic())):
+                    with self.lock:
+                        key.data(key.fd)
+                if time.monotonic() >= next_tick:
+                    with self.lock:
+                        self.tick()
+                    next_tick = time.monotonic() + TICK
+        finally:
+            self.shutdown()
+        return 0
+
+    def tick(self) -> None:
+        now = self.clock.wall()
+        self.registry.tick(now)
+        if self.proxy is not None:
+            self.proxy.tick(now)
+        self.fleet.tick()
+        for policy, poller in self.ups:
+            policy.observe(poller.latest, now)
+        for schedule in self.schedules:
+            schedule.tick(now)
+        for cluster in self.clusters.values():
+            cluster.tick(now)
+        self.registry.save_if_due(now)
+
+    def shutdown(self) -> None:
+        with self.lock:
+            if self.api is not None:
+                self.api.close()
+                self.api = None
+            for _policy, poller in self.ups:
+                poller.close()
+            for url_load in self.url_loads:
+                url_load.close()
+            if self.mdns is not None:
+                self.mdns.close()
+                self.mdns = None
+            if self.raw is not None:
+                self.raw.close()
+                self.raw = None
+            self.wol.close()
+            if self.udp is not None:
+                self.registry.save(self.clock.wall())
+                self.udp.close()
+                self.udp = None
+            self._selector.close()
+            self._restore_signals()
+
+    # -- signals ------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._signal_r, self._signal_w = socket.socketpair()
+        for sock in (self._signal_r, self._signal_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self._signal_w.fileno())
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _note_signal)
+        self._selector.register(self._signal_r, selectors.EVENT_READ, self._on_signal)
+
+    def _restore_signals(self) -> None:
+        if self._signal_r is None:
+            return
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        self._signal_r.close()
+        self._signal_w.close()
+        self._signal_r = self._signal_w = None
+
+    def _on_signal(self, fd: int) -> None:
+        try:
+            data = self._signal_r.recv(64)
+        except OSError:
+            return
+        if any(b in (signal.SIGTERM, signal.SIGINT) for b in data):
+            self.log.info("stopping on signal")
+            self._stopping = True
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    # -- sockets ------------------------------------------------------------------------------
+    def _send_datagram(self, data: bytes, address: Tuple[str, int]) -> None:
+        if self.udp is not None:
+            self.udp.sendto(data, address)
+
+    def _on_udp(self, fd: int) -> None:
+        for _index in range(256):
+            try:
+                data, sender = self.udp.recvfrom(P.MAX_MESSAGE + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                message = self.endpoint.accept(data)
+            except P.ProtocolError as exc:
+                self.rejected += 1
+                self.log.debug("rejected a message from %s: %s", sender[0], exc)
+                continue
+            if message["kind"] == "report":
+                self.accept_report(message, sender)
+                ack = P.encode(self.endpoint.secret, {"kind": "ack", "from": P.SERVER_NAME, "re": message["nonce"]})
+                try:
+                    self.udp.sendto(ack, sender)
+                except OSError as exc:
+                    self.log.debug("ack to %s failed: %s", sender[0], exc)
+            elif message["kind"] == "command-ack":
+                self.fleet.on_command_ack(message)
+
+    def _on_raw(self, fd: int) -> None:
+        now = self.clock.wall()
+        for frame in self.raw.read(fd):
+            self.proxy.on_frame(frame, now)
+
+    def _on_mdns(self, fd: int) -> None:
+        self.mdns.on_readable()
+
+    # -- the API's view (called with self.lock held) ------------------------------------------
+    def accept_report(self, message: Dict[str, Any], sender: Optional[Tuple[str, int]]) -> Dict[str, Any]:
+        self.reports += 1
+        record = self.registry.accept_report(message, sender, self.clock.wall())
+        return {"host": record.name, "state": record.state}
+
+    def api_status(self) -> Dict[str, Any]:
+        counts: Dict[str, int] = {}
+        for record in self.registry:
+            counts[record.state] = counts.get(record.state, 0) + 1
+        return {
+            "version": __version__,
+            "started": self.started,
+            "hosts": len(self.registry),
+            "states": counts,
+            "reports": self.reports,
+            "rejected": self.rejected,
+            "proxy": dict(self.proxy.counts) if self.proxy is not None else None,
+            "ups": [policy.to_dict() for policy, _poller in self.ups],
+            "schedules": [schedule.to_dict() for schedule in self.schedules],
+            "clusters": [cluster.to_dict() for cluster in self.clusters.values()],
+        }
+
+    def api_hosts(self) -> List[Dict[str, Any]]:
+        return [record.to_dict() for record in sorted(self.registry, key=lambda r: r.name)]
+
+    def api_host(self, target: str) -> Optional[Dict[str, Any]]:
+        record = self.registry.find(target)
+        return record.to_dict() if record is not None else None
+
+    def api_groups(self) -> List[Dict[str, Any]]:
+        return [self._group(name) for name in sorted(self.members)]
+
+    def api_group(self, name: str) -> Optional[Dict[str, Any]]:
+        return self._group(name) if name in self.members else None
+
+    def _group(self, name: str) -> Dict[str, Any]:
+        records = [r for r in (self.registry.get(n) for n in self.members[name]) if r is not None]
+        info = {
+            "name": name,
+            "members": [r.name for r in records],
+            "awake": sum(1 for r in records if r.up),
+            "asleep": sum(1 for r in records if r.asleep),
+            "waking": sum(1 for r in records if r.state == P.WAKING),
+            "unknown": sum(1 for r in records if r.state == P.UNKNOWN),
+            "held": sum(1 for r in records if r.hold),
+            "needed": None,
+            "next_wake": earliest(self.schedules, name),
+        }
+        cluster = self.clusters.get(name)
+        if cluster is not None:
+            info["needed"] = cluster.needed
+            info["cluster"] = cluster.to_dict()
+        return info
+
+    def api_history(self) -> List[Dict[str, Any]]:
+        return list(self.fleet.history)
+
+    def api_wake(self, target: str, method: str, cause: str) -> Optional[Dict[str, Any]]:
+        record = self.registry.find(target)
+        if record is None:
+            return None
+        if method not in ("auto", "wol", "ipmi"):
+            method = "auto"
+        return self.fleet.wake(record, cause, method)
+
+    def api_nap(self, target: str, action: Optional[str], cause: str) -> Optional[Dict[str, Any]]:
+        record = self.registry.find(target)
+        if record is None:
+            return None
+        group = record.groups[0] if record.groups else ""
+        return self.fleet.nap(record, str(action or self.config.nap_action(group)), cause)
+
+    def api_demand(self, group: str, more: int, ttl: float, who: str) -> Optional[Dict[str, Any]]:
+        cluster = self.clusters.get(group)
+        if cluster is None:
+            return None
+        return cluster.demand(more, ttl, who, self.clock.wall())
+
+
+def _large_receive_buffer(sock: socket.socket, size: int = 4 << 20) -> None:
+    """Room for a burst of reports while the loop writes the registry (FORCE needs root)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
+    except (OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def _note_signal(signum: int, frame: Any) -> None:
+    """The wake-up fd tells the loop; nothing to do here."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="powerwaked", description="The powernap fleet server (one per L2 segment).")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="main config file (default %(default)s)")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--version", action="version", version="powerwaked " + __version__)
+    args = parser.parse_args(argv)
+    from ..cli import setup_logging
+
+    log = setup_logging(args.log_level).getChild("powerwaked")
+    config, errors = load_config(config_files(args.config))
+    for error in errors:
+        print(str(error), file=sys.stderr)
+    if errors:
+        return 1
+    if args.check_config:
+        print("%s: OK (%d hosts, %d groups)" % (args.config, len(config.hosts), len(config.group_members())))
+        return 0
+    for path in config.files:
+        if insecure_mode(path):
+            log.warning("%s is readable by everyone but holds secrets: chmod 0600 it", path)
+    server = Server(config, log=log)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        server.shutdown()
+        return 1
+    return server.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,559 @@
+"""The powerwaked wire protocol: signed JSON messages, replay protection, and the engines' reporter.
+
+Every message is one UDP datagram (or one HTTP POST body to ``/v1/report``)::
+
+    PWK1 <hex HMAC-SHA256> <JSON object>
+
+The HMAC covers ``b"PWK1\\n" + <JSON bytes>`` with the fleet's shared secret.
+The JSON object always carries ``v`` (1), ``kind``, ``from`` (sender name),
+``ts`` (sender wall clock, epoch seconds) and ``nonce`` (random hex).  A
+receiver drops a message whose signature is wrong, whose ``ts`` is further
+than ``max_skew`` from its own clock, or whose ``(from, nonce)`` it has seen
+(``ReplayGuard``); nothing unauthenticated changes any state.
+
+Kinds:
+
+``report`` (engine to server)
+    ``host``, ``event`` (the engine event that caused it, or ``heartbeat``),
+    ``state`` (``STATES``), ``stage``, ``idle_seconds``, ``next_wake``,
+    ``macs``, ``ips``, ``wol`` (``{mac: "g"|"d"|null}``), ``load``, ``cpus``,
+    ``interval`` (seconds to the next heartbeat).  The server answers ``ack``.
+``ack`` (server to engine)
+    ``re`` (the acknowledged nonce).
+``command`` (server to engine, sent to the address the last report came from)
+    ``to``, ``id``, ``command`` (``nap`` with ``action``, or ``wake-alarm``),
+    ``wake_at``.  The engine runs it through its control socket and answers
+    ``command-ack`` with ``re``, ``ok`` and ``detail``.
+
+With one secret per fleet, every engine can speak for every host: the
+secret keeps out outsiders, not a compromised member of the fleet.
+"""
+
+import collections
+import hashlib
+import hmac
+import json
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from urllib.parse import urlsplit
+
+from ..report import Reporter
+from . import DEFAULT_PORT
+
+MAGIC = b"PWK1"
+VERSION = 1
+MAX_MESSAGE = 16384
+DEFAULT_SKEW = 120.0
+SERVER_NAME = "powerwaked"
+
+# Host states as the registry keeps them.  Engines report the first seven;
+# the server derives the rest.
+AWAKE = "awake"
+GRACE = "grace"
+NAPPING = "napping"
+SUSPENDING = "suspending"
+HIBERNATING = "hibernating"
+POWERING_OFF = "powering-off"
+RESUMED = "resumed"
+STOPPED = "stopped"
+ASLEEP = "asleep"  # the server's own conclusion: it was suspending and has gone quiet
+OFF = "off"  # powered off (reported powering-off and gone quiet, or powered off by policy)
+WAKING = "waking"  # a wake was sent and is not confirmed yet
+UNKNOWN = "unknown"  # an awake host whose reports stopped
+STATES = (AWAKE, GRACE, NAPPING, SUSPENDING, HIBERNATING, POWERING_OFF, RESUMED, STOPPED)
+SLEEPING_STATES = (SUSPENDING, HIBERNATING, POWERING_OFF, ASLEEP, OFF)
+UP_STATES = (AWAKE, GRACE, NAPPING, RESUMED, STOPPED)
+
+# Engine events (see powernap.daemon) and the state each one means.
+_EVENT_STATES = {
+    "start": AWAKE,
+    "activity": AWAKE,
+    "cancel": AWAKE,
+    "wake": AWAKE,
+    "powersave-restore": AWAKE,
+    "action-failed": AWAKE,
+    "reload": None,
+    "warn": GRACE,
+    "powersave-apply": NAPPING,
+    "resume": RESUMED,
+    "stop": STOPPED,
+}
+_ACTION_STATES = {
+    "suspend": SUSPENDING,
+    "hybrid-sleep": SUSPENDING,
+    "suspend-then-hibernate": SUSPENDING,
+    "best-effort": SUSPENDING,
+    "hibernate": HIBERNATING,
+    "poweroff": POWERING_OFF,
+}
+
+
+class ProtocolError(ValueError):
+    """A message was rejected; the text says why (never includes the secret)."""
+
+
+def new_nonce() -> str:
+    return os.urandom(8).hex()
+
+
+def _mac(secret: bytes, body: bytes) -> str:
+    return hmac.new(secret, MAGIC + b"\n" + body, hashlib.sha256).hexdigest()
+
+
+def encode(secret: bytes, message: Dict[str, Any]) -> bytes:
+    """Sign ``message`` (fills in v/ts/nonce when missing) and return the wire bytes."""
+    message = dict(message)
+    message.setdefault("v", VERSION)
+    message.setdefault("ts", round(time.time(), 3))
+    message.setdefault("nonce", new_nonce())
+    body = json.dumps(message, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return MAGIC + b" " + _mac(secret, body).encode("ascii") + b" " + body
+
+
+def decode(secret: bytes, data: bytes) -> Dict[str, Any]:
+    """Check the signature and shape of wire bytes; ProtocolError on anything wrong."""
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError("message too long (%d bytes)" % len(data))
+    parts = data.split(b" ", 2)
+    if len(parts) != 3 or parts[0] != MAGIC:
+        raise ProtocolError("not a powerwaked message")
+    signature, body = parts[1], parts[2]
+    if not hmac.compare_digest(signature, _mac(secret, body).encode("ascii")):
+        raise ProtocolError("bad signature")
+    try:
+        message = json.loads(body.decode("utf-8"))
+    except ValueError:
+        raise ProtocolError("signed body is not JSON") from None
+    if not isinstance(message, dict) or message.get("v") != VERSION:
+        raise ProtocolError("unsupported message version")
+    for key, kind in (("kind", str), ("from", str), ("nonce", str)):
+        if not isinstance(message.get(key), kind) or not message[key]:
+            raise ProtocolError("message lacks %r" % key)
+    if not isinstance(message.get("ts"), (int, float)):
+        raise ProtocolError("message lacks 'ts'")
+    return message
+
+
+class ReplayGuard:
+    """Rejects stale, future and repeated messages, per sender, in bounded memory.
+
+    Per sender it keeps the last ``per_sender`` nonces; once that window is
+    full, anything older than its oldest entry is refused as well, so a
+    captured message can never be replayed later.
+    """
+
+    def __init__(self, max_skew: float = DEFAULT_SKEW, per_sender: int = 64):
+        self.max_skew = max_skew
+        self.per_sender = per_sender
+        self._seen: Dict[str, Tuple[Deque[Tuple[float, str]], Set[str]]] = {}
+
+    def check(self, message: Dict[str, Any], now: float) -> None:
+        ts = float(message["ts"])
+        if abs(ts - now) > self.max_skew:
+            raise ProtocolError("timestamp %.0fs away from ours (clock skew or replay)" % (ts - now))
+        window, nonces = self._seen.setdefault(message["from"], (collections.deque(), set()))
+        nonce = message["nonce"]
+        if nonce in nonces:
+            raise ProtocolError("replayed message")
+        if len(window) >= self.per_sender:
+            if ts < window[0][0]:
+                raise ProtocolError("message older than the replay window")
+            _old_ts, old_nonce = window.popleft()
+            nonces.discard(old_nonce)
+        window.append((ts, nonce))
+        nonces.add(nonce)
+
+    def senders(self) -> int:
+        return len(self._seen)
+
+
+class Endpoint:
+    """A verifying receiver: ``decode`` + ``ReplayGuard`` in one call."""
+
+    def __init__(self, secret: bytes, max_skew: float = DEFAULT_SKEW, clock: Callable[[], float] = time.time):
+        self.secret = secret
+        self.guard = ReplayGuard(max_skew)
+        self.clock = clock
+
+    def accept(self, data: bytes) -> Dict[str, Any]:
+        message = decode(self.secret, data)
+        self.guard.check(message, self.clock())
+        return message
+
+
+def parse_server_url(url: str) -> Tuple[str, str, int]:
+    """``udp://host[:port]``, ``http://host[:port]`` or bare ``host[:port]`` (UDP) → (scheme, host, port)."""
+    text = url.strip()
+    if "://" not in text:
+        text = "udp://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("udp", "http") or not parts.hostname:
+        raise ValueError("server url %r: use udp://HOST[:PORT] or http://HOST[:PORT]" % url)
+    return parts.scheme, parts.hostname, parts.port or DEFAULT_PORT
+
+
+def state_for_event(event: Dict[str, Any], previous: str) -> str:
+    """The host state an engine event means (``previous`` when the event changes nothing)."""
+    name = event.get("event")
+    if name == "action-start":
+        return _ACTION_STATES.get(str(event.get("action")), previous)
+    if name == "action-done":
+        # A sleep action returns after the resume (which reports it); poweroff never returns.
+        return previous
+    state = _EVENT_STATES.get(str(name))
+    return state if state is not None else previous
+
+
+# -- the engine side ----------------------------------------------------------------------------
+def host_facts(root: Any) -> Dict[str, Any]:
+    """MACs with their WoL setting, IP addresses and load of this host, read through a SysRoot."""
+    from ..platform import list_nics
+
+    macs: List[str] = []
+    wol: Dict[str, Optional[str]] = {}
+    for nic in list_nics(root):
+        if nic.get("mac") and nic.get("mac") != "00:00:00:00:00:00":
+            macs.append(nic["mac"])
+            wol[nic["mac"]] = nic.get("wol")
+    load_text = root.read("/proc/loadavg", "") or ""
+    try:
+        load = float(load_text.split()[0])
+    except (IndexError, ValueError):
+        load = None
+    return {
+        "macs": macs,
+        "wol": wol,
+        "ips": local_ipv4(root.read("/proc/net/fib_trie", "") or "")
+        + local_ipv6(root.read("/proc/net/if_inet6", "") or ""),
+        "load": load,
+        "cpus": os.cpu_count() or 1,
+    }
+
+
+def local_ipv4(fib_trie: str) -> List[str]:
+    """This host's IPv4 addresses from /proc/net/fib_trie (the ``/32 host LOCAL`` leaves), loopback left out."""
+    found: List[str] = []
+    last = ""
+    for line in fib_trie.splitlines():
+        text = line.strip()
+        if text.startswith(("|--", "+--")):
+            last = text[3:].strip().split()[0]
+        elif "/32 host LOCAL" in text and last and not last.startswith("127.") and last not in found:
+            found.append(last)
+    return found
+
+
+def local_ipv6(if_inet6: str) -> List[str]:
+    """Global and link-local IPv6 addresses from /proc/net/if_inet6, loopback left out."""
+    found = []
+    for line in if_inet6.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[5] == "lo":
+            continue
+        raw = bytes.fromhex(fields[0])
+        found.append(socket.inet_ntop(socket.AF_INET6, raw))
+    return found
+
+
+class FleetReporter(Reporter):
+    """The engine's reporter (``[server] url/token``): never blocks or crashes the daemon.
+
+    ``report(event)`` only appends to a bounded queue and pokes a socketpair;
+    one daemon thread signs and sends reports over UDP, waits briefly for the
+    ack (retrying with a fresh nonce), sends a heartbeat every ``heartbeat``
+    seconds with the daemon's status (read through its control socket), and
+    carries out the server's signed ``command`` messages through the same
+    control socket, so nothing here touches the daemon's objects.
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        host: str,
+        url: str = "",
+        timeout: float = 5.0,
+        control_path: Optional[str] = None,
+        root: Any = None,
+        heartbeat: float = 30.0,
+        log: Optional[logging.Logger] = None,
+        discover: Optional[Callable[[float], Optional[Tuple[str, int]]]] = None,
+    ):
+        self.secret = secret.encode("utf-8")
+        self.host = host
+        self.timeout = timeout
+        self.control_path = control_path
+        self.root = root
+        self.heartbeat = heartbeat
+        self.log = log or logging.getLogger("powernap.report")
+        self.server: Optional[Tuple[str, int]] = None
+        if url:
+            # http://HOST:PORT names the same server: reports go to its UDP port of the same number.
+            _scheme, address, port = parse_server_url(url)
+            self.server = (address, port)
+        self.discover = discover
+        self.state = AWAKE
+        self.stage: Optional[int] = None
+        self.sent = 0
+        self.acked = 0
+        self.commands = 0
+        self._facts: Dict[str, Any] = {}
+        self._queue: Deque[Dict[str, Any]] = collections.deque(maxlen=100)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._sock = socket.socket(
+            socket.AF_INET6 if self.server and ":" in self.server[0] else socket.AF_INET, socket.SOCK_DGRAM
+        )
+        self._endpoint = Endpoint(self.secret, clock=time.time)
+        self._thread = threading.Thread(target=self._run, name="powernap-fleet-report", daemon=True)
+        self._thread.start()
+
+    # called from the daemon's loop: cheap and non-blocking
+    def report(self, event: Dict[str, Any]) -> None:
+        with self._lock:
+            self._queue.append(dict(event))
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # the pipe is full: the thread is awake already
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._thread.join(timeout=self.timeout + 1.0)
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            sock.close()
+
+    # the worker thread
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        selector.register(self._sock, selectors.EVENT_READ)
+        next_beat = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                for key, _mask in selector.select(max(0.0, next_beat - time.monotonic())):
+                    if key.fileobj is self._wake_r:
+                        self._wake_r.recv(4096)
+                    else:
+                        self._receive()
+                while not self._stop.is_set():
+                    with self._lock:
+                        event = self._queue.popleft() if self._queue else None
+                    if event is None:
+                        break
+                    self._send_event(event)
+                if time.monotonic() >= next_beat and not self._stop.is_set():
+                    self._send_event({"event": "heartbeat"})
+                    next_beat = time.monotonic() + self.heartbeat
+            with self._lock:
+                pending = list(self._queue)
+            for event in pending[-3:]:  # the stop event, mostly: one quick try, no ack wait
+                self._send(self._message(event), wait=False)
+        except Exception as exc:  # the reporter must never take the daemon down
+            self.log.warning("fleet reporter stopped: %s", exc)
+        finally:
+            selector.close()
+
+    def _message(self, event: Dict[str, Any]) -> Dict[str, Any]:
+        name = event.get("event")
+        if name == "heartbeat":
+            status = self._status()
+            if status:
+                # The daemon's own state wins on heartbeats, except while a sleep action runs.
+                if self.state not in (SUSPENDING, HIBERNATING, POWERING_OFF) or status.get("state") == AWAKE:
+                    self.state = str(status.get("state") or self.state)
+                self.stage = status.get("stage")
+        else:
+            self.state = state_for_event(event, self.state)
+            if name in ("powersave-apply", "action-start", "warn"):
+                self.stage = event.get("stage")
+            elif self.state == AWAKE:
+                self.stage = None
+        if name in ("start", "heartbeat", "resume", "reload") or not self._facts:
+            self._facts = host_facts(self.root) if self.root is not None else {}
+        status = self._status() if name != "heartbeat" and self.state not in SLEEPING_STATES else {}
+        message = {
+            "kind": "report",
+            "from": self.host,
+            "host": self.host,
+            "event": name,
+            "state": self.state,
+            "stage": self.stage,
+            "interval": self.heartbeat,
+            "detail": {k: v for k, v in event.items() if k not in ("event", "time") and _plain(v)},
+        }
+        message.update(self._facts)
+        for key in ("idle_seconds", "next_wake"):
+            if key in status:
+                message[key] = status[key]
+        return message
+
+    def _status(self) -> Dict[str, Any]:
+        if not self.control_path:
+            return {}
+        from ..control import ControlError, request
+
+        try:
+            result = request(self.control_path, "status", timeout=min(self.timeout, 2.0))
+        except ControlError:
+            return {}
+        return result if isinstance(result, dict) else {}
+
+    def _send_event(self, event: Dict[str, Any]) -> None:
+        self._send(self._message(event), wait=True)
+
+    def _resolve(self) -> Optional[Tuple[str, int]]:
+        if self.server is None and self.discover is not None:
+            self.server = self.discover(min(self.timeout, 3.0))
+            if self.server:
+                self.log.info("fleet server found by DNS-SD at %s:%d", *self.server)
+        return self.server
+
+    def _send(self, message: Dict[str, Any], wait: bool) -> bool:
+        server = self._resolve()
+        if server is None:
+            return False
+        tries = 3 if wait else 1
+        for _attempt in range(tries):
+            data = encode(self.secret, message)  # a fresh ts and nonce on every try
+            nonce = json.loads(data.split(b" ", 2)[2])["nonce"]
+            try:
+                self._sock.sendto(data, server)
+            except OSError as exc:
+                self.log.debug("fleet report to %s:%d failed: %s", server[0], server[1], exc)
+                return False
+            self.sent += 1
+            if not wait:
+                return True
+            if self._await_ack(nonce, self.timeout / tries):
+                self.acked += 1
+                return True
+        self.log.debug("fleet server %s:%d did not acknowledge %s", server[0], server[1], message.get("event"))
+        return False
+
+    def _await_ack(self, nonce: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._sock.settimeout(left)
+            try:
+                data, sender = self._sock.recvfrom(MAX_MESSAGE)
+            except socket.timeout:
+                return False
+            except OSError:
+                return False
+            finally:
+                self._sock.settimeout(None)
+            message = self._verify(data, sender)
+            if message is None:
+                continue
+            if message["kind"] == "ack" and message.get("re") == nonce:
+                return True
+            if message["kind"] == "command":
+                self._run_command(message, sender)
+        return False
+
+    def _receive(self) -> None:
+        self._sock.setblocking(False)
+        try:
+            data, sender = self._sock.recvfrom(MAX_MESSAGE)
+        except OSError:
+            return
+        finally:
+            self._sock.setblocking(True)
+        message = self._verify(data, sender)
+        if message is not None and message["kind"] == "command":
+            self._run_command(message, sender)
+
+    def _verify(self, data: bytes, sender: Tuple[str, int]) -> Optional[Dict[str, Any]]:
+        try:
+            message = self._endpoint.accept(data)
+        except ProtocolError as exc:
+            self.log.debug("dropped a message from %s: %s", sender[0], exc)
+            return None
+        if message["from"] != SERVER_NAME:
+            return None
+        return message
+
+    def _run_command(self, message: Dict[str, Any], sender: Tuple[str, int]) -> None:
+        if message.get("to") != self.host:
+            return
+        self.commands += 1
+        ok, detail = self.execute(message)
+        reply = {
+            "kind": "command-ack",
+            "from": self.host,
+            "re": message["nonce"],
+            "id": message.get("id"),
+            "ok": ok,
+            "detail": detail,
+        }
+        try:
+            self._sock.sendto(encode(self.secret, reply), sender)
+        except OSError as exc:
+            self.log.debug("command ack failed: %s", exc)
+
+    def execute(self, message: Dict[str, Any]) -> Tuple[bool, str]:
+        """Carry out one server command through the control socket."""
+        from ..control import ControlError, request
+
+        command = message.get("command")
+        if command != "nap":
+            return False, "unknown command %r" % command
+        if not self.control_path:
+            return False, "no control socket"
+        action = message.get("action") or None
+        self.log.info("fleet server asks to nap now (%s)", action or "next stage")
+        try:
+            if message.get("wake_at") and self.root is not None:
+                set_rtc_alarm(self.root, float(message["wake_at"]))
+            request(self.control_path, "now", timeout=min(self.timeout, 2.0), action=action)
+        except (ControlError, OSError, ValueError) as exc:
+            return False, str(exc)
+        return True, "napping (%s)" % (action or "next stage")
+
+
+def make_fleet_reporter(
+    server: Dict[str, Any], host: str, log: Optional[logging.Logger], control_path: Optional[str], root: Any
+) -> FleetReporter:
+    """The engine's reporter from its ``[server]`` options; an empty url means DNS-SD discovery."""
+    discover = None
+    if not server.get("url"):
+        from .mdns import browse
+
+        discover = browse
+    return FleetReporter(
+        str(server.get("token") or ""),
+        host,
+        str(server.get("url") or ""),
+        float(server.get("timeout") or 5.0),
+        control_path=control_path,
+        root=root,
+        log=log,
+        discover=discover,
+    )
+
+
+def set_rtc_alarm(root: Any, epoch: float) -> None:
+    """Program the RTC wake alarm (the ``echo 0`` first avoids EBUSY when one is set)."""
+    path = "/sys/class/rtc/rtc0/wakealarm"
+    if not root.exists(path):
+        return
+    root.write(path, "0")
+    root.write(path, "%d" % int(epoch))
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))

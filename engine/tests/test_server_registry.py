@@ -1,0 +1,169 @@
+"""The registry: reports, staleness, sleepers going quiet, atomic persistence across restarts; the fleet's
+wake confirmation, IPMI escalation and engine commands."""
+
+import json
+import os
+
+from server_fakes import SECRET, Sent, server_config
+
+from powernap.clock import FakeClock
+from powernap.server import protocol as P
+from powernap.server.fleet import Fleet
+from powernap.server.registry import Registry, atomic_write
+
+
+def report(host, state, ts, event="heartbeat", **extra):
+    message = {
+        "kind": "report",
+        "from": host,
+        "host": host,
+        "state": state,
+        "event": event,
+        "ts": ts,
+        "nonce": "n%f" % ts,
+        "interval": 30.0,
+        "macs": ["52:54:00:00:00:01"],
+        "ips": ["198.18.0.11"],
+    }
+    message.update(extra)
+    return message
+
+
+def test_report_creates_and_updates_a_host(tmp_path):
+    registry = Registry(str(tmp_path / "r.json"))
+    record = registry.accept_report(
+        report("h1", "awake", 100.0, idle_seconds=12.5, load=0.4, cpus=2), ("198.18.0.11", 40000), 100.0
+    )
+    assert record.state == "awake" and record.idle_seconds == 12.5 and record.addr == ["198.18.0.11", 40000]
+    assert registry.by_ip("198.18.0.11") is record and registry.by_mac("52:54:00:00:00:01") is record
+    registry.accept_report(report("h1", "suspending", 101.0, event="action-start"), None, 101.0)
+    assert record.state == "suspending" and record.since == 101.0
+
+
+def test_older_report_does_not_override_a_newer_state(tmp_path):
+    registry = Registry(None)
+    registry.accept_report(report("h1", "suspending", 200.0, event="action-start"), None, 200.0)
+    record = registry.accept_report(report("h1", "awake", 150.0), None, 201.0)
+    assert record.state == "suspending" and record.last_seen == 201.0
+
+
+def test_quiet_hosts_become_asleep_off_or_unknown(tmp_path):
+    registry = Registry(None, stale_factor=3.0)
+    registry.accept_report(report("up", "awake", 0.0), None, 0.0)
+    registry.accept_report(report("sleeper", "suspending", 0.0, event="action-start"), None, 0.0)
+    registry.accept_report(report("gone", "powering-off", 0.0, event="action-start"), None, 0.0)
+    registry.tick(60.0)
+    assert [registry.get(n).state for n in ("up", "sleeper", "gone")] == ["awake", "asleep", "off"]
+    registry.tick(91.0)
+    assert registry.get("up").state == "unknown"
+    # Sleepers are never "unknown": being quiet is what sleeping is.
+    registry.tick(10_000.0)
+    assert registry.get("sleeper").state == "asleep"
+
+
+def test_registry_survives_a_restart(tmp_path):
+    path = str(tmp_path / "state" / "registry.json")
+    first = Registry(path)
+    first.define("h3", macs=["52:54:00:00:00:03"], ips=["198.18.0.13"], groups=["fileservers"], bmc="198.19.0.13")
+    first.accept_report(report("h1", "awake", 10.0), ("198.18.0.11", 5000), 10.0)
+    first.accept_report(report("h2", "suspending", 10.0, event="action-start", ips=["198.18.0.12"]), None, 10.0)
+    first.get("h3").hold = "ups rack1"
+    first.save(10.0)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    second = Registry(path)
+    assert second.load() == 3
+    assert second.get("h2").state == "suspending"
+    assert second.get("h3").hold == "ups rack1" and second.get("h3").bmc == "198.19.0.13"
+    assert second.by_ip("198.18.0.11").name == "h1"
+    assert second.find("52:54:00:00:00:03").name == "h3"
+
+
+def test_save_is_lazy_for_heartbeats_and_immediate_for_state_changes(tmp_path):
+    registry = Registry(str(tmp_path / "r.json"), save_every=10.0)
+    registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
+    assert registry.save_if_due(1.0)  # new host: a state change
+    registry.accept_report(report("h1", "awake", 2.0), None, 2.0)
+    assert not registry.save_if_due(2.0)
+    assert registry.save_if_due(12.0)
+    registry.accept_report(report("h1", "grace", 12.5, event="warn"), None, 12.5)
+    assert not registry.save_if_due(12.5)  # a burst of state changes costs one write per second
+    assert registry.save_if_due(13.0)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    path = str(tmp_path / "f.json")
+    atomic_write(path, b'{"a": 1}')
+    atomic_write(path, b'{"a": 2}')
+    with open(path, encoding="utf-8") as handle:
+        assert json.loads(handle.read()) == {"a": 2}
+    assert sorted(os.listdir(tmp_path)) == ["f.json"]
+
+
+def _fleet(tmp_path, text=""):
+    config = server_config(tmp_path, "[ipmi]\nuser = admin\npassword = pw\n" + text)
+    clock = FakeClock()
+    sent = Sent()
+    registry = Registry(None)
+    fleet = Fleet(registry, config, clock, sent.send_wol, sent.send_datagram, ipmi=sent.run_ipmi, background=False)
+    return fleet, registry, clock, sent
+
+
+def test_wake_is_confirmed_by_a_report(tmp_path):
+    fleet, registry, clock, sent = _fleet(tmp_path, "[host.h1]\nmac = 52:54:00:00:00:01\nbmc = 10.9.9.1\n")
+    registry.define("h1", ["52:54:00:00:00:01"], bmc="10.9.9.1", wake=["wol", "ipmi"])
+    record = registry.get("h1")
+    record.state = "asleep"
+    fleet.wake(record, "test")
+    assert sent.wol == ["52:54:00:00:00:01"] and record.state == "waking" and record.wakes == 1
+    clock.advance(5)
+    registry.accept_report(report("h1", "resumed", clock.wall(), event="resume"), None, clock.wall())
+    fleet.tick()
+    assert "h1" not in fleet.waiting and sent.ipmi == []
+    assert fleet.history[-1]["what"] == "confirmed"
+
+
+def test_unconfirmed_wol_escalates_to_ipmi_once(tmp_path):
+    fleet, registry, clock, sent = _fleet(tmp_path, "[host.h1]\nmac = 52:54:00:00:00:01\nbmc = 10.9.9.1\n")
+    registry.define("h1", ["52:54:00:00:00:01"], bmc="10.9.9.1", wake=["wol", "ipmi"])
+    record = registry.get("h1")
+    record.state = "asleep"
+    fleet.wake(record, "test")
+    clock.advance(44)
+    fleet.tick()
+    assert sent.ipmi == []
+    clock.advance(2)
+    fleet.tick()
+    assert sent.ipmi == [("10.9.9.1", "on")]
+    clock.advance(46)
+    fleet.tick()
+    assert sent.ipmi == [("10.9.9.1", "on")]
+    assert record.state == "asleep" and "h1" not in fleet.waiting
+
+
+def test_nap_sends_a_signed_command_and_resends_until_acked(tmp_path):
+    fleet, registry, clock, sent = _fleet(tmp_path)
+    record = registry.accept_report(report("h1", "awake", clock.wall()), ("198.18.0.11", 4321), clock.wall())
+    fleet.nap(record, "suspend", "test", wake_at=clock.wall() + 3600)
+    data, address = sent.datagrams[-1]
+    assert address == ("198.18.0.11", 4321)
+    command = P.decode(SECRET.encode(), data)
+    assert command["command"] == "nap" and command["action"] == "suspend" and command["to"] == "h1"
+    clock.advance(2.5)
+    fleet.tick()
+    assert len(sent.datagrams) == 2
+    resent = P.decode(SECRET.encode(), sent.datagrams[-1][0])
+    assert resent["nonce"] != command["nonce"] and resent["id"] == command["id"]
+    fleet.on_command_ack({"re": resent["nonce"], "ok": True, "detail": "napping"})
+    clock.advance(10)
+    fleet.tick()
+    assert len(sent.datagrams) == 2 and fleet.commands == {}
+
+
+def test_poweroff_without_an_engine_uses_ipmi_soft(tmp_path):
+    fleet, registry, clock, sent = _fleet(tmp_path, "[host.h3]\nbmc = 10.9.9.3\n")
+    registry.define("h3", bmc="10.9.9.3", wake=["wol", "ipmi"])
+    record = registry.get("h3")
+    record.state = "awake"
+    fleet.nap(record, "poweroff", "test")
+    fleet.tick()
+    assert sent.ipmi == [("10.9.9.3", "soft")] and record.state == "off"
