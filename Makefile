@@ -23,6 +23,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(REPO)/.cache/collections
 # Never reach Galaxy: the collection is linked in from this checkout.
 export ANSIBLE_GALAXY_SERVER_LIST :=
 export ANSIBLE_NOCOLOR := 1
+export NO_COLOR := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help test deps venv lock lint engine-test engine-test-py39 sanity units ansible-lint integration bench demo build changelog clean collection-link
