@@ -1,0 +1,133 @@
+# Copyright: (c) 2026, powernap.fleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One table for the whole fleet, from each host's ``powernap status --json`` (or why there is none)."""
+
+from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.text.converters import to_text
+
+HEADERS = ("HOST", "STATE", "IDLE", "NEXT ACTION", "VERDICT")
+
+
+def human_duration(seconds):
+    """Short duration: 45s, 12m05s, 3h20m, 2d04h."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(float(seconds)))
+    if seconds < 60:
+        return "%ds" % seconds
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return "%dm%02ds" % (minutes, secs)
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return "%dh%02dm" % (hours, minutes)
+    days, hours = divmod(hours, 24)
+    return "%dd%02dh" % (days, hours)
+
+
+def _state(engine):
+    state = to_text(engine.get("state") or "unknown")
+    stage = engine.get("stage")
+    if isinstance(stage, dict) and stage.get("action"):
+        state = "%s (stage %s %s)" % (state, stage.get("index"), stage.get("action"))
+    return state
+
+
+def _next_action(engine):
+    upcoming = engine.get("next_action")
+    if not upcoming:
+        return "none"
+    return "%s in %s" % (upcoming.get("action"), human_duration(upcoming.get("in_seconds")))
+
+
+def _verdict(verdict):
+    if not isinstance(verdict, dict):
+        return "-"
+    denied = verdict.get("denied") or {}
+    if not denied:
+        return "all actions allowed"
+    # One reason often denies several actions: name it once.
+    by_reason = {}
+    for action in sorted(denied):
+        by_reason.setdefault(to_text(denied[action]), []).append(action)
+    return "denied: " + "; ".join("%s (%s)" % (", ".join(actions), reason) for reason, actions in by_reason.items())
+
+
+def status_row(host, result):
+    """Cells for one host from its registered powernap.fleet.power_info result (or its absence)."""
+    host = to_text(host)
+    if not isinstance(result, dict):
+        return (host, "no result", "-", "-", "-")
+    if result.get("unreachable"):
+        return (host, "unreachable (asleep or off)", "-", "-", "-")
+    if result.get("failed"):
+        return (host, "error", "-", "-", to_text(result.get("msg") or "failed").splitlines()[0])
+    engine = result.get("engine") or {}
+    verdict = _verdict(result.get("verdict"))
+    if not engine.get("present"):
+        return (host, "no engine", "-", "-", verdict)
+    if not engine.get("running"):
+        return (host, "engine stopped", "-", "-", verdict)
+    return (host, _state(engine), human_duration(engine.get("idle_seconds")), _next_action(engine), verdict)
+
+
+def _table(headers, rows):
+    rows = [tuple(headers)] + list(rows)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return lines
+
+
+def _registered(hosts, hostvars, var):
+    if not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError("expected a list of host names, got %r" % (hosts,))
+    for host in sorted(to_text(h) for h in hosts):
+        yield host, (hostvars.get(host) or {}).get(var)
+
+
+def status_table(hosts, hostvars, var):
+    """A text table of every host (state, idle time, next action, verdict) from registered power_info results."""
+    return _table(HEADERS, [status_row(host, result) for host, result in _registered(hosts, hostvars, var)])
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "%.1f" % value
+    if isinstance(value, dict) and ("denied" in value or "allowed_actions" in value):
+        return _verdict(value)
+    return to_text(value)
+
+
+def play_summary(hosts, hostvars, var, fields):
+    """A text table of a registered result per host: OUTCOME plus the given result fields."""
+    headers = ["HOST", "OUTCOME"] + [to_text(f).upper() for f in fields]
+    rows = []
+    for host, result in _registered(hosts, hostvars, var):
+        if not isinstance(result, dict):
+            rows.append(tuple([host, "not run"] + ["-"] * len(fields)))
+            continue
+        if result.get("unreachable"):
+            outcome = "unreachable"
+        elif result.get("failed"):
+            outcome = "FAILED: " + to_text(result.get("msg") or "").splitlines()[0] if result.get("msg") else "FAILED"
+        elif result.get("skipped"):
+            outcome = "skipped"
+        else:
+            outcome = "changed" if result.get("changed") else "ok"
+        rows.append(tuple([host, outcome] + [_cell(result.get(f)) for f in fields]))
+    return _table(headers, rows)
+
+
+class FilterModule:
+    """Fleet status table for playbooks/status.yml."""
+
+    def filters(self):
+        return {"status_table": status_table, "play_summary": play_summary, "human_duration": human_duration}

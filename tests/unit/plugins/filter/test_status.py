@@ -1,0 +1,83 @@
+# Copyright: (c) 2026, powernap.fleet maintainers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet tables of status.yml, wake.yml and nap.yml (plugins/filter/status.py)."""
+
+from ansible_collections.powernap.fleet.plugins.filter.status import human_duration, play_summary, status_table
+
+
+def test_human_duration():
+    assert [human_duration(s) for s in (None, 0, 59.6, 61, 3600 * 3 + 125, 86400 * 2 + 3600 * 4)] == [
+        "-",
+        "0s",
+        "1m00s",
+        "1m01s",
+        "3h02m",
+        "2d04h",
+    ]
+
+
+def test_status_table_covers_every_kind_of_host():
+    hostvars = {
+        "web1": {
+            "info": {
+                "engine": {
+                    "present": True,
+                    "running": True,
+                    "state": "napping",
+                    "idle_seconds": 1250,
+                    "stage": {"index": 1, "action": "powersave"},
+                    "next_action": {"stage": 2, "action": "suspend", "in_seconds": 90},
+                },
+                "verdict": {"allowed_actions": ["powersave"], "denied": {"suspend": "BIOS bug"}},
+            }
+        },
+        "web2": {"info": {"unreachable": True, "msg": "ssh: timed out"}},
+        "db1": {
+            "info": {
+                "engine": {"present": True, "running": False},
+                "verdict": {"allowed_actions": ["powersave", "suspend"], "denied": {}},
+            }
+        },
+        "new": {"info": {"engine": {"present": False}}},
+        "bad": {"info": {"failed": True, "msg": "module failed\ntraceback"}},
+        "gone": {},
+    }
+    lines = status_table(sorted(hostvars), hostvars, "info")
+    assert lines[0].split() == ["HOST", "STATE", "IDLE", "NEXT", "ACTION", "VERDICT"]
+    assert set(lines[1]) == {"-", " "}
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert list(rows) == ["bad", "db1", "gone", "new", "web1", "web2"]
+    assert "napping (stage 1 powersave)" in rows["web1"]
+    assert "20m50s" in rows["web1"] and "suspend in 1m30s" in rows["web1"]
+    assert rows["web1"].endswith("denied: suspend (BIOS bug)")
+    assert "unreachable (asleep or off)" in rows["web2"]
+    assert "engine stopped" in rows["db1"] and rows["db1"].endswith("all actions allowed")
+    assert "no engine" in rows["new"]
+    assert rows["bad"].endswith("module failed")
+    assert "no result" in rows["gone"]
+    # Columns line up: every row is as wide as its header cells.
+    state_col = lines[0].index("STATE")
+    assert all(line[state_col - 2 : state_col] == "  " for line in lines[2:])
+
+
+def test_play_summary_outcomes_and_fields():
+    hostvars = {
+        "a": {"r": {"changed": True, "woken_by": "wol", "confirmed": True, "elapsed": 12.345}},
+        "b": {"r": {"failed": True, "msg": "Timed out waiting for b\nmore"}},
+        "c": {"r": {"changed": False, "verdict": {"denied": {"suspend": "no S3"}}}},
+        "d": {},
+    }
+    lines = play_summary(["d", "c", "b", "a"], hostvars, "r", ["woken_by", "confirmed", "elapsed", "verdict"])
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert rows["a"].split() == ["a", "changed", "wol", "yes", "12.3", "-"]
+    assert "FAILED: Timed out waiting for b" in rows["b"]
+    assert "denied: suspend (no S3)" in rows["c"]
+    assert rows["d"].split()[:2] == ["d", "not"]
+
+
+def test_verdict_names_each_reason_once():
+    denied = {"hibernate": "no swap", "hybrid-sleep": "no swap", "poweroff": "nas"}
+    engine = {"present": True, "running": True, "state": "awake"}
+    hostvars = {"h": {"r": {"engine": engine, "verdict": {"denied": denied}}}}
+    row = status_table(["h"], hostvars, "r")[2]
+    assert row.endswith("denied: hibernate, hybrid-sleep (no swap); poweroff (nas)")
