@@ -34,6 +34,7 @@ from .config import Config, load_config
 from .control import ControlServer, socket_path
 from .errors import ConfigError, MonitorError
 from .monitors.base import MonitorContext
+from .platform import read_power_source
 from .report import make_reporter
 from .state import NapMachine, human_duration
 from .sysroot import SysRoot
@@ -343,6 +344,20 @@ class Daemon:
             slot.active = bool(reason)
             if reason:
                 self._activity(slot, reason, quiet=True)
+        self._follow_power_source()
+
+    def _follow_power_source(self) -> None:
+        """Laptops: swap the ``when = ac|battery`` tweaks when the supply changes during powersave."""
+        powersave = self.setup.powersave
+        if not powersave.active:
+            return
+        source = read_power_source(self.root)
+        if source == "unknown" or source == powersave.power_source:
+            return
+        results = powersave.switch_power_source(source)
+        changed = {result["name"]: result for result in results}
+        self.powersave_results = [changed.pop(r["name"], r) for r in self.powersave_results] + list(changed.values())
+        self._event("powersave-switch", source=source, tweaks=",".join(sorted(r["name"] for r in results)) or "none")
         self._sync_fds()
 
     def _monitor_failed(self, slot: MonitorSlot, message: str) -> Optional[str]:

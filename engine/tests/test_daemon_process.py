@@ -240,3 +240,54 @@ def test_now_wake_bad_reload_lock_and_sigterm(daemon, tmp_path):
     assert ":15: option 'after': 'never' is not a duration" in log
     # The lock file stays (flock, not a PID check) and does not stop the next start.
     assert os.path.exists(daemon.root / "run/powernap/powernapd.lock")
+
+
+LAPTOP_CONFIG = """\
+[powernap]
+interval = 0.1s
+settle = 0
+wall = no
+platform = physical
+
+[monitor.work]
+type = process
+regex = powernap-test-busy
+
+[stage.1]
+after = 1s
+action = powersave
+
+[tweak.nmi]
+type = nmi_watchdog
+when = battery
+"""
+
+
+def test_laptop_switches_tweak_sets_when_the_supply_changes(tmp_path):
+    root = make_root(tmp_path)
+    (root / "etc/powernap/powernap.conf").write_text(LAPTOP_CONFIG)
+    supply = root / "sys/class/power_supply"
+    for name, kind in (("AC", "Mains"), ("BAT0", "Battery")):
+        (supply / name).mkdir(parents=True)
+        (supply / name / "type").write_text(kind + "\n")
+    (supply / "AC/online").write_text("1\n")
+    (supply / "BAT0/status").write_text("Charging\n")
+    d = Daemon(root, str(tmp_path / "powernapd.log"))
+    try:
+        on_ac = d.wait_for(lambda s: s["state"] == "napping", "powersave on AC")
+        assert on_ac["powersave"]["tweaks"] == [
+            {"name": "nmi", "status": "skipped", "detail": "only on battery power (now ac)"}
+        ]
+        (supply / "AC/online").write_text("0\n")
+        (supply / "BAT0/status").write_text("Discharging\n")
+        on_battery = d.wait_for(
+            lambda s: s["powersave"]["tweaks"][0]["status"] != "skipped", "the battery tweak set after unplugging"
+        )
+        assert on_battery["state"] == "napping" and on_battery["powersave"]["active"] is True
+        assert on_battery["powersave"]["tweaks"][0]["name"] == "nmi"
+        assert on_battery["powersave"]["tweaks"][0]["status"] == "applied"
+    finally:
+        assert d.stop() == 0
+    names = [name for name, _fields in d.events()]
+    assert names == ["start", "powersave-apply", "powersave-switch", "powersave-restore", "stop"]
+    assert dict(d.events())["powersave-switch"] == "source=battery tweaks=nmi"
