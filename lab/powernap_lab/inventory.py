@@ -47,6 +47,9 @@ def build(lab, state):
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
         "-o ConnectTimeout=10",
         "ansible_python_interpreter": "/usr/bin/python3",
+        # Every lab has the same addresses: without a per-lab ControlPath directory, concurrent
+        # labs would share (and hijack) each other's ControlPersist connections.
+        "ansible_control_path_dir": lab.path("ssh-cp"),
         "powernap_lab_name": lab.name,
         "powernap_lab_controller": CONTROLLER_LAN,
         "powernap_lab_controller_mgmt": CONTROLLER_MGMT,
