@@ -28,6 +28,18 @@ OPTION_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 REPLACE_KEY = "_replace"
 # The order sections are written in: globals first, then the stages in number order, monitors, tweaks.
 _SECTION_RANK = {"powernap": 0, "actions": 1, "server": 2, "stage": 3, "monitor": 4, "tweak": 5}
+# The fleet server's config (powerwaked.conf, to_ini(kind='powerwaked')): its own sections and order.
+SERVER_SECTION_RE = re.compile(
+    r"^(powerwaked|proxy|ipmi|(host|group|ups|schedule|cluster)\.[A-Za-z0-9][A-Za-z0-9_.-]*)$"
+)
+_SERVER_SECTION_RANK = {"powerwaked": 0, "proxy": 1, "ipmi": 2, "host": 3, "group": 4, "ups": 5, "schedule": 6}
+_SECTION_NAMES = {
+    "powernap": (SECTION_RE, "powernap, actions, server, stage.N, monitor.NAME or tweak.NAME"),
+    "powerwaked": (
+        SERVER_SECTION_RE,
+        "powerwaked, proxy, ipmi, host.NAME, group.NAME, ups.NAME, schedule.NAME or cluster.NAME",
+    ),
+}
 _ERROR_LINE_RE = re.compile(r"^(?P<path>.*?):(?P<line>[0-9]+): (?P<message>.*)$")
 
 
@@ -81,8 +93,9 @@ def _check_value(value, where):
     raise AnsibleFilterError("%s: expected a string, number, boolean or list, not %s" % (where, type(value).__name__))
 
 
-def merge_sections(merged, layer, label):
+def merge_sections(merged, layer, label, kind="powernap"):
     """Merge one layer of sections into ``merged`` (changed in place) and return it."""
+    section_re, allowed = _SECTION_NAMES[kind]
     if layer is None:
         return merged
     if not isinstance(layer, dict):
@@ -91,11 +104,8 @@ def merge_sections(merged, layer, label):
         )
     for section, options in layer.items():
         section = to_text(section)
-        if not SECTION_RE.match(section):
-            raise AnsibleFilterError(
-                "%s: bad section name %r (use powernap, actions, server, stage.N, monitor.NAME or tweak.NAME)"
-                % (label, section)
-            )
+        if not section_re.match(section):
+            raise AnsibleFilterError("%s: bad section name %r (use %s)" % (label, section, allowed))
         if options is None:
             merged.pop(section, None)
             continue
@@ -143,6 +153,11 @@ def _section_key(name):
     return (_SECTION_RANK.get(kind, 9), number, rest)
 
 
+def _server_section_key(name):
+    kind, _sep, rest = name.partition(".")
+    return (_SERVER_SECTION_RANK.get(kind, 9), kind, rest)
+
+
 def format_value(value):
     """One option value as the engine's INI reads it (booleans yes/no, lists comma-separated)."""
     if isinstance(value, bool):
@@ -154,16 +169,22 @@ def format_value(value):
     return to_text(value).strip()
 
 
-def to_ini(sections, header=None):
-    """Render resolved sections as the engine's INI text (stable order, so re-renders are byte-identical)."""
+def to_ini(sections, header=None, kind="powernap"):
+    """Render resolved sections as the engine's INI text (stable order, so re-renders are byte-identical).
+
+    ``kind='powerwaked'`` takes the fleet server's sections (powerwaked.conf) instead of the engine's.
+    """
     if not isinstance(sections, dict):
         raise AnsibleFilterError("to_ini expects a mapping of sections")
-    merge_sections({}, sections, "sections")  # validates the structure
+    if kind not in _SECTION_NAMES:
+        raise AnsibleFilterError("to_ini: kind must be one of %s, not %r" % (", ".join(sorted(_SECTION_NAMES)), kind))
+    merge_sections({}, sections, "sections", kind)  # validates the structure
+    section_key = _server_section_key if kind == "powerwaked" else _section_key
     lines = []
     if header:
         lines.extend("# " + line if line else "#" for line in to_text(header).splitlines())
         lines.append("")
-    for name in sorted(sections, key=_section_key):
+    for name in sorted(sections, key=section_key):
         lines.append("[%s]" % name)
         options = sections[name] or {}
         # 'type' first: it says what the rest of the section means.

@@ -12,10 +12,30 @@ description:
   - With the powernap engine installed, its own view is used (C(powernap status --json)), including its state and
     idle time; without it, what can be read directly from C(/sys), C(/proc) and C(systemd-detect-virt) is returned
     and RV(engine.present) is false.
+  - With O(server_url), also the fleet server's (C(powerwaked)) view of the host, read from its HTTP API
+    (C(GET /v1/hosts/NAME)) by the host itself.
 author:
   - powernap.fleet maintainers (@powernap-fleet)
 extends_documentation_fragment:
   - powernap.fleet.bmc
+options:
+  server_url:
+    description:
+      - Base URL of the segment's fleet server API, for example C(http://nas1.example.net:7490).
+      - The engines' form C(udp://HOST[:PORT]) is accepted too and read as C(http://HOST:PORT) (the API shares
+        the report port, 7490 by default).
+      - Not set, the fleet server is not asked and RV(server) is not returned.
+    type: str
+  server_host:
+    description:
+      - Name (or IP or MAC) the fleet server knows the host by.
+      - Defaults to the engine's host name (C(powernap status)), or the system host name without the engine.
+    type: str
+  server_timeout:
+    description:
+      - Seconds to wait for the fleet server's answer.
+    type: float
+    default: 5.0
 attributes:
   check_mode:
     support: full
@@ -30,6 +50,8 @@ attributes:
 notes:
   - The BMC options are accepted so that C(module_defaults) for C(group/powernap.fleet.power) apply; the module
     never contacts the BMC and never returns the credentials. RV(bmc.configured) tells whether O(bmc_host) is set.
+  - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. With
+    C(read_auth = yes) on the server the read is refused and RV(server.error) says so.
 requirements:
   - none (the powernap engine is used when installed)
 seealso:
@@ -41,6 +63,16 @@ EXAMPLES = r"""
 - name: Gather power facts
   powernap.fleet.power_info:
   register: power
+
+- name: What the fleet server knows of the host
+  powernap.fleet.power_info:
+    server_url: http://nas1.example.net:7490
+  register: power_server
+
+- name: Hosts the fleet server has not heard from
+  ansible.builtin.debug:
+    msg: "{{ inventory_hostname }}: {{ power_server.server.state | default(power_server.server.error) }}"
+  when: not power_server.server.found or power_server.server.state == 'unknown'
 
 - name: Hosts that can be woken by magic packet
   ansible.builtin.debug:
@@ -142,18 +174,120 @@ verdict:
   returned: when the engine is present
   type: dict
   sample: {"allowed_actions": ["powersave", "suspend", "poweroff"], "denied": {"hibernate": "no swap"}}
+server:
+  description: The fleet server's view of the host (its registry record, C(GET /v1/hosts/NAME)).
+  returned: when O(server_url) is given
+  type: dict
+  contains:
+    url:
+      description: The API base URL that was asked.
+      type: str
+      returned: always
+    host:
+      description: The name the host was looked up by (O(server_host) or its default).
+      type: str
+      returned: always
+    reachable:
+      description: Whether the fleet server answered at all.
+      type: bool
+      returned: always
+    found:
+      description: Whether the fleet server knows the host.
+      type: bool
+      returned: always
+    error:
+      description: Why the record could not be read (server unreachable, host unknown, read refused).
+      type: str
+      returned: when RV(server.found) is false
+    name:
+      description: The host's name in the registry.
+      type: str
+      returned: when found
+    state:
+      description: Registry state, V(awake), V(grace), V(napping), V(suspending), V(hibernating), V(powering-off),
+        V(resumed), V(stopped), V(asleep), V(off), V(waking) or V(unknown).
+      type: str
+      returned: when found
+    since:
+      description: When the host entered that state (epoch seconds).
+      type: float
+      returned: when found
+    last_seen:
+      description: When the server last heard from the host (epoch seconds), or null if never.
+      type: float
+      returned: when found
+    last_event:
+      description: The engine event of the host's last report, or null.
+      type: str
+      returned: when found
+    stage:
+      description: The engine's stage in effect as last reported, or null.
+      type: int
+      returned: when found
+    idle_seconds:
+      description: The host's idle time as last reported, or null.
+      type: float
+      returned: when found
+    next_wake:
+      description: The host's next scheduled wake (epoch seconds), or null.
+      type: float
+      returned: when found
+    engine:
+      description: Whether a nap engine has reported for this host (not only static config or the proxy).
+      type: bool
+      returned: when found
+    groups:
+      description: The server's groups the host is in.
+      type: list
+      elements: str
+      returned: when found
+    macs:
+      description: The host's MACs as the server knows them.
+      type: list
+      elements: str
+      returned: when found
+    ips:
+      description: The host's addresses as the server knows them.
+      type: list
+      elements: str
+      returned: when found
+    hold:
+      description: The policy that keeps the host down (for example C(ups rack1)), or null.
+      type: str
+      returned: when found
+    wakes:
+      description: How many wakes the server has sent the host.
+      type: int
+      returned: when found
+  sample: {"url": "http://nas1.example.net:7490", "host": "web1", "reachable": true, "found": true,
+           "name": "web1", "state": "asleep", "since": 1790000000.0, "last_seen": 1790000000.0,
+           "last_event": "action-start", "stage": 2, "idle_seconds": 3600.0, "next_wake": null, "engine": true,
+           "groups": ["webservers"], "macs": ["52:54:00:12:34:61"], "ips": ["192.0.2.31"], "hold": null,
+           "wakes": 3}
 """
 
 import glob
+import json
 import os
+import socket
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC
 from ansible_collections.powernap.fleet.plugins.module_utils.engine import EngineCli, find_engine
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError
 
 ENGINE_KEYS = ("state", "idle_seconds", "stage", "next_action", "powersave", "version")
+# The registry record fields returned under `server` (see engine/powernap/server/registry.py HostRecord).
+SERVER_KEYS = (
+    "name", "state", "since", "last_seen", "last_event", "stage", "idle_seconds", "next_wake", "engine", "groups",
+    "macs", "ips", "hold", "wakes",
+)  # fmt: skip
+SERVER_PORT = 7490
 VM_VENDORS = ("qemu", "kvm", "vmware", "virtualbox", "innotek", "xen", "microsoft corporation", "bochs", "parallels")
 
 
@@ -257,8 +391,63 @@ def direct_facts(module):
     }
 
 
+def server_base_url(url):
+    """The API base URL: http(s) URLs as given; the engines' udp://HOST[:PORT] as http://HOST:PORT."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https", "udp") or not parts.hostname:
+        raise ValueError("server_url must be http://HOST:PORT (or udp://HOST[:PORT]), not %r" % url)
+    if parts.scheme == "udp":
+        netloc = parts.netloc if parts.port else "%s:%d" % (parts.netloc, SERVER_PORT)
+        return "http://" + netloc
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def server_view(base, host, timeout):
+    """The fleet server's record of ``host`` (GET /v1/hosts/NAME), as the ``server`` return value."""
+    info = {"url": base, "host": host, "reachable": False, "found": False}
+    url = base + "/v1/hosts/" + quote(host, safe="")
+    try:
+        with open_url(url, method="GET", headers={"Accept": "application/json"}, timeout=timeout) as response:
+            record = json.loads(response.read().decode("utf-8"))
+    except HTTPError as exc:
+        info["reachable"] = True
+        try:
+            detail = json.loads(exc.read().decode("utf-8")).get("error")
+        except (ValueError, AttributeError, OSError):
+            detail = None
+        info["error"] = "HTTP %d from %s: %s" % (exc.code, base, detail or exc.reason)
+        return info
+    except (URLError, OSError, UrlsConnectionError) as exc:
+        info["error"] = "cannot reach the fleet server at %s: %s" % (base, getattr(exc, "reason", exc))
+        return info
+    except ValueError as exc:
+        info["reachable"] = True
+        info["error"] = "the fleet server at %s did not answer JSON: %s" % (base, exc)
+        return info
+    info["reachable"] = True
+    if not isinstance(record, dict):
+        info["error"] = "the fleet server at %s answered %r, not a host record" % (base, record)
+        return info
+    info["found"] = True
+    for key in SERVER_KEYS:
+        info[key] = record.get(key)
+    return info
+
+
 def main():
-    module = AnsibleModule(argument_spec=dict(BMC_SPEC), supports_check_mode=True)
+    argument_spec = dict(BMC_SPEC)
+    argument_spec.update(
+        server_url={"type": "str"},
+        server_host={"type": "str"},
+        server_timeout={"type": "float", "default": 5.0},
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    server_base = None
+    if module.params["server_url"]:
+        try:
+            server_base = server_base_url(module.params["server_url"])
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
     result = {"changed": False}
     result.update(direct_facts(module))
     result["bmc"] = {
@@ -266,6 +455,7 @@ def main():
         "configured": bool(module.params.get("bmc_host")),
     }
     engine = {"present": False}
+    engine_host = None
     prefix = find_engine(module)
     if prefix is not None:
         engine["present"] = True
@@ -283,6 +473,7 @@ def main():
                 status = {}
         else:
             engine["running"] = True
+            engine_host = status.get("host")
             for key in ENGINE_KEYS:
                 if key in status:
                     engine[key] = status[key]
@@ -301,6 +492,9 @@ def main():
         if status.get("verdict") is not None:
             result["verdict"] = status["verdict"]
     result["engine"] = engine
+    if server_base is not None:
+        host = module.params["server_host"] or engine_host or socket.gethostname()
+        result["server"] = server_view(server_base, host, module.params["server_timeout"])
     module.exit_json(**result)
 
 

@@ -146,6 +146,25 @@ def test_ini_order_is_stable_and_type_comes_first():
     assert to_ini(dict(reversed(list(sections.items()))), header="Managed\nby Ansible") == text
 
 
+def test_server_ini_takes_powerwaked_sections():
+    sections = {
+        "host.nas1": {"mac": "52:54:00:12:34:56", "groups": ["fileservers", "nas"]},
+        "group.fileservers": {"nap_action": "suspend"},
+        "ipmi": {"user": "powerwake"},
+        "powerwaked": {"secret": "0123456789abcdef", "port": 7490},
+    }
+    text = to_ini(sections, kind="powerwaked")
+    headings = [line for line in text.splitlines() if line.startswith("[")]
+    assert headings == ["[powerwaked]", "[ipmi]", "[host.nas1]", "[group.fileservers]"]
+    assert "groups = fileservers, nas\n" in text
+    with pytest.raises(AnsibleFilterError, match="bad section name 'host.nas1'"):
+        to_ini(sections)
+    with pytest.raises(AnsibleFilterError, match="bad section name 'stage.1'"):
+        to_ini({"stage.1": {"after": "1h"}}, kind="powerwaked")
+    with pytest.raises(AnsibleFilterError, match="kind must be one of"):
+        to_ini({}, kind="nginx")
+
+
 def test_config_errors_name_section_and_option():
     text = to_ini({"powernap": {"settle": "5m"}, "stage.1": {"after": "10x", "action": "powersave"}})
     line = text.splitlines().index("after = 10x") + 1
