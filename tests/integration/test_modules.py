@@ -152,7 +152,8 @@ def test_bad_bmc_password_fails_that_host_only(lab_reset):
     by_name = {r["name"]: r for r in result["results"]}
     assert by_name["h1"]["failed"] is True and by_name["h1"]["error"] == "auth"
     assert "credentials" in by_name["h1"]["msg"]
-    assert by_name["h2"]["confirmed"] is True and by_name["h3"]["confirmed"] is True
+    for host in ("h2", "h3"):
+        assert by_name[host].get("confirmed") is True, by_name[host]
     assert "1 of 3 target(s) failed" in result["msg"]
     assert "wrong" not in json.dumps(result)
     assert time.monotonic() - started < 200
