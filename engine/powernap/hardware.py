@@ -32,7 +32,7 @@ hibernation) are denied.
 import fnmatch
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import ini, platform
 from .errors import ConfigError
@@ -220,25 +220,24 @@ def _check_pattern(key: str, pattern: str) -> Optional[str]:
 
 
 # Facts ---------------------------------------------------------------------
+def _device_ids(root: SysRoot, bus: str, vendor_file: str, device_file: str) -> Set[str]:
+    """``vendor:device`` of every device on a sysfs bus that has both IDs."""
+    ids = set()
+    for dev in root.listdir(bus):
+        vendor = _hex_id(root.read("%s/%s/%s" % (bus, dev, vendor_file), ""))
+        device = _hex_id(root.read("%s/%s/%s" % (bus, dev, device_file), ""))
+        if vendor and device:
+            ids.add("%s:%s" % (vendor, device))
+    return ids
+
+
 def collect_facts(root: SysRoot) -> Dict[str, Any]:
     """The values list entries match on (cheap reads; ``pci``/``usb``/``nic_driver`` are sorted lists)."""
     facts: Dict[str, Any] = {}
     for field in DMI_FACTS:
         facts[field] = (root.read("/sys/class/dmi/id/" + field, "") or "").strip()
-    pci = set()
-    for dev in root.listdir("/sys/bus/pci/devices"):
-        base = "/sys/bus/pci/devices/" + dev
-        vendor = _hex_id(root.read(base + "/vendor", ""))
-        device = _hex_id(root.read(base + "/device", ""))
-        if vendor and device:
-            pci.add("%s:%s" % (vendor, device))
-    usb = set()
-    for dev in root.listdir("/sys/bus/usb/devices"):
-        base = "/sys/bus/usb/devices/" + dev
-        vendor = _hex_id(root.read(base + "/idVendor", ""))
-        product = _hex_id(root.read(base + "/idProduct", ""))
-        if vendor and product:
-            usb.add("%s:%s" % (vendor, product))
+    pci = _device_ids(root, "/sys/bus/pci/devices", "vendor", "device")
+    usb = _device_ids(root, "/sys/bus/usb/devices", "idVendor", "idProduct")
     drivers = set()
     for name in root.listdir("/sys/class/net"):
         try:
