@@ -217,6 +217,21 @@ class Config:
         return [m for m in self.monitors if m.enabled]
 
 
+def configured_state_dir(paths: Sequence[str]) -> str:
+    """``[powernap] state_dir`` as the files give it, the default when they do not (never fails).
+
+    For what must work whatever else is wrong with the config: finding the
+    control socket (``status``), the instance lock and the powersave record of a
+    crashed run (start-up recovery, ``powernap restore``).  Reads only the files,
+    like ``load_config`` (never blocks on a FIFO), and validates nothing else.
+    """
+    doc, _errors = ini.read_files(paths)
+    section = doc.get("powernap")
+    value = section.values.get("state_dir") if section is not None else None
+    text = value.text.strip() if value is not None else ""
+    return text or str(GlobalSection.option("state_dir").default)
+
+
 def import_plugins() -> None:
     """Register every monitor and tweak type (their packages register on import)."""
     from . import monitors, tweaks  # noqa: F401  (imported for their registrations)

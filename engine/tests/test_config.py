@@ -177,7 +177,10 @@ def test_check_config_cli_prints_errors_and_exit_status(tmp_path, capsys):
     assert out == ["%s:18: option 'after': 'soon' is not a duration (e.g. 90s, 10m, 2h, 1d)" % bad]
     good = write(tmp_path, GOOD, "good/powernap.conf")
     assert cli_main(["check-config", good]) == 0
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == (
+        "%s: OK, 1 file(s); 2 monitor(s) (2 enabled), 3 stage(s) (1 powersave after 10m00s, 2 suspend after "
+        "2h00m, 3 poweroff after 24h00m), 0 tweak(s)\n" % good
+    )
 
 
 def test_check_config_default_path_follows_root(tmp_path, capsys):
