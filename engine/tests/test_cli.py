@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from powernap.cli import SUBCOMMANDS, build_parser
+from powernap.cli import build_parser
 from powernap.cli import main as cli_main
 
 ENGINE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +85,8 @@ def test_the_global_option_defaults_survive_a_subcommand():
 
 
 def test_every_subcommand_has_a_description_in_its_help():
+    from powernap.cli import SUBCOMMANDS
+
     parser = build_parser()
     choices = parser._subparsers._group_actions[0].choices  # the subcommands argparse knows
     assert set(choices) == set(SUBCOMMANDS)
@@ -119,3 +121,66 @@ def test_status_never_blocks_on_a_fifo_in_the_config(tmp_path):
     result = run(powernap + ["check-config"], timeout=20)
     assert result.returncode == 1
     assert result.stdout == "%s/conf.d/50-fifo.conf: cannot read: not a regular file (a FIFO)\n" % etc
+
+
+def status_dict(**changes):
+    status = {
+        "host": "h1",
+        "state": "napping",
+        "dry_run": False,
+        "stage": {"index": 1, "action": "powersave", "since": 0},
+        "idle_seconds": 700,
+        "settle_remaining": 0,
+        "next_action": {"stage": 2, "action": "suspend", "in_seconds": 60},
+        "next_wake": None,
+        "powersave": {"active": True, "tweaks": []},
+        "monitors": [],
+        "verdict": {"denied": {}},
+        "stages": [{"index": 1, "after": 600, "action": "powersave", "warn": 0}],
+    }
+    status.update(changes)
+    return status
+
+
+def test_powersave_is_not_called_active_when_no_tweak_is_in_effect():
+    from powernap.cli import format_status
+
+    def line(tweaks):
+        text = format_status(status_dict(powersave={"active": True, "tweaks": tweaks}))
+        return next(x for x in text.splitlines() if x.startswith("powersave:"))
+
+    assert line([]) == "powersave: stage in effect, but no tweak applied (no tweak configured)"
+    skipped = {"name": "gov", "status": "skipped", "detail": "not allowed"}
+    assert line([skipped]) == "powersave: stage in effect, but no tweak applied (1 skipped)"
+    applied = {"name": "nmi", "status": "applied", "detail": "1 change(s)"}
+    assert line([applied, skipped]) == "powersave: active, 1 tweak(s) in effect (1 skipped)"
+    text = format_status(status_dict(powersave={"active": False, "tweaks": []}))
+    assert "powersave: off" in text
+
+
+def test_multi_line_errors_stay_on_one_row_of_the_status_table():
+    from powernap.cli import format_status
+
+    error = (
+        "systemctl list-timers failed (exit 1): Failed to connect to bus: No such file or directory\n"
+        "Hint: run with --user?\n\n  see journalctl -xe"
+    )
+    monitors = [
+        {"name": "timers", "type": "timers", "active": True, "error": error, "reason": None, "last_activity": None},
+        {"name": "ssh", "type": "tcp", "active": False, "error": None, "reason": None, "last_activity": None},
+    ]
+    text = format_status(
+        status_dict(
+            state="awake",
+            stage=None,
+            next_action={"stage": 1, "action": "powersave", "in_seconds": 2},
+            monitors=monitors,
+            verdict={"denied": {"suspend": "virtual machine\n(kvm)"}},
+        )
+    )
+    lines = text.splitlines()
+    rows = [x for x in lines if x.startswith("  ")]
+    assert len(rows) == 2 and rows[0].startswith("  timers") and "Hint: run with --user? see journalctl -xe" in rows[0]
+    assert lines[-1] == "denied:    suspend (virtual machine (kvm))"
+    # The failing monitor pins the host awake: no countdown.
+    assert "next:      stage 1 powersave once idle for 10m00s (now busy: timers)" in lines
