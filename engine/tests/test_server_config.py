@@ -63,6 +63,7 @@ def test_every_error_has_file_and_line(tmp_path):
 def test_secret_from_a_file_and_dropins_win(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("from-the-vault-0123456789\n")
+    secret.chmod(0o600)
     main = tmp_path / "powerwaked.conf"
     main.write_text("[powerwaked]\nsecret_file = %s\nport = 7000\n" % secret)
     dropins = tmp_path / "powerwaked.d"

@@ -82,12 +82,16 @@ def test_save_is_lazy_for_heartbeats_and_immediate_for_state_changes(tmp_path):
     registry = Registry(str(tmp_path / "r.json"), save_every=10.0)
     registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
     assert registry.save_if_due(1.0)  # new host: a state change
+    registry.wait_saved()  # the snapshot is written by a background thread
     registry.accept_report(report("h1", "awake", 2.0), None, 2.0)
     assert not registry.save_if_due(2.0)
     assert registry.save_if_due(12.0)
+    registry.wait_saved()
     registry.accept_report(report("h1", "grace", 12.5, event="warn"), None, 12.5)
     assert not registry.save_if_due(12.5)  # a burst of state changes costs one write per second
     assert registry.save_if_due(13.0)
+    registry.wait_saved()
+    assert Registry(registry.path).load() == 1
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
