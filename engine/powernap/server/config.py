@@ -341,9 +341,12 @@ def load_config(paths: List[str]) -> Tuple[ServerConfig, List[ConfigError]]:
 
 
 def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
-    def where(name: str, key: Optional[str] = None) -> ConfigError:
+    def where(name: str, key: Optional[str] = None) -> Any:
         section = doc.get(name)
-        return section.error if section is not None else (lambda message, key=None: ConfigError(message))
+        if section is not None:
+            return section.error
+        first = config.files[0] if config.files else DEFAULT_CONFIG
+        return lambda message, key=None: ConfigError("[%s] %s" % (name, message), first, 1)
 
     secret_file = config.server["secret_file"]
     if secret_file:

@@ -57,6 +57,8 @@ def read_ups(host: str, port: int, ups: str, username: str, password: str, timeo
         charge = float(values["battery.charge"]) if values.get("battery.charge") else None
     except ValueError:
         charge = None
+    if charge is not None and not 0.0 <= charge <= 100.0:
+        charge = None  # NaN, infinity or nonsense: as if the UPS did not report a charge
     return str(values["ups.status"]).split(), charge, "ok"
 
 
