@@ -128,6 +128,12 @@ class Server:
             poller = UpsPoller(ups_opts, self.log.getChild("ups"))
             poller.start()
             self.ups.append((UpsPolicy(name, ups_opts, self.fleet, self.members, self.log.getChild("ups")), poller))
+        holds = {policy.hold for policy, _poller in self.ups}
+        for record in self.registry:
+            if record.hold and record.hold not in holds:
+                # Its policy left the config: a hold nothing will ever lift would keep the host down for good.
+                self.log.warning("host %s: releasing hold %r (no such policy any more)", record.name, record.hold)
+                record.hold = None
         for name, sched_opts in self.config.named["schedule"].items():
             self.schedules.append(
                 SchedulePolicy(name, sched_opts, self.fleet, self.members, self.log.getChild("schedule"), now)

@@ -715,7 +715,7 @@ class FleetReporter(Reporter):
             "re": message["nonce"],
             "id": message.get("id"),
             "ok": ok,
-            "detail": detail,
+            "detail": detail[:1024],
         }
         try:
             self._sock.sendto(encode(self.secret, reply), sender)

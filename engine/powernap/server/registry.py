@@ -542,8 +542,8 @@ class Registry:
         if error is None:
             self._save_done(seq, when, background=True)
         else:
-            self._dirty = True
-            self._save_failed(now, error)
+            self._dirty = self._urgent = True  # what it held is still unsaved: retry soon
+            self._save_failed(when, error)
 
     def _save_done(self, seq: int, now: float, background: bool = False) -> None:
         if not background:  # a background snapshot was taken earlier: changes since then stay due
