@@ -4,7 +4,10 @@ Sections (each declared once below, so ``powerwaked check-config`` and the
 docs come from the same table): ``[powerwaked]``, ``[proxy]``, ``[ipmi]``,
 ``[host.NAME]``, ``[group.NAME]``, ``[ups.NAME]``, ``[schedule.NAME]``,
 ``[cluster.NAME]``.  The file holds the fleet secret and BMC passwords:
-keep it mode 0600 (the daemon warns when others can read it).
+keep it mode 0600 (the daemon warns when its group or others can read it;
+a ``secret_file`` they can read is refused).  Every value has a declared
+type, so nothing unchecked reaches the wake code; errors carry FILE:LINE
+and never show a secret option's value.
 """
 
 import os
