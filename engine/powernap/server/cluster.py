@@ -68,7 +68,7 @@ class UrlLoad:
                 with urllib.request.urlopen(self.url, timeout=5) as reply:
                     self.value = parse_load(reply.read(65536).decode("utf-8", "replace"), self.json_key)
                     self.at = self.clock.wall()
-            except (OSError, ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
+            except Exception as exc:  # whatever fails, the poller lives on (the value ages out in current())
                 self.log.debug("status URL %s: %s", self.url, exc)
             self._stop.wait(URL_POLL)
 

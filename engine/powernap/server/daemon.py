@@ -88,6 +88,7 @@ class Server:
         self.errors = 0  # inputs or ticks that raised: logged with a traceback, the daemon goes on
         self.insecure_files: List[str] = []
         self._refusals_logged: Dict[str, float] = {}
+        self._failures_logged: Dict[str, float] = {}
         self._probes: Dict[str, float] = {}  # host -> when it was last probed after a hint
         self._probe_results: queue.SimpleQueue[Tuple[str, bool, str]] = queue.SimpleQueue()
         self.started = self.clock.wall()
@@ -207,12 +208,21 @@ class Server:
         return 0
 
     def _isolated(self, what: str, function: Any, *args: Any) -> None:
-        """Run one handler or policy step; whatever it raises is logged and counted, never fatal."""
+        """Run one handler or policy step; whatever it raises is logged and counted, never fatal.
+
+        The traceback is logged once a minute per kind of step (``what``): a step that fails on
+        every tick must not flood the journal.
+        """
         try:
             function(*args)
-        except Exception:
+        except Exception as exc:
             self.errors += 1
-            self.log.exception("%s failed (the server goes on)", what)
+            now = time.monotonic()
+            if now - self._failures_logged.get(what, float("-inf")) >= 60.0:
+                self._failures_logged[what] = now
+                self.log.exception("%s failed (the server goes on; %d failures so far)", what, self.errors)
+            else:
+                self.log.debug("%s failed again: %s", what, exc)
 
     def tick(self) -> None:
         now = self.clock.wall()
@@ -342,7 +352,7 @@ class Server:
                     data, sender = self.udp.recvfrom(P.MAX_MESSAGE + 1)
                 except (BlockingIOError, InterruptedError):
                     return
-                self._isolated("message from %s" % (sender[0],), self._on_datagram, data, sender, acks)
+                self._isolated("a UDP message", self._on_datagram, data, sender, acks)
         finally:
             # Save (journal, fsync) before the ack: an acknowledged report survives kill -9.
             if acks and self.registry.commit():
@@ -387,7 +397,7 @@ class Server:
     def _on_raw(self, fd: int) -> None:
         now = self.clock.wall()
         for frame in self.raw.read(fd):
-            self.proxy.on_frame(frame, now)
+            self._isolated("a proxy frame", self.proxy.on_frame, frame, now)
 
     def _on_mdns(self, fd: int) -> None:
         self.mdns.on_readable()

@@ -135,7 +135,8 @@ class HostRecord:
         return self.state in P.UP_STATES
 
     def to_dict(self) -> Dict[str, Any]:
-        return {field: getattr(self, field) for field in self.FIELDS}
+        """A copy (lists and maps too): a snapshot is serialised on another thread while this record changes."""
+        return {field: _copy(getattr(self, field)) for field in self.FIELDS}
 
     @classmethod
     def from_dict(cls, data: Any, problems: Optional[List[str]] = None) -> "HostRecord":
@@ -521,8 +522,8 @@ class Registry:
             try:
                 self.store.write_snapshot(data)
                 self._written = (data["seq"], now, None)
-            except OSError as exc:
-                self._written = (data["seq"], now, str(exc))
+            except Exception as exc:  # OSError (a full disk) above all; whatever it is, the loop hears of it
+                self._written = (data["seq"], now, str(exc) or type(exc).__name__)
 
         self._writer = threading.Thread(target=write, name="registry-save", daemon=True)
         self._writer.start()
@@ -641,6 +642,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
 
 
 def _merge(first: List[Any], second: List[Any]) -> List[Any]:
