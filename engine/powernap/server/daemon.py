@@ -90,7 +90,7 @@ class Server:
         self._refusals_logged: Dict[str, float] = {}
         self._failures_logged: Dict[str, float] = {}
         self._probes: Dict[str, float] = {}  # host -> when it was last probed after a hint
-        self._probe_results: queue.SimpleQueue[Tuple[str, bool, str]] = queue.SimpleQueue()
+        self._probe_results: queue.SimpleQueue[Tuple[str, str, str]] = queue.SimpleQueue()
         self.started = self.clock.wall()
         self._selector = selectors.DefaultSelector()
         self._stopping = False
@@ -355,7 +355,7 @@ class Server:
                 self._isolated("a UDP message", self._on_datagram, data, sender, acks)
         finally:
             # Save (journal, fsync) before the ack: an acknowledged report survives kill -9.
-            if acks and self.registry.commit():
+            if not self.registry.pending or self.registry.commit():
                 for ack, address in acks:
                     try:
                         self.udp.sendto(ack, address)

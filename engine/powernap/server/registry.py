@@ -490,6 +490,9 @@ class Registry:
         """Write a snapshot now, on this thread (start-up, shutdown, tests); False (and noted) on failure."""
         if self.store is None:
             return True
+        if self._writer is not None and self._writer.is_alive():
+            self._writer.join()  # an older snapshot must never land after this one
+        self._collect(now)
         self.commit()
         data = self.snapshot(now)
         try:
