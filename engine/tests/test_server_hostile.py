@@ -52,14 +52,14 @@ def wait_until(predicate, seconds=10.0, what="condition"):
 class Daemon:
     """powerwaked as a subprocess; every wait is bounded, it is stopped by its own PID."""
 
-    def __init__(self, tmp_path, extra="", state=True):
+    def __init__(self, tmp_path, extra="", state=True, confirm="1"):
         self.tmp_path = tmp_path
         self.port = free_port()
         self.state_file = tmp_path / "registry.json"
         self.config = tmp_path / "powerwaked.conf"
         text = (
             "[powerwaked]\nsecret = %s\nlisten = 127.0.0.1\nport = %d\nannounce = no\nbroadcast = 127.0.0.1\n"
-            "confirm_timeout = 1\n" % (SECRET, self.port)
+            "confirm_timeout = %s\n" % (SECRET, self.port, confirm)
         )
         if state:
             text += "state_file = %s\n" % self.state_file
@@ -130,8 +130,8 @@ class Daemon:
 def daemons():
     started = []
 
-    def make(tmp_path, extra="", state=True):
-        daemon = Daemon(tmp_path, extra, state)
+    def make(tmp_path, extra="", state=True, confirm="1"):
+        daemon = Daemon(tmp_path, extra, state, confirm)
         started.append(daemon)
         return daemon
 
@@ -253,6 +253,21 @@ def test_a_wake_in_flight_across_a_restart_is_resolved(tmp_path, daemons):
     (tmp_path / "registry.json").write_text(json.dumps({"schema": 1, "saved": now - 29, "hosts": [record]}))
     daemon = daemons(tmp_path).start()
     wait_until(lambda: daemon.hosts()["h1"]["state"] == "asleep", 8.0, "the lost wake to end as asleep")
+
+
+def test_a_waking_host_is_confirmed_by_a_probe_it_answers(tmp_path, daemons):
+    # Issue 13 item 5: proof of life is an answer to our probe, not a frame anyone could forge.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        now = time.time()
+        record = {"name": "h1", "state": "waking", "since": now, "ips": ["127.0.0.1"],
+                  "last_wake": {"time": now, "method": "wol", "cause": "test"}}  # fmt: skip
+        (tmp_path / "registry.json").write_text(json.dumps({"schema": 1, "saved": now, "hosts": [record]}))
+        daemon = daemons(tmp_path, "[proxy]\nprobe_ports = %d\n" % port, confirm="60").start()
+        wait_until(lambda: daemon.hosts()["h1"]["state"] == "awake", 10.0, "the probe to confirm h1")
+    assert "probe: 127.0.0.1:%d accepted" % port in daemon.log.read_text()
 
 
 def test_an_acknowledged_report_survives_kill_9(tmp_path, daemons):
