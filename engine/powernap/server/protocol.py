@@ -284,7 +284,7 @@ class CommandAckMessage(Envelope):
         Option("re", _nonce(), required=True, doc="The command's nonce."),
         Option("id", String(max_length=300), doc="The command's id."),
         Option("ok", Boolean(), default=False, doc="Whether it was carried out."),
-        Option("detail", String(max_length=1024), doc="What happened."),
+        Option("detail", Scalar(1024), doc="What happened (free text from the engine)."),
     )  # fmt: skip
 
 
