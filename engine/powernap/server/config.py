@@ -200,10 +200,11 @@ class UpsSection(Declared):
     KIND = "powerwaked"
     TYPE = "ups"
     OPTIONS = (
-        Option("ups", String(nonempty=True), required=True, doc="UPS name in upsd."),
+        Option("ups", String(nonempty=True, max_length=64, pattern=r"[A-Za-z0-9_.-]+", form="a NUT UPS name"),
+               required=True, doc="UPS name in upsd."),
         Option("host", HostAddress(), default="127.0.0.1", doc="upsd host."),
         Option("port", Integer(1, 65535), default=3493, doc="upsd port."),
-        Option("username", String(), default="", doc="upsd user (if reading needs a login)."),
+        Option("username", _USER, default="", doc="upsd user (if reading needs a login)."),
         Option("password", String(), default="", secret=True, doc="upsd password."),
         Option("groups", ListOf(_NAMES.item, nonempty=True), required=True,
                doc="Groups to shed, least important first; they come back in reverse order."),
@@ -246,7 +247,8 @@ class ClusterSection(Declared):
         Option("source", Choice("reports", "url"), default="reports",
                doc="reports: the engines' load; url: a number from 'url'."),
         Option("url", HttpUrl(), default="", doc="Status URL giving the group's total load (plain number or JSON)."),
-        Option("json_key", String(), default="", doc="With a JSON status page: the key holding the number."),
+        Option("json_key", String(max_length=256, pattern=r"[^\s]+", form="a dotted key (no spaces)"), default="",
+               doc="With a JSON status page: the key holding the number."),
         Option("low_for", Duration(), default=600.0, doc="Load must stay low this long before a host is napped."),
         Option("step", Duration(), default=300.0, doc="At most one nap per this interval."),
         Option("headroom", Integer(0, 1000), default=0, doc="Extra hosts kept awake above the computed need."),
