@@ -592,9 +592,11 @@ class Registry:
         for entry in entries:
             self._replay_entry(entry, problems)
         self.pending = []
-        for problem in problems:
+        for problem in problems[:20]:  # a registry full of bad records must not flood the log
             if self.log is not None:
                 self.log.error("registry: %s", problem)
+        if len(problems) > 20 and self.log is not None:
+            self.log.error("registry: %d more problems not shown", len(problems) - 20)
         if problems:
             self.problems["load"] = "; ".join(problems)[:2000]
         return len(self.hosts)
