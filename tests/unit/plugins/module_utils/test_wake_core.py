@@ -82,14 +82,41 @@ def test_auto_prefers_the_bmc_and_adds_wol_when_it_reports_on(receiver, monkeypa
 
     monkeypatch.setattr(ipmi.IpmiDriver, "set_state", fake_set_state)
     monkeypatch.setattr(ipmi, "HAS_PYGHMI", True)
+    # The "asleep" host has an address that does not answer (a suspended host answers nothing).
+    monkeypatch.setattr(wake.probe, "tcp_probe", lambda *args: wake.probe.DOWN)
     targets = [
         {"name": "off", "bmc_host": "bmc-off", "mac": "02:50:4e:00:00:04"},
-        {"name": "asleep", "bmc_host": "bmc-on", "mac": "02:50:4e:00:00:05"},
+        {"name": "asleep", "bmc_host": "bmc-on", "mac": "02:50:4e:00:00:05", "address": "127.0.0.1"},
     ]
     results = wake.wake_targets(targets, {"broadcast": "127.0.0.1", "port": port}, repeat=1)
     assert results[0]["woken_by"] == "ipmi" and results[0]["method"] == "ipmi"
     assert results[1]["woken_by"] == "wol" and results[1]["suspended"] is True
     assert receiver.recv(2048)[-6:] == bytes.fromhex("02504e000005")
+
+
+def test_bmc_power_on_with_no_address_to_probe_is_up(receiver, monkeypatch):
+    """As ipmi_power: the BMC's "on" is the host's state when nothing can be probed; a rerun changes nothing."""
+    port = receiver.getsockname()[1]
+    requests = []
+
+    def fake_set_state(self, state, wait_timeout=0.0, check_mode=False):
+        requests.append(state)
+        return {"changed": False, "before": "on", "after": "on", "request": None}
+
+    monkeypatch.setattr(ipmi.IpmiDriver, "set_state", fake_set_state)
+    monkeypatch.setattr(ipmi, "HAS_PYGHMI", True)
+    (result,) = wake.wake_targets(
+        [{"name": "on", "bmc_host": "bmc-on", "mac": "02:50:4e:00:00:06"}],
+        {"broadcast": "127.0.0.1", "port": port},
+        wait=True,
+        timeout=5,
+    )
+    assert result["failed"] is False and result["changed"] is False
+    assert result["confirmed"] is True and result["bmc_power"] == "on" and result["woken_by"] is None
+    assert requests == ["on"]
+    receiver.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        receiver.recv(2048)
 
 
 def test_inventory_variables_fill_unset_options_only():
