@@ -22,8 +22,10 @@ class ActionModule(PowerActionBase):
     def _run_power(self, result, task_vars, start):
         args = dict(self._task.args)
         bmc_args = {key: args.pop(key) for key in list(args) if key in BMC_SPEC}
-        bmc = self._validated(bmc_args, BMC_SPEC)
-        bmc_host = bmc.get("bmc_host") or self._template(self._target_vars(task_vars).get("powernap_bmc_host"))
+        # Filled from the inventory like wake/nap (so inventory secrets are masked too), then checked here.
+        filled = self._filled(bmc_args, task_vars)
+        bmc = self._validated({key: filled[key] for key in BMC_SPEC if filled.get(key) is not None}, BMC_SPEC)
+        bmc_host = bmc.get("bmc_host")
         check_hosts({"bmc_host": bmc_host})
         module_result = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
         result.update(module_result)
