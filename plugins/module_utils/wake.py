@@ -204,6 +204,7 @@ def wake_targets(
             if not item.result["failed"] and not item.done:
                 item.result["changed"] = True
                 item.result["msg"] = "would wake by %s" % (item.result["woken_by"] or item.method)
+            item.result.setdefault("elapsed", round(clock() - start, 3))
         return [t.result for t in items]
 
     # 4. Confirmation (and escalation of silent WoL targets to their BMC): a target is confirmed only
