@@ -149,10 +149,14 @@ class ActionModule(PowerActionBase):
         controller_id = read_machine_id()
         if controller_id:
             module_args["protect_machine_ids"] = list(module_args.get("protect_machine_ids") or []) + [controller_id]
-        try:
-            module_result = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
-        except AnsibleConnectionFailure as exc:
-            module_result = {"unreachable": True, "msg": str(exc)}
+        if not answers:
+            # Not even TCP answers: do not wait out an SSH timeout (or a stale multiplexed session).
+            module_result = {"unreachable": True, "msg": "no answer on %s:%s" % (params["address"], params["ssh_port"])}
+        else:
+            try:
+                module_result = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
+            except AnsibleConnectionFailure as exc:
+                module_result = {"unreachable": True, "msg": str(exc)}
         module_result.pop("invocation", None)
         if module_result.get("unreachable"):
             if answers:

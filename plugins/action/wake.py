@@ -197,9 +197,13 @@ class ActionModule(PowerActionBase):
         args = self._filled(raw, task_vars)
         if delegate:
             args.pop("relay", None)  # delegate_to wins over the inventory's powernap_relay
+        local = self._is_local(task_vars)
+        if local and not delegate and raw.get("address") is None and probe.is_local_address(args["address"]):
+            # A local-connection host at the controller's own address that names a MAC or a BMC is another
+            # machine, known only by those: the controller's address says nothing about it.
+            args["address"] = None
         params = self._validated(args, argument_spec())
         deadline = start + params["timeout"]
-        local = self._is_local(task_vars)
         # Where the wake is sent from, and how it is confirmed: over the host's own Ansible connection,
         # unless that connection is the controller's or a delegate's; then by probing the host's address.
         own_connection = not local and not delegate
