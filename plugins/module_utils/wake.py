@@ -12,6 +12,7 @@ Python 3.8 syntax.
 import time
 
 from ansible_collections.powernap.fleet.plugins.module_utils import probe
+from ansible_collections.powernap.fleet.plugins.module_utils.common import invalid_host
 from ansible_collections.powernap.fleet.plugins.module_utils.ipmi import IpmiDriver
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError, backoff_delays
 from ansible_collections.powernap.fleet.plugins.module_utils.wol import WolPacket, send_packets
@@ -63,12 +64,16 @@ class Target:
     def done(self):
         return self.result["failed"] or self.result.get("confirmed") is not None
 
-    def prepare(self, ipmi_timeout):
-        """Build the packet / BMC driver and pick the method; setting errors fail this target only."""
+    def prepare(self, ipmi_timeout, deadline=None, clock=time.monotonic):
+        """Build the packet / BMC driver and pick the method; setting errors fail this target only.
+
+        ``deadline`` (a monotonic clock value) bounds all BMC calls together: the task's hard timeout."""
         opts = self.options
         method = opts.get("method") or "auto"
         if method not in METHODS:
             return self.fail("unknown method %r (expected auto, wol or ipmi)" % method, "setting")
+        if self.address is not None and invalid_host(self.address):
+            return self.fail("address: %s" % invalid_host(self.address), "setting")
         try:
             if opts.get("mac"):
                 self.packet = WolPacket(
@@ -89,6 +94,8 @@ class Target:
                     opts.get("bmc_kg"),
                     opts.get("bmc_privilege"),
                     timeout=ipmi_timeout,
+                    clock=clock,
+                    deadline=deadline,
                 )
         except PowerError as exc:
             return self.fail(exc)
@@ -118,6 +125,10 @@ def _ipmi_power_on(target, check_mode, force_request=False):
     target.result["bmc_power"] = outcome["after"]
     if outcome["changed"]:
         target.result.update(changed=True, woken_by="ipmi")
+        return None
+    if not target.address:
+        # Nothing to probe: the BMC's "on" is all there is to know, so the host counts as up (ipmi_power's view).
+        target.result.update(confirmed=True, msg="already on (the BMC reports power on)")
         return None
     # BMC says on but the host did not answer: asleep (S3/S4) rather than off.
     if target.packet is not None:
@@ -152,14 +163,18 @@ def wake_targets(
     items = [Target(t, defaults or {}) for t in targets]
     for item in items:
         item.start = start
-        item.prepare(ipmi_timeout)
+        item.prepare(ipmi_timeout, deadline=start + timeout, clock=clock)
     live = [t for t in items if not t.result["failed"]]
+
+    def remaining(cap):
+        """A single step's time limit: ``cap``, but never past the task's timeout."""
+        return max(0.05, min(cap, timeout - (clock() - start)))
 
     # 1. Idempotence: a host that already answers is left alone.
     if skip_if_up:
         addressed = [t for t in live if t.address]
         states = probe.parallel_map(
-            lambda t: probe.tcp_probe(t.address, t.ssh_port, min(probe_timeout, 1.5)), addressed, concurrency
+            lambda t: probe.tcp_probe(t.address, t.ssh_port, remaining(min(probe_timeout, 1.5))), addressed, concurrency
         )
         for item, state in zip(addressed, states):
             item.result["state_before"] = "up" if state == probe.UP else "down"
@@ -189,10 +204,24 @@ def wake_targets(
             if not item.result["failed"] and not item.done:
                 item.result["changed"] = True
                 item.result["msg"] = "would wake by %s" % (item.result["woken_by"] or item.method)
+            item.result.setdefault("elapsed", round(clock() - start, 3))
         return [t.result for t in items]
 
-    # 4. Confirmation (and escalation of silent WoL targets to their BMC).
-    pending = [t for t in items if not t.done and t.address]
+    # 4. Confirmation (and escalation of silent WoL targets to their BMC): a target is confirmed only
+    # by an answer from its address, or -- with no address to probe -- by its BMC reporting power on.
+    def confirm(target):
+        if target.address:
+            return probe.probe(
+                probe_method, target.address, target.ssh_port, remaining(probe_timeout), target.options.get("interface")
+            )
+        try:
+            return probe.UP if target.ipmi.power_query() == "on" else probe.DOWN
+        except PowerError:
+            return probe.UNKNOWN
+
+    pending = [
+        t for t in items if not t.done and (t.address or (t.ipmi is not None and t.result["woken_by"] == "ipmi"))
+    ]
     escalating = [t for t in pending if escalate and t.ipmi is not None and t.result["woken_by"] == "wol"]
     if not wait:
         # Without wait, confirm only what escalation needs, and only until escalate_after.
@@ -200,11 +229,7 @@ def wake_targets(
         timeout = min(timeout, escalate_after + probe_timeout * 2 + 5)
     delays = backoff_delays(first=0.5, cap=5.0)
     while pending and clock() - start < timeout:
-        states = probe.parallel_map(
-            lambda t: probe.probe(probe_method, t.address, t.ssh_port, probe_timeout, t.options.get("interface")),
-            pending,
-            concurrency,
-        )
+        states = probe.parallel_map(confirm, pending, concurrency)
         for item, state in zip(pending, states):
             if state == probe.UP:
                 item.result.update(confirmed=True, elapsed=round(clock() - start, 3))
@@ -223,11 +248,10 @@ def wake_targets(
             sleep(min(next(delays), max(0.0, timeout - (clock() - start))))
     for item in items:
         if wait and not item.done:
-            if item.address:
-                item.fail(
-                    "Timed out waiting for %s to answer (%s) after %.0f s" % (item.name, probe_method, timeout),
-                    "timeout",
-                )
+            if item.address or item.result["woken_by"] == "ipmi":
+                how = probe_method if item.address else "BMC power state"
+                item.result["confirmed"] = False
+                item.fail("Timed out waiting for %s to answer (%s) after %.0f s" % (item.name, how, timeout), "timeout")
             else:
                 item.result["confirmed"] = None
                 item.result["msg"] = "sent; not confirmed (no address known to probe)"

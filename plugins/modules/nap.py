@@ -11,7 +11,10 @@ description:
     through its BMC.
   - The connection dropping as the host goes to sleep is expected, not an error; the action plugin then confirms
     the host really went down (it stops answering, or the BMC reports power off) within O(timeout).
-  - Refuses when the host's hardware lists deny the action, and refuses to nap the controller itself.
+  - Refuses when the host's hardware lists deny the action, and refuses to nap the controller itself (a local
+    connection, or a host whose C(/etc/machine-id) is the controller's); other hosts at a loopback address (a
+    port-forwarded VM) are napped like any other.
+  - A host that cannot be reached counts as down only when its BMC reports power off (then C(changed=false)).
 author:
   - powernap.fleet maintainers (@powernap-fleet)
 extends_documentation_fragment:
@@ -67,6 +70,7 @@ options:
     description:
       - Seconds the action plugin waits for the host to go down (for O(state=poweroff) over IPMI, for the BMC to
         report power off).
+      - A hard limit for the whole task; every BMC call is cut short to end within it.
     type: int
     default: 120
   force:
@@ -125,12 +129,12 @@ EXAMPLES = r"""
 RETURN = r"""
 state:
   description: The requested state.
-  returned: always
+  returned: when the options are valid
   type: str
   sample: suspend
 via:
   description: V(engine) or V(ipmi), the path actually used.
-  returned: always
+  returned: when the options are valid and the host is not the controller
   type: str
   sample: engine
 action:
@@ -149,13 +153,25 @@ engine_state:
   type: str
   sample: awake
 confirmed_down:
-  description: True when the host was seen down (no answer, or BMC power off) after the nap.
-  returned: when the state takes the host down and not in check mode
+  description:
+    - True when the host was seen down (no answer, or BMC power off) after the nap, or was found down already
+      (the BMC reports power off). False when the wait timed out.
+  returned: when the state takes the host down, not in check mode, and the host was or went down
   type: bool
   sample: true
+bmc_power:
+  description: The power state the BMC last reported, V(on) or V(off).
+  returned: when the BMC was asked (O(via=ipmi), an unreachable host, or confirming O(state=poweroff))
+  type: str
+  sample: "off"
+error:
+  description: Failure class; V(auth), V(connection), V(setting) or V(fatal).
+  returned: on failure, when the failure has a class
+  type: str
+  sample: connection
 elapsed:
   description: Seconds until the host was seen down (or the task ended).
-  returned: when the action plugin waited
+  returned: always
   type: float
   sample: 7.5
 scheduled:

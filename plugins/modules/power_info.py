@@ -47,9 +47,13 @@ attributes:
     support: full
     platforms: posix
     description: Runs on the managed host.
+  action:
+    support: full
+    description: The action plugin keeps the BMC options on the controller.
 notes:
-  - The BMC options are accepted so that C(module_defaults) for C(group/powernap.fleet.power) apply; the module
-    never contacts the BMC and never returns the credentials. RV(bmc.configured) tells whether O(bmc_host) is set.
+  - The BMC options are accepted so that C(module_defaults) for C(group/powernap.fleet.power) apply. The action
+    plugin checks them on the controller and never sends them to the managed host; the BMC is not contacted.
+    RV(bmc.configured) tells whether O(bmc_host) (or the inventory variable C(powernap_bmc_host)) is set.
   - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. With
     C(read_auth = yes) on the server the read is refused and RV(server.error) says so.
 requirements:
@@ -122,7 +126,7 @@ bmc:
       type: bool
       returned: always
     configured:
-      description: O(bmc_host) was given.
+      description: O(bmc_host) was given, or the host's inventory sets C(powernap_bmc_host).
       type: bool
       returned: always
   sample: {"present": true, "configured": true}

@@ -12,6 +12,9 @@ description:
   - The action plugin runs the work on the controller, or on O(relay) when the target sits on another L2
     segment, and fills unset options from the target's inventory variables (C(powernap_mac),
     C(powernap_bmc_host), C(powernap_bmc_user), ...), so no C(delegate_to) is needed.
+  - With C(delegate_to), the wake is sent from the delegate (the controller for C(localhost)) and, with
+    O(wait=true), confirmed by probing the host's address (O(probe)) instead of over its connection; the same
+    holds for a host whose C(ansible_connection) is C(local).
   - Idempotent; a host that already answers is reported with C(changed=false).
   - With O(wait=true) in the per-host form, success means the host answers over its own Ansible connection;
     in the batch form, that each host completes an SSH handshake.
@@ -69,13 +72,16 @@ options:
     default: false
   timeout:
     description:
-      - Hard limit in seconds for the whole wake including O(wait).
+      - Hard limit in seconds for the whole wake including O(wait); every BMC call and probe is cut short
+        to end within it, whatever O(bmc_timeout) and O(probe_timeout) say.
     type: int
     default: 300
   connect_timeout:
     description:
       - Connection timeout in seconds used for each try while waiting for the host's Ansible connection;
         the connection's own setting is restored afterwards.
+      - Sets the connection plugin's C(connection_timeout), or its C(timeout) (the ssh plugin's) when it has none,
+        as M(ansible.builtin.reboot) does.
     type: int
     default: 5
   escalate:
@@ -162,12 +168,14 @@ method:
   sample: wol
 woken_by:
   description: What actually woke the host; V(wol), V(ipmi), V(wol+ipmi) (escalated or asleep host), or null.
-  returned: per-host form
+  returned: per-host form, when the options are valid
   type: str
   sample: wol
 confirmed:
-  description: True when the host was seen up (already up, or answered after the wake).
-  returned: per-host form
+  description:
+    - True when the host was seen up; already up, answering after the wake, or (with no address to probe)
+      reported on by its BMC. False when O(wait) timed out.
+  returned: per-host form, when the host was found up or O(wait=true) and something was sent
   type: bool
   sample: true
 state_before:
@@ -175,6 +183,31 @@ state_before:
   returned: per-host form, when an address is known
   type: str
   sample: down
+bmc_power:
+  description: The power state the BMC reported (or was asked for), V(on) or V(off).
+  returned: per-host form, when the BMC was asked
+  type: str
+  sample: "on"
+suspended:
+  description: True when the BMC reported power on but the host did not answer (asleep), so a magic packet was sent.
+  returned: per-host form, when that happened
+  type: bool
+  sample: true
+escalated:
+  description: True when the host did not answer a magic packet within O(escalate_after) and was powered on by IPMI.
+  returned: per-host form, when that happened
+  type: bool
+  sample: true
+relay:
+  description: The inventory host the wake was sent from (O(relay), or the C(delegate_to) host).
+  returned: when the wake was sent from a relay or a delegate
+  type: str
+  sample: h1
+error:
+  description: Failure class; V(auth), V(connection), V(setting), V(timeout) or V(fatal).
+  returned: on failure, when the failure has a class
+  type: str
+  sample: auth
 elapsed:
   description: Seconds from the start of the task until the host was confirmed up (or the task ended).
   returned: always
@@ -207,9 +240,25 @@ results:
       type: str
       returned: always
     confirmed:
-      description: Seen up.
+      description: Seen up (or, with no address to probe, reported on by its BMC); false when O(wait) timed out.
       type: bool
-      returned: when confirmation was attempted
+      returned: when the target was found up, or confirmation was attempted
+    state_before:
+      description: V(up) or V(down) as probed before waking.
+      type: str
+      returned: when an address is known
+    bmc_power:
+      description: The power state the BMC reported (or was asked for).
+      type: str
+      returned: when the BMC was asked
+    suspended:
+      description: The BMC reported power on but the host did not answer, so a magic packet was sent.
+      type: bool
+      returned: when that happened
+    escalated:
+      description: Powered on by IPMI after the magic packet went unanswered.
+      type: bool
+      returned: when that happened
     msg:
       description: What happened, or why the target failed.
       type: str
