@@ -13,10 +13,10 @@ or PowerFatalError; never a bare traceback, and never the password.
 Python 3.8 syntax.
 """
 
-import ipaddress
 import re
 import time
 
+from ansible_collections.powernap.fleet.plugins.module_utils.common import invalid_host
 from ansible_collections.powernap.fleet.plugins.module_utils.power import (
     CAN_POWER_OFF,
     CAN_POWER_ON,
@@ -63,7 +63,6 @@ RESET_PREFERENCE = {
 # interrupt the first.
 POWER_STATES = {"On": ON, "PoweringOn": ON, "Paused": ON, "Off": OFF, "PoweringOff": OFF}
 SCHEMES = ("https", "http")
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def base_url(bmc_host, bmc_port=None):
@@ -124,14 +123,9 @@ def _port(text):
 
 
 def _check_host(host):
-    try:
-        ipaddress.ip_address(host)
-        return
-    except ValueError:
-        pass
-    labels = host.split(".")
-    if not host.isascii() or len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
-        raise PowerSettingError("invalid BMC host name %r" % host)
+    problem = invalid_host(host)
+    if problem:
+        raise PowerSettingError("bmc_host: %s" % problem)
 
 
 def classify(exc, target=None):
@@ -199,6 +193,7 @@ class RedfishDriver(PowerDriver):
         connection_factory=None,
         clock=time.monotonic,
         sleep=time.sleep,
+        deadline=None,
     ):
         self.url = base_url(host, port)
         if connection_factory is None and not HAS_SUSHY:
@@ -212,6 +207,7 @@ class RedfishDriver(PowerDriver):
         self.connection_factory = connection_factory or self._sushy
         self.clock = clock
         self.sleep = sleep
+        self.deadline = deadline
         self._connection = None
         self._system = None
 
@@ -232,8 +228,9 @@ class RedfishDriver(PowerDriver):
         )
 
     def _call(self, what, func, *args, **kwargs):
+        limit = self.call_limit(what)
         try:
-            return call_with_deadline(func, self.timeout, what, args, kwargs)
+            return call_with_deadline(func, limit, what, args, kwargs)
         except Exception as exc:
             error = classify(exc, self.target)
             if isinstance(error, PowerConnectionError):
