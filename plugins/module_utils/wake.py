@@ -171,11 +171,13 @@ class Target:
         return None
 
 
-def _bmc_power_on(target, check_mode, force_request=False):
+def _bmc_power_on(target, check_mode, force_request=False, bmc_wait=0.0):
     """Power on through the BMC (Redfish or IPMI).  A machine the BMC reports on but that does not answer is
     suspended: it gets a magic packet too when a MAC is known.  ``force_request`` (escalation) sends IPMI's
     chassis power-on even when the BMC says on; Redfish refuses On for a system that is on, so there the
-    request is sent only when the system is off."""
+    request is sent only when the system is off.  Over Redfish the reset is asynchronous (the service
+    answers before the system changes), so the task waits up to ``bmc_wait`` seconds for PowerState On:
+    the confirmation community.general's redfish_command leaves out."""
     bmc = target.bmc
     try:
         if force_request and bmc.name == "ipmi":
@@ -183,7 +185,7 @@ def _bmc_power_on(target, check_mode, force_request=False):
                 bmc.chassis_control("on")
             target.result.update(changed=True, woken_by=bmc.name, bmc_power="on")
             return None
-        outcome = bmc.set_state("on", check_mode=check_mode)
+        outcome = bmc.set_state("on", wait_timeout=bmc_wait if bmc.name == "redfish" else 0.0, check_mode=check_mode)
     except PowerError as exc:
         return target.fail(exc)
     target.result["bmc_power"] = outcome["after"]
@@ -250,7 +252,9 @@ def wake_targets(
 
     # 2. BMC targets (Redfish and IPMI), in parallel: every BMC call has its own hard deadline.
     bmc_items = [t for t in live if t.method in BMC_METHODS]
-    followups = probe.parallel_map(lambda t: _bmc_power_on(t, check_mode), bmc_items, concurrency)
+    followups = probe.parallel_map(
+        lambda t: _bmc_power_on(t, check_mode, bmc_wait=remaining(timeout)), bmc_items, concurrency
+    )
     wol_items = [t for t in live if t.method == "wol"] + [
         t for t, followup in zip(bmc_items, followups) if followup == "wol"
     ]
@@ -305,7 +309,9 @@ def wake_targets(
             late = [t for t in pending if not t.done and t in escalating and not t.result.get("escalated")]
             for item in late:
                 item.result["escalated"] = True
-            probe.parallel_map(lambda t: _bmc_power_on(t, False, force_request=True), late, concurrency)
+            probe.parallel_map(
+                lambda t: _bmc_power_on(t, False, force_request=True, bmc_wait=remaining(timeout)), late, concurrency
+            )
             for item in late:
                 if not item.result["failed"]:
                     item.result["woken_by"] = "wol+%s" % item.bmc.name

@@ -203,7 +203,9 @@ state_before:
   type: str
   sample: down
 bmc_power:
-  description: The power state the BMC reported (or was asked for), V(on) or V(off).
+  description:
+    - The power state the BMC reported (or was asked for), V(on) or V(off).
+    - Over Redfish, the state the service reported once the reset took effect (the task waits for it).
   returned: per-host form, when the BMC was asked
   type: str
   sample: "on"

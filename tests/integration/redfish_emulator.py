@@ -9,6 +9,7 @@ emulator runs from its own virtualenv (``make redfish-emulator`` builds
 stopped by its process id.
 """
 
+import base64
 import json
 import os
 import signal
@@ -27,6 +28,22 @@ USER = "admin"
 PASSWORD = "rf-secret-3b1d"
 
 
+def _basic_token():
+    return base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()
+
+
+# The same GET, run inside the emulator's network namespace.
+_GET_SCRIPT = """
+import ssl, sys, urllib.request
+url, cafile, token = sys.argv[1:4]
+request = urllib.request.Request(url)
+request.add_header("Authorization", "Basic " + token)
+context = ssl.create_default_context(cafile=cafile) if cafile else None
+with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+    sys.stdout.write(reply.read().decode())
+"""
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -34,12 +51,17 @@ def free_port():
 
 
 class RedfishEmulator:
-    """``systems``: names; each becomes a fake ComputerSystem (power Off) with a fixed UUID."""
+    """``systems``: names; each becomes a fake ComputerSystem (power Off) with a fixed UUID.
 
-    def __init__(self, directory, systems=("h1",), tls=True, power="Off"):
+    ``netns``: run inside that network namespace (its loopback), for tests whose clients run there too.
+    """
+
+    def __init__(self, directory, systems=("h1",), tls=True, power="Off", netns=None):
         if not os.path.exists(EMULATOR):
             raise RuntimeError("no Redfish emulator at %s: run `make redfish-emulator`" % EMULATOR)
         self.directory = directory
+        self.netns = netns
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.port = free_port()
         self.tls = tls
         self.systems = {name: str(uuid.uuid5(uuid.NAMESPACE_DNS, "%s.powernap.test" % name)) for name in systems}
@@ -89,7 +111,7 @@ class RedfishEmulator:
             )  # fmt: skip
 
     def start(self, timeout=60):
-        cmd = [
+        cmd = self.prefix + [
             EMULATOR,
             "--config",
             os.path.join(self.directory, "emulator.conf"),
@@ -109,7 +131,7 @@ class RedfishEmulator:
             try:
                 self.get("/redfish/v1/")
                 return self
-            except (OSError, urllib.error.URLError):
+            except (OSError, urllib.error.URLError, subprocess.SubprocessError, ValueError):
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("the Redfish emulator did not answer within %d s: %s" % (timeout, self.log_tail()))
@@ -122,11 +144,19 @@ class RedfishEmulator:
         return ssl.create_default_context(cafile=self.cert) if self.tls else None
 
     def get(self, path):
+        """GET a Redfish resource with basic auth, by plain urllib (independent of sushy and of our driver)."""
+        if self.netns:
+            reply = subprocess.run(
+                self.prefix
+                + [EMULATOR_PYTHON, "-c", _GET_SCRIPT, self.url + path, self.cert if self.tls else "", _basic_token()],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            )
+            return json.loads(reply.stdout)
         request = urllib.request.Request(self.url + path)
-        token = "%s:%s" % (USER, PASSWORD)
-        import base64
-
-        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
+        request.add_header("Authorization", "Basic " + _basic_token())
         with urllib.request.urlopen(request, timeout=10, context=self.context()) as reply:
             return json.loads(reply.read())
 
