@@ -60,6 +60,7 @@ class RedfishEmulator:
         if not os.path.exists(EMULATOR):
             raise RuntimeError("no Redfish emulator at %s: run `make redfish-emulator`" % EMULATOR)
         self.directory = directory
+        os.makedirs(directory, exist_ok=True)
         self.netns = netns
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.port = free_port()
