@@ -11,7 +11,7 @@ options:
       - Base URL of the host's Redfish service, V(https://bmc1.example.net:8443), or a bare name or address
         (then V(https://NAME) on port 443). V(http://) is accepted for labs.
       - When not set, O(bmc_host) is used (the same BMC usually speaks both IPMI and Redfish); a O(bmc_host)
-        given as an V(http://) or V(https://) URL means Redfish in O(method=auto).
+        given as an V(http://) or V(https://) URL means Redfish where the protocol is chosen automatically.
       - Inventory variable C(powernap_redfish_host).
       - The user name and password are O(bmc_user) and O(bmc_password).
     type: str
