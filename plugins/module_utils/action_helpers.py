@@ -6,7 +6,9 @@ Kept in module_utils (pure functions, no Ansible controller imports) so unit
 tests can exercise them without a play.  Python 3.8 syntax.
 """
 
-from ansible_collections.powernap.fleet.plugins.module_utils.common import INVENTORY_VARS
+from ansible.module_utils.common.parameters import remove_values
+
+from ansible_collections.powernap.fleet.plugins.module_utils.common import INVENTORY_VARS, SECRET_OPTIONS
 
 SSH_PORT_VARS = ("ansible_port", "ansible_ssh_port")
 ADDRESS_VARS = ("ansible_host", "ansible_ssh_host")
@@ -60,3 +62,24 @@ def strip_secrets(value, secrets):
     if isinstance(value, list):
         return [strip_secrets(v, secrets) for v in value]
     return value
+
+
+def no_log_values(*option_sets):
+    """The secret values (as strings) in option dicts: every SECRET_OPTIONS key, also inside batch ``targets``."""
+    found = set()
+    for options in option_sets:
+        for key, value in (options or {}).items():
+            if key in SECRET_OPTIONS and value not in (None, ""):
+                found.add(str(value))
+            elif key == "targets" and isinstance(value, list):
+                found |= no_log_values(*[item for item in value if isinstance(item, dict)])
+    return found
+
+
+def mask_no_log(result, secrets):
+    """``result`` with every occurrence of a secret value replaced, as AnsibleModule does for no_log options.
+
+    Action plugins return results without passing through AnsibleModule, so each one masks its own result
+    here: error messages (for example an argument-spec message that echoes a value) included.
+    """
+    return remove_values(result, secrets) if secrets else result

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 
+from ansible_collections.powernap.fleet.plugins.module_utils.common import invalid_host
 from ansible_collections.powernap.fleet.plugins.module_utils.power import (
     CAN_CYCLE,
     CAN_POWER_OFF,
@@ -106,7 +107,8 @@ def classify(exc, target=None):
 
 
 class IpmiDriver(PowerDriver):
-    """One BMC.  ``timeout`` bounds every single pyghmi call (login included)."""
+    """One BMC.  ``timeout`` bounds every single pyghmi call (login included); ``deadline`` (a ``clock()``
+    value) bounds them all together, so a task's overall timeout holds however many calls it makes."""
 
     CAPABILITIES = frozenset([CAN_POWER_ON, CAN_POWER_OFF, CAN_SOFT_OFF, CAN_QUERY, CAN_RESET, CAN_CYCLE])
     name = "ipmi"
@@ -123,9 +125,13 @@ class IpmiDriver(PowerDriver):
         command_factory=None,
         clock=time.monotonic,
         sleep=time.sleep,
+        deadline=None,
     ):
         if not host:
             raise PowerSettingError("no BMC host given")
+        problem = invalid_host(host)
+        if problem:
+            raise PowerSettingError("bmc_host: %s" % problem)
         if privilege is not None and privilege not in PRIVILEGES:
             raise PowerSettingError(
                 "unknown BMC privilege %r (expected one of %s)" % (privilege, ", ".join(sorted(PRIVILEGES)))
@@ -142,6 +148,7 @@ class IpmiDriver(PowerDriver):
         self.command_factory = command_factory or (pyghmi_command.Command if HAS_PYGHMI else None)
         self.clock = clock
         self.sleep = sleep
+        self.deadline = deadline
         self._command = None
 
     @property
@@ -154,8 +161,9 @@ class IpmiDriver(PowerDriver):
         return (self.command_factory, self.host, self.port, self.user, self.password, self.kg)
 
     def _call(self, what, func, *args, **kwargs):
+        limit = self.call_limit(what)
         try:
-            return call_with_deadline(func, self.timeout, what, args, kwargs)
+            return call_with_deadline(func, limit, what, args, kwargs)
         except Exception as exc:
             error = classify(exc, self.target)
             if isinstance(error, PowerConnectionError) and self._command is not None:

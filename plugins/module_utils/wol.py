@@ -16,6 +16,7 @@ import struct
 import time
 
 from ansible_collections.powernap.fleet.plugins.module_utils import magic_packet, probe
+from ansible_collections.powernap.fleet.plugins.module_utils.common import check_hosts
 from ansible_collections.powernap.fleet.plugins.module_utils.power import (
     CAN_POWER_ON,
     CAN_QUERY,
@@ -49,6 +50,10 @@ class WolPacket:
             raise PowerSettingError("unknown WoL transport %r (expected udp or raw)" % (transport,))
         if transport == "raw" and not interface:
             raise PowerSettingError("raw (ethertype 0x0842) Wake-on-LAN needs an interface")
+        try:
+            check_hosts({"broadcast": broadcast, "source": source})
+        except ValueError as exc:
+            raise PowerSettingError(str(exc)) from None
         self.broadcast = broadcast or DEFAULT_BROADCAST
         self.port = int(port or DEFAULT_PORT)
         if not 0 < self.port < 65536:

@@ -38,7 +38,8 @@ options:
   entries:
     description:
       - Entries to add or update (O(state=present)) or to remove (O(state=absent)).
-      - With O(state=absent) and no entries, the whole file is removed.
+      - O(state=absent) with no entries is refused unless O(remove_list=true), so that an empty list
+        (for example from an unset variable) never deletes the whole file by accident.
     type: list
     elements: dict
     default: []
@@ -81,6 +82,12 @@ options:
       - With O(state=present), remove every entry of the file that is not in O(entries).
     type: bool
     default: false
+  remove_list:
+    description:
+      - With O(state=absent) and no O(entries), remove the whole list file. Refused with O(entries) or
+        O(state=present).
+    type: bool
+    default: false
 requirements:
   - the powernap engine on the host
 seealso:
@@ -121,6 +128,7 @@ EXAMPLES = r"""
   powernap.fleet.hwlist:
     name: site
     state: absent
+    remove_list: true
 """
 
 RETURN = r"""
@@ -218,11 +226,17 @@ def render(sections):
     return "".join(chunks)
 
 
-def plan(existing_text, entries, state, exclusive):
+def plan(existing_text, entries, state, exclusive, remove_list=False):
     """The new file text (None = remove the file) for the options."""
     sections = parse_sections(existing_text or "")
+    if remove_list and (entries or state != "absent"):
+        raise ValueError("remove_list removes the whole file: it goes with state=absent and no entries")
     if state == "absent":
         if not entries:
+            if not remove_list:
+                raise ValueError(
+                    "state=absent with no entries would remove the whole list file: set remove_list=true for that"
+                )
             return None
         drop = {"%s.%s" % (e["verdict"], e["name"]) for e in entries}
         return render([s for s in sections if s[0] not in drop])
@@ -257,6 +271,7 @@ def main():
             "entries": {"type": "list", "elements": "dict", "default": [], "options": entry_spec},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
             "exclusive": {"type": "bool", "default": False},
+            "remove_list": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -273,7 +288,7 @@ def main():
         with open(path) as handle:
             before = handle.read()
     try:
-        after = plan(before, params["entries"], params["state"], params["exclusive"])
+        after = plan(before, params["entries"], params["state"], params["exclusive"], params["remove_list"])
     except ValueError as exc:
         module.fail_json(msg=str(exc), **result)
     if after is not None and before is not None and parse_sections(after) == parse_sections(before):
@@ -290,6 +305,10 @@ def main():
             out.write(after)
         problems = cli.check_hardware(check_path)
         if problems:
+            # Nothing was written: a refused change is no change.
+            result["changed"] = False
+            result["entries"] = [name for name, _values in parse_sections(before or "")]
+            result.pop("diff", None)
             module.fail_json(
                 msg="the engine rejected the new hardware list: %s" % problems.replace(check_path, path), **result
             )

@@ -11,11 +11,15 @@ description:
     through its BMC.
   - The connection dropping as the host goes to sleep is expected, not an error; the action plugin then confirms
     the host really went down (it stops answering, or the BMC reports power off) within O(timeout).
-  - Refuses when the host's hardware lists deny the action, and refuses to nap the controller itself.
+  - Refuses when the host's hardware lists deny the action, and refuses to nap the controller itself (a local
+    connection, or a host whose C(/etc/machine-id) is the controller's); other hosts at a loopback address (a
+    port-forwarded VM) are napped like any other.
+  - A host that cannot be reached counts as down only when its BMC reports power off (then C(changed=false)).
 author:
   - powernap.fleet maintainers (@powernap-fleet)
 extends_documentation_fragment:
   - powernap.fleet.bmc
+  - powernap.fleet.redfish
 attributes:
   check_mode:
     support: full
@@ -38,16 +42,19 @@ options:
     description:
       - V(powersave) applies the engine's reversible powersave tweaks (the host stays up).
       - V(suspend), V(hibernate), V(hybrid) (hybrid sleep) and V(poweroff) take the host down.
-      - V(awake) leaves powersave and cancels a pending nap (C(powernap wake)); with O(via=ipmi) it powers the host on.
+      - V(awake) leaves powersave and cancels a pending nap (C(powernap wake)); with O(via=ipmi) or O(via=redfish) it
+        powers the host on.
     type: str
     required: true
     choices: [powersave, suspend, hibernate, hybrid, poweroff, awake]
   via:
     description:
-      - V(engine) asks the host's powernap engine; V(ipmi) uses the BMC (only O(state=poweroff) and O(state=awake)).
-      - V(auto) uses the engine when the host answers, else the BMC for V(poweroff).
+      - V(engine) asks the host's powernap engine; V(ipmi) and V(redfish) use the BMC over that protocol
+        (only O(state=poweroff) and O(state=awake)).
+      - V(auto) uses the engine when the host answers, else the BMC for V(poweroff) and V(awake); Redfish when
+        O(redfish_host) is set or O(bmc_host) is an V(https://) or V(http://) URL, else IPMI.
     type: str
-    choices: [engine, ipmi, auto]
+    choices: [engine, ipmi, redfish, auto]
     default: auto
   wake_at:
     description:
@@ -67,12 +74,13 @@ options:
     description:
       - Seconds the action plugin waits for the host to go down (for O(state=poweroff) over IPMI, for the BMC to
         report power off).
+      - A hard limit for the whole task; every BMC call is cut short to end within it.
     type: int
     default: 120
   force:
     description:
-      - With O(via=ipmi) and O(state=poweroff), power off hard when the soft (ACPI) power-off is refused or the
-        machine is still on at O(timeout).
+      - With O(via=ipmi) or O(via=redfish) and O(state=poweroff), power off hard when the soft (ACPI) power-off
+        is refused or the machine is still on at O(timeout).
     type: bool
     default: false
   address:
@@ -94,6 +102,7 @@ options:
 requirements:
   - the powernap engine on the target (installed by the powernap.fleet.powernap role) for O(via=engine)
   - pyghmi on the controller for O(via=ipmi)
+  - sushy on the controller for O(via=redfish)
 seealso:
   - module: powernap.fleet.wake
   - module: powernap.fleet.power_info
@@ -125,16 +134,16 @@ EXAMPLES = r"""
 RETURN = r"""
 state:
   description: The requested state.
-  returned: always
+  returned: when the options are valid
   type: str
   sample: suspend
 via:
-  description: V(engine) or V(ipmi), the path actually used.
-  returned: always
+  description: V(engine), V(ipmi) or V(redfish), the path actually used.
+  returned: when the options are valid and the host is not the controller
   type: str
   sample: engine
 action:
-  description: Engine action run (C(powernap now ACTION)), or IPMI request sent.
+  description: Engine action run (C(powernap now ACTION)), or the BMC request sent.
   returned: when something was or would be done
   type: str
   sample: suspend
@@ -149,13 +158,25 @@ engine_state:
   type: str
   sample: awake
 confirmed_down:
-  description: True when the host was seen down (no answer, or BMC power off) after the nap.
-  returned: when the state takes the host down and not in check mode
+  description:
+    - True when the host was seen down (no answer, or BMC power off) after the nap, or was found down already
+      (the BMC reports power off). False when the wait timed out.
+  returned: when the state takes the host down, not in check mode, and the host was or went down
   type: bool
   sample: true
+bmc_power:
+  description: The power state the BMC last reported, V(on) or V(off).
+  returned: when the BMC was asked (O(via=ipmi) or O(via=redfish), an unreachable host, or confirming O(state=poweroff))
+  type: str
+  sample: "off"
+error:
+  description: Failure class; V(auth), V(connection), V(setting) or V(fatal).
+  returned: on failure, when the failure has a class
+  type: str
+  sample: connection
 elapsed:
   description: Seconds until the host was seen down (or the task ended).
-  returned: when the action plugin waited
+  returned: always
   type: float
   sample: 7.5
 scheduled:
@@ -177,7 +198,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC
+from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC
 from ansible_collections.powernap.fleet.plugins.module_utils.engine import (
     ENGINE_ACTIONS,
     NOT_INSTALLED,
@@ -199,7 +220,7 @@ def argument_spec():
             "required": True,
             "choices": ["powersave", "suspend", "hibernate", "hybrid", "poweroff", "awake"],
         },
-        "via": {"type": "str", "default": "auto", "choices": ["engine", "ipmi", "auto"]},
+        "via": {"type": "str", "default": "auto", "choices": ["engine", "ipmi", "redfish", "auto"]},
         "wake_at": {"type": "str"},
         "wake_after": {"type": "str"},
         "delay": {"type": "int", "default": 2},
@@ -210,6 +231,7 @@ def argument_spec():
         "protect_machine_ids": {"type": "list", "elements": "str", "default": []},
     }
     spec.update(BMC_SPEC)
+    spec.update(REDFISH_SPEC)
     return spec
 
 
@@ -287,8 +309,10 @@ def main():
         result["machine_id"] = machine_id
     if machine_id and machine_id in params["protect_machine_ids"]:
         module.fail_json(msg="refusing to nap the controller itself (machine-id %s)" % machine_id, **result)
-    if params["via"] == "ipmi":
-        module.fail_json(msg="via=ipmi is handled on the controller by the action plugin, not on the host", **result)
+    if params["via"] in ("ipmi", "redfish"):
+        module.fail_json(
+            msg="via=%s is handled on the controller by the action plugin, not on the host" % params["via"], **result
+        )
     try:
         alarm = wake_epoch(params["wake_at"], params["wake_after"], time.time())
     except ValueError as exc:

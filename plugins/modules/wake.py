@@ -4,14 +4,18 @@
 
 DOCUMENTATION = r"""
 module: wake
-short_description: Wake hosts by Wake-on-LAN or IPMI and confirm they are up
+short_description: Wake hosts by Wake-on-LAN, IPMI or Redfish and confirm they are up
 version_added: 0.1.0
 description:
   - Wakes the targeted host (per-host form, e.g. C(ansible fileservers -m powernap.fleet.wake)) or a list of
-    hosts in one task (batch form, O(targets)) by Wake-on-LAN magic packet or IPMI power-on.
+    hosts in one task (batch form, O(targets)) by Wake-on-LAN magic packet, IPMI power-on or Redfish
+    C(ComputerSystem.Reset).
   - The action plugin runs the work on the controller, or on O(relay) when the target sits on another L2
     segment, and fills unset options from the target's inventory variables (C(powernap_mac),
     C(powernap_bmc_host), C(powernap_bmc_user), ...), so no C(delegate_to) is needed.
+  - With C(delegate_to), the wake is sent from the delegate (the controller for C(localhost)) and, with
+    O(wait=true), confirmed by probing the host's address (O(probe)) instead of over its connection; the same
+    holds for a host whose C(ansible_connection) is C(local).
   - Idempotent; a host that already answers is reported with C(changed=false).
   - With O(wait=true) in the per-host form, success means the host answers over its own Ansible connection;
     in the batch form, that each host completes an SSH handshake.
@@ -20,6 +24,7 @@ author:
 extends_documentation_fragment:
   - powernap.fleet.wol
   - powernap.fleet.bmc
+  - powernap.fleet.redfish
 attributes:
   check_mode:
     support: full
@@ -40,11 +45,14 @@ attributes:
 options:
   method:
     description:
-      - V(wol) sends a magic packet; V(ipmi) powers on through the BMC.
-      - V(auto) uses IPMI when a BMC is known, else Wake-on-LAN. When the BMC reports the machine on but it
-        does not answer (asleep), a magic packet is sent as well.
+      - V(wol) sends a magic packet; V(ipmi) powers on through the BMC over IPMI; V(redfish) through the
+        BMC's Redfish service (O(redfish_host), else O(bmc_host)), waiting until the system reports C(On).
+      - V(auto) takes the first the options give the means for, in this order; Redfish when O(redfish_host)
+        is set or O(bmc_host) is an V(https://) or V(http://) URL; IPMI when O(bmc_host) is set; else
+        Wake-on-LAN. When the BMC reports the machine on but it does not answer (asleep), a magic packet is
+        sent as well.
     type: str
-    choices: [auto, wol, ipmi]
+    choices: [auto, wol, ipmi, redfish]
     default: auto
   address:
     description:
@@ -69,19 +77,22 @@ options:
     default: false
   timeout:
     description:
-      - Hard limit in seconds for the whole wake including O(wait).
+      - Hard limit in seconds for the whole wake including O(wait); every BMC call and probe is cut short
+        to end within it, whatever O(bmc_timeout) and O(probe_timeout) say.
     type: int
     default: 300
   connect_timeout:
     description:
       - Connection timeout in seconds used for each try while waiting for the host's Ansible connection;
         the connection's own setting is restored afterwards.
+      - Sets the connection plugin's C(connection_timeout), or its C(timeout) (the ssh plugin's) when it has none,
+        as M(ansible.builtin.reboot) does.
     type: int
     default: 5
   escalate:
     description:
       - When a host woken by Wake-on-LAN has not answered after O(escalate_after) seconds and a BMC is known,
-        power it on through IPMI.
+        power it on through the BMC (Redfish when it has a Redfish service, else IPMI).
     type: bool
     default: true
   escalate_after:
@@ -108,7 +119,8 @@ options:
       - Each item is an inventory host name (its C(powernap_*) variables, C(ansible_host) and C(ansible_port)
         are used) or a dictionary with any of the keys C(name), C(address), C(ssh_port), C(method), C(mac),
         C(secureon), C(broadcast), C(port), C(interface), C(source), C(transport), C(bmc_host), C(bmc_port),
-        C(bmc_user), C(bmc_password), C(bmc_kg), C(bmc_privilege); unset keys take the task's options.
+        C(bmc_user), C(bmc_password), C(bmc_kg), C(bmc_privilege), C(redfish_host), C(redfish_system_id),
+        C(redfish_validate_certs), C(redfish_ca_path); unset keys take the task's options.
     type: list
     elements: raw
   concurrency:
@@ -118,11 +130,13 @@ options:
     default: 64
 requirements:
   - pyghmi (for IPMI)
+  - sushy (for Redfish)
   - paramiko (optional, for the SSH handshake confirmation; a banner check is used without it)
 seealso:
   - module: powernap.fleet.nap
   - module: community.general.wakeonlan
   - module: community.general.ipmi_power
+  - module: community.general.redfish_command
 """
 
 EXAMPLES = r"""
@@ -146,6 +160,15 @@ EXAMPLES = r"""
   powernap.fleet.wake:
     method: ipmi
 
+- name: Power a host on through its BMC's Redfish service, trusting the BMCs' private CA
+  powernap.fleet.wake:
+    method: redfish
+    redfish_host: https://bmc-db1.example.net
+    redfish_ca_path: /etc/pki/bmc-ca.pem
+    bmc_user: admin
+    bmc_password: "{{ vault_bmc_password }}"
+    wait: true
+
 - name: Wake a whole rack in one task and confirm by SSH handshake
   powernap.fleet.wake:
     targets: "{{ groups['rack1'] }}"
@@ -161,13 +184,17 @@ method:
   type: str
   sample: wol
 woken_by:
-  description: What actually woke the host; V(wol), V(ipmi), V(wol+ipmi) (escalated or asleep host), or null.
-  returned: per-host form
+  description:
+    - What actually woke the host; V(wol), V(ipmi), V(redfish), V(wol+ipmi) or V(wol+redfish) (escalated or asleep
+      host), or null.
+  returned: per-host form, when the options are valid
   type: str
   sample: wol
 confirmed:
-  description: True when the host was seen up (already up, or answered after the wake).
-  returned: per-host form
+  description:
+    - True when the host was seen up; already up, answering after the wake, or (with no address to probe)
+      reported on by its BMC. False when O(wait) timed out.
+  returned: per-host form, when the host was found up or O(wait=true) and something was sent
   type: bool
   sample: true
 state_before:
@@ -175,6 +202,34 @@ state_before:
   returned: per-host form, when an address is known
   type: str
   sample: down
+bmc_power:
+  description:
+    - The power state the BMC reported (or was asked for), V(on) or V(off).
+    - Over Redfish, the state the service reported once the reset took effect (the task waits for it).
+  returned: per-host form, when the BMC was asked
+  type: str
+  sample: "on"
+suspended:
+  description: True when the BMC reported power on but the host did not answer (asleep), so a magic packet was sent.
+  returned: per-host form, when that happened
+  type: bool
+  sample: true
+escalated:
+  description:
+    - True when the host did not answer a magic packet within O(escalate_after) and was powered on by its BMC.
+  returned: per-host form, when that happened
+  type: bool
+  sample: true
+relay:
+  description: The inventory host the wake was sent from (O(relay), or the C(delegate_to) host).
+  returned: when the wake was sent from a relay or a delegate
+  type: str
+  sample: h1
+error:
+  description: Failure class; V(auth), V(connection), V(setting), V(timeout) or V(fatal).
+  returned: on failure, when the failure has a class
+  type: str
+  sample: auth
 elapsed:
   description: Seconds from the start of the task until the host was confirmed up (or the task ended).
   returned: always
@@ -207,9 +262,25 @@ results:
       type: str
       returned: always
     confirmed:
-      description: Seen up.
+      description: Seen up (or, with no address to probe, reported on by its BMC); false when O(wait) timed out.
       type: bool
-      returned: when confirmation was attempted
+      returned: when the target was found up, or confirmation was attempted
+    state_before:
+      description: V(up) or V(down) as probed before waking.
+      type: str
+      returned: when an address is known
+    bmc_power:
+      description: The power state the BMC reported (or was asked for).
+      type: str
+      returned: when the BMC was asked
+    suspended:
+      description: The BMC reported power on but the host did not answer, so a magic packet was sent.
+      type: bool
+      returned: when that happened
+    escalated:
+      description: Powered on by its BMC after the magic packet went unanswered.
+      type: bool
+      returned: when that happened
     msg:
       description: What happened, or why the target failed.
       type: str
@@ -229,18 +300,19 @@ summary:
   description: Counts over all targets.
   returned: batch form
   type: dict
-  sample: {"total": 3, "changed": 2, "failed": 0, "already_up": 1, "confirmed": 3, "by_wol": 2, "by_ipmi": 0}
+  sample: {"total": 3, "changed": 2, "failed": 0, "already_up": 1, "confirmed": 3, "by_wol": 2, "by_ipmi": 0,
+           "by_redfish": 0}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, wake
-from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, WOL_SPEC
+from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, redfish, wake
+from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC, WOL_SPEC
 
 
 def argument_spec():
     spec = {
-        "method": {"type": "str", "default": "auto", "choices": ["auto", "wol", "ipmi"]},
+        "method": {"type": "str", "default": "auto", "choices": list(wake.METHODS)},
         "address": {"type": "str"},
         "ssh_port": {"type": "int", "default": 22},
         "relay": {"type": "str"},
@@ -256,6 +328,7 @@ def argument_spec():
     }
     spec.update(WOL_SPEC)
     spec.update(BMC_SPEC)
+    spec.update(REDFISH_SPEC)
     return spec
 
 
@@ -282,7 +355,7 @@ def run(params, check_mode):
         probe_method=params["probe"],
         probe_timeout=params["probe_timeout"],
         concurrency=max(1, params["concurrency"]),
-        ipmi_timeout=params["bmc_timeout"],
+        bmc_timeout=params["bmc_timeout"],
         check_mode=check_mode,
     )
     summary = wake.summarize(results)
@@ -303,6 +376,20 @@ def run(params, check_mode):
     return result
 
 
+def required_libraries(params):
+    """The libraries (pyghmi, sushy) that the BMCs these parameters name need and that are missing."""
+    libraries = {"ipmi": ("pyghmi", ipmi.HAS_PYGHMI), "redfish": ("sushy", redfish.HAS_SUSHY)}
+    missing = set()
+    for item in [params] + [t for t in (params.get("targets") or []) if isinstance(t, dict)]:
+        options = dict(params, **{k: v for k, v in item.items() if v is not None})
+        method = options.get("method") or "auto"
+        # Wake-on-LAN targets use their BMC too, to escalate.
+        protocol = method if method in wake.BMC_METHODS else wake.auto_method(options, False)
+        if protocol in libraries and not libraries[protocol][1]:
+            missing.add(libraries[protocol][0])
+    return sorted(missing)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -310,11 +397,12 @@ def main():
         mutually_exclusive=[("targets", "address")],
     )
     params = module.params
-    needs_ipmi = params.get("bmc_host") or any(
-        isinstance(t, dict) and t.get("bmc_host") for t in (params.get("targets") or [])
-    )
-    if needs_ipmi and params["method"] != "wol" and not ipmi.HAS_PYGHMI:
-        module.fail_json(msg=missing_required_lib("pyghmi"), exception=str(ipmi.PYGHMI_IMPORT_ERROR))
+    for needed in required_libraries(params):
+        library, error = {
+            "ipmi": ("pyghmi", ipmi.PYGHMI_IMPORT_ERROR),
+            "redfish": ("sushy", redfish.SUSHY_IMPORT_ERROR),
+        }[needed]
+        module.fail_json(msg=missing_required_lib(library), exception=str(error))
     try:
         result = run(params, module.check_mode)
     except ValueError as exc:

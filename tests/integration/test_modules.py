@@ -9,6 +9,8 @@ import json
 import struct
 import time
 
+import pytest
+
 CAPTURE = "/tmp/powernap-itest-wake.pcap"
 
 
@@ -181,11 +183,257 @@ def test_unreachable_bmc_fails_within_the_deadline(lab):
 
 
 def test_power_info_reports_the_lab_host(lab):
-    info = module(lab, "h1", "power_info", {})["h1"]
+    lab.exec("h3", "test ! -e /usr/local/bin/powernap")  # h3 never gets the engine in this file
+    info = module(lab, "h3", "power_info", {})["h3"]
     assert info["platform"] == "container"
     assert info["virt"] == "systemd-nspawn"
     # The lab's "NIC" is a veth without a device: not a physical NIC, so not listed.
-    assert all(n["mac"] != lab.host("h1")["mac"] for n in info["nics"])
-    # With the engine installed (by a role test in the same session) its daemon state is reported too.
-    assert ("running" in info["engine"]) == info["engine"]["present"]
-    assert info["bmc"]["present"] is False
+    assert all(n["mac"] != lab.host("h3")["mac"] for n in info["nics"])
+    assert info["engine"] == {"present": False}
+    assert "verdict" not in info
+    assert info["bmc"] == {"present": False, "configured": True}  # powernap_bmc_host is in the inventory
+
+
+# -- with the engine installed (by the collection's own site playbook) ----------------------------------
+
+ENGINE_HOSTS = "h1,h2"
+# The lab's hosts are containers and their suspend is the lab's command: as in molecule's lab group_vars.
+LAB_ENGINE_VARS = {
+    "powernap_manage_packages": False,
+    "powernap_wol_ethtool": "/usr/local/sbin/ethtool",
+    "powernap_wol_broadcast": "{{ powernap_lab_broadcast }}",
+    "powernap_common_config": {
+        "powernap": {"platform": "physical", "settle": "5s", "grace": "2s", "interval": "1s"},
+        "actions": {"suspend_command": "{{ powernap_lab_suspend_command }} --cause engine", "wall_command": ""},
+        "monitor.load": None,
+        "monitor.ssh": {"ignore_remote": "{{ powernap_lab_controller }}/32"},
+        "monitor.timers": None,
+    },
+}
+
+
+def playbook(lab, name, *extra, check=True, timeout=600):
+    """Run the collection's playbooks/NAME.yml from the controller (by its FQCN); the CompletedProcess."""
+    proc = lab.ansible_playbook("powernap.fleet." + name, *extra, check=False, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, "%s failed:\n%s%s" % (name, proc.stdout[-6000:], proc.stderr[-3000:])
+    return proc
+
+
+def extra_vars(lab, values):
+    path = "/run/powernap-lab/%s/itest-vars-%d.json" % (lab.name, abs(hash(json.dumps(values, sort_keys=True))))
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(values, handle)
+    return ["-e", "@" + path]
+
+
+@pytest.fixture(scope="module")
+def engine_lab(lab):
+    """h1 and h2 with the engine deployed by playbooks/site.yml (base profile: never suspends by itself)."""
+    for host in ("h1", "h2"):
+        if lab.power_state(host) != "on":
+            lab.power(host, "on")
+        lab.wait_booted(host)
+    playbook(lab, "site", "-l", ENGINE_HOSTS, *extra_vars(lab, LAB_ENGINE_VARS))
+    return lab
+
+
+def test_power_info_reports_the_engine_facts(engine_lab):
+    lab = engine_lab
+    info = module(lab, "h1", "power_info", {})["h1"]
+    engine = info["engine"]
+    assert engine["present"] is True and engine["running"] is True, engine
+    assert engine["state"] in ("awake", "grace", "napping")
+    assert isinstance(engine["idle_seconds"], (int, float)) and isinstance(engine["version"], str)
+    assert isinstance(engine["powersave"], dict)
+    # platform comes from the engine's own view: the lab config declares the hosts physical.
+    assert info["platform"] == "physical"
+    assert isinstance(info["verdict"]["allowed_actions"], list) and "suspend" in info["verdict"]["allowed_actions"]
+    lab.exec("h1", "systemctl stop powernapd")
+    try:
+        stopped = module(lab, "h1", "power_info", {})["h1"]["engine"]
+        assert stopped["present"] is True and stopped["running"] is False and stopped["error"]
+        assert "state" not in stopped
+    finally:
+        lab.exec("h1", "systemctl start powernapd")
+
+
+def test_power_info_never_ships_bmc_credentials_to_the_host(engine_lab):
+    lab = engine_lab
+    secret = lab.host("h1")["bmc_password"]
+    book = "/run/powernap-lab/%s/itest-power-info.yml" % lab.name
+    with open(book, "w", encoding="utf-8") as handle:
+        handle.write(
+            "- hosts: h1\n  gather_facts: false\n  module_defaults:\n    group/powernap.fleet.power:\n"
+            "      bmc_user: admin\n      bmc_password: '{{ powernap_bmc_password }}'\n  tasks:\n"
+            "    - powernap.fleet.power_info:\n      register: info\n"
+            "    - ansible.builtin.copy:\n        content: '{{ info | to_json }}'\n        dest: %s.out\n"
+            "      delegate_to: localhost\n" % book
+        )
+    proc = lab.ansible_playbook(book, "-vvv", check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    with open(book + ".out", encoding="utf-8") as handle:
+        info = json.load(handle)
+    sent = info["invocation"]["module_args"]
+    assert not [key for key in sent if key.startswith("bmc_")], sent
+    assert info["bmc"]["configured"] is True
+    assert secret not in proc.stdout + proc.stderr
+
+
+def test_status_playbook_shows_the_engine_state(engine_lab):
+    proc = playbook(engine_lab, "status", "-e", "powernap_hosts=" + ENGINE_HOSTS)
+    table = proc.stdout
+    assert "h1" in table and "h2" in table
+    assert "awake" in table or "grace" in table
+
+
+def test_hwlist_module_validates_changes_and_removes_only_on_request(engine_lab):
+    lab = engine_lab
+    entry = {"name": "itest-s3", "match": {"kernel": "*"}, "actions": ["suspend"], "reason": "itest"}
+    path = "/etc/powernap/hardware.d/itest.conf"
+    first = module(lab, "h1", "hwlist", {"name": "itest", "entries": [entry]})["h1"]
+    assert first["changed"] is True and first["entries"] == ["deny.itest-s3"]
+    assert "suspend" in first["verdict"]["denied"]
+    again = module(lab, "h1", "hwlist", {"name": "itest", "entries": [entry]})["h1"]
+    assert again["changed"] is False
+    before = lab.exec("h1", ["cat", path]).stdout
+    # An entry the engine refuses: nothing written, nothing changed.
+    bad = dict(entry, name="itest-bad", match={"pci": "not-an-id"})
+    refused = module(lab, "h1", "hwlist", {"name": "itest", "entries": [bad]}, check=False)["h1"]
+    assert refused["failed"] is True and refused["changed"] is False, refused
+    assert "rejected" in refused["msg"]
+    assert lab.exec("h1", ["cat", path]).stdout == before
+    # state=absent with no entries removes the file only with remove_list.
+    kept = module(lab, "h1", "hwlist", {"name": "itest", "state": "absent"}, check=False)["h1"]
+    assert kept["failed"] is True and "remove_list" in kept["msg"]
+    assert lab.exec("h1", ["test", "-e", path], check=False).returncode == 0
+    gone = module(lab, "h1", "hwlist", {"name": "itest", "state": "absent", "remove_list": True})["h1"]
+    assert gone["changed"] is True
+    assert lab.exec("h1", ["test", "-e", path], check=False).returncode != 0
+    assert "suspend" not in (gone["verdict"].get("denied") or {})
+
+
+def test_hwlists_playbook_pushes_the_fleet_list(engine_lab):
+    lab = engine_lab
+    entries = [{"name": "itest-fleet", "match": {"kernel": "*"}, "actions": ["hibernate"], "reason": "no swap"}]
+    values = dict(LAB_ENGINE_VARS, powernap_hardware_entries=entries, powernap_hosts="h2")
+    proc = playbook(lab, "hwlists", *extra_vars(lab, values))
+    assert "h2" in proc.stdout and "hibernate" in proc.stdout
+    text = lab.exec("h2", ["cat", "/etc/powernap/hardware.d/fleet.conf"]).stdout
+    assert "[deny.itest-fleet]" in text
+    # Without entries the role removes its list (explicitly, with remove_list).
+    playbook(lab, "hwlists", *extra_vars(lab, dict(LAB_ENGINE_VARS, powernap_hosts="h2")))
+    assert lab.exec("h2", ["test", "-e", "/etc/powernap/hardware.d/fleet.conf"], check=False).returncode != 0
+
+
+def test_nap_and_wake_playbooks_round_trip(engine_lab, lab_reset):
+    lab = engine_lab
+    proc = playbook(lab, "nap", "-e", "powernap_hosts=h2", "-e", "powernap_nap_timeout=90")
+    assert "confirmed_down" in proc.stdout
+    lab.wait_power("h2", "suspended", timeout=30)
+    assert [e for e in lab.events(host="h2", event="power") if e["to"] == "suspended"][-1]["cause"] == "engine"
+    # nap again: the host is asleep and unreachable, its BMC still says on -> not confirmed down: a failure.
+    again = playbook(lab, "nap", "-e", "powernap_hosts=h2", "-e", "powernap_nap_timeout=20", check=False)
+    assert again.returncode != 0 and "nothing confirms it is down" in again.stdout
+    proc = playbook(lab, "wake", "-e", "powernap_hosts=h2", "-e", "powernap_wake_timeout=120")
+    assert lab.power_state("h2") == "on"
+    assert "'confirmed': True" in proc.stdout or '"confirmed": true' in proc.stdout
+
+
+def test_nap_of_an_off_host_is_success_without_change(lab_reset):
+    lab = lab_reset
+    lab.power("h3", "off")
+    lab.wait_power("h3", "off")
+    result = module(lab, "h3", "nap", {"state": "suspend", "timeout": 30})["h3"]
+    assert result["changed"] is False and result["confirmed_down"] is True and result["bmc_power"] == "off"
+    result = module(lab, "h3", "nap", {"state": "poweroff", "via": "ipmi", "timeout": 30})["h3"]
+    assert result["changed"] is False and result["confirmed_down"] is True
+
+
+def test_wake_delegated_to_localhost_sends_from_the_controller(lab_reset):
+    lab = lab_reset
+    suspend(lab, "h2")
+    book = "/run/powernap-lab/%s/itest-delegate.yml" % lab.name
+    with open(book, "w", encoding="utf-8") as handle:
+        handle.write(
+            "- hosts: h2\n  gather_facts: false\n  tasks:\n"
+            "    - powernap.fleet.wake: {method: wol, wait: true, timeout: 90}\n"
+            "      delegate_to: localhost\n      register: woke\n"
+            "    - ansible.builtin.assert:\n        that: [woke.changed, woke.confirmed, woke.woken_by == 'wol']\n"
+            "    - powernap.fleet.wake: {wait: true}\n      delegate_to: localhost\n      register: again\n"
+            "    - ansible.builtin.assert:\n        that: [not again.changed, again.confirmed]\n"
+        )
+    proc = lab.ansible_playbook(book, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert [e for e in lab.events(host="h2", event="power") if e["to"] == "on"][-1]["cause"] == "wol"
+
+
+def test_ipmi_wake_with_no_address_is_idempotent(lab_reset):
+    lab = lab_reset
+    lab.power("h3", "off")
+    lab.wait_power("h3", "off")
+    h3 = lab.host("h3")
+    bmc = {
+        "method": "ipmi",
+        "bmc_host": h3["bmc_address"],
+        "bmc_user": h3["bmc_user"],
+        "bmc_password": h3["bmc_password"],
+    }
+    first = module(lab, "localhost", "wake", dict(bmc, wait=True, timeout=60))["localhost"]
+    assert first["changed"] is True and first["woken_by"] == "ipmi" and first["confirmed"] is True
+    second = module(lab, "localhost", "wake", dict(bmc, wait=True, timeout=60))["localhost"]
+    assert second["changed"] is False and second["confirmed"] is True and second["bmc_power"] == "on"
+    assert h3["bmc_password"] not in json.dumps(second)
+
+
+def test_relay_through_h1_wakes_h2(lab_reset):
+    lab = lab_reset
+    suspend(lab, "h2")
+    lab.ctl(
+        "rm -f %s; (timeout 60 tcpdump -i eth0 -n -U -c 1 -w %s udp port 9 >/dev/null 2>&1 &); sleep 1"
+        % (CAPTURE, CAPTURE)
+    )
+    args = {"method": "wol", "relay": "h1", "broadcast": lab.broadcast, "wait": True, "timeout": 90}
+    result = module(lab, "h2", "wake", args)["h2"]
+    assert result["relay"] == "h1" and result["woken_by"] == "wol" and result["confirmed"] is True
+    lab.wait_for(lambda: udp_sources(CAPTURE), 20, "a captured magic packet")
+    assert udp_sources(CAPTURE)[0] == lab.host("h1")["address"]  # sent by h1, not by the controller
+    assert lab.power_state("h2") == "on"
+
+
+def udp_sources(path):
+    """Source IPv4 addresses of the UDP frames of a classic pcap file."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    sources, offset = [], 24
+    while offset + 16 <= len(data):
+        incl = struct.unpack(endian + "IIII", data[offset : offset + 16])[2]
+        frame = data[offset + 16 : offset + 16 + incl]
+        offset += 16 + incl
+        if len(frame) >= 34 and frame[12:14] == b"\x08\x00" and frame[23] == 17:
+            sources.append(".".join(str(b) for b in frame[26:30]))
+    return sources
+
+
+def test_ups_playbook_restores_only_what_it_shed(engine_lab, lab_reset):
+    """On mains, ups.yml wakes the hosts the UPS policy shed, never one that its engine put to sleep."""
+    lab = engine_lab
+    ups = "%s@%s:%d" % (lab.ups["name"], lab.ups["host"], lab.ups["port"])
+    groups = ["-e", "powernap_ups=" + ups, "-e", '{"powernap_ups_groups": ["webservers"]}']
+    try:
+        # On battery: both web servers are shed (napped through their engines).
+        lab.set_ups("OB")
+        playbook(lab, "ups", *groups, "-e", "powernap_ups_timeout=90")
+        lab.wait_power("h1", "suspended", timeout=30)
+        lab.wait_power("h2", "suspended", timeout=30)
+        # Mains again: both come back.
+        lab.set_ups("OL")
+        playbook(lab, "ups", *groups, "-e", "powernap_ups_timeout=120")
+        assert lab.power_state("h1") == "on" and lab.power_state("h2") == "on"
+        # h2 naps by itself while on mains; the next run must leave it asleep.
+        suspend(lab, "h2")
+        playbook(lab, "ups", *groups, "-e", "powernap_ups_timeout=60")
+        lab.stays("h2", "suspended", seconds=3)
+    finally:
+        lab.set_ups("OL")

@@ -50,7 +50,17 @@ def test_present_updates_in_place_and_exclusive_drops_the_rest():
 def test_absent_removes_entries_or_the_file():
     text = hwlist.plan(EXISTING, [{"name": "old", "verdict": "deny"}], "absent", False)
     assert [n for n, _v in hwlist.parse_sections(text)] == ["allow.workstations"]
-    assert hwlist.plan(EXISTING, [], "absent", False) is None
+    assert hwlist.plan(EXISTING, [], "absent", False, remove_list=True) is None
+
+
+def test_absent_without_entries_needs_remove_list():
+    # An empty entries list (say, an unset variable) must never delete the whole file.
+    with pytest.raises(ValueError, match="remove_list=true"):
+        hwlist.plan(EXISTING, [], "absent", False)
+    with pytest.raises(ValueError, match="state=absent and no entries"):
+        hwlist.plan(EXISTING, [X200], "absent", False, remove_list=True)
+    with pytest.raises(ValueError, match="state=absent and no entries"):
+        hwlist.plan(EXISTING, [X200], "present", False, remove_list=True)
 
 
 def test_same_entries_render_identically():
