@@ -92,7 +92,7 @@ def cmd_up(lab, args):
     with lab_lock(lab):
         state = lab.load_state()
         if state and supervisor_alive(lab):
-            running = (len(state["hosts"]), state.get("suite", image.DEFAULT_SUITE))
+            running = (len(state["hosts"]), state.get("suite", image.SUITE))
             if running != (args.hosts, args.suite or running[1]):
                 raise LabError(
                     "lab %r is already up with %d %s hosts; run `powernap-lab --name %s down` first"
@@ -101,7 +101,7 @@ def cmd_up(lab, args):
             request(lab, {"op": "wait-booted", "timeout": args.timeout, "only_on": True}, timeout=args.timeout + 10)
             log("lab %r is already up (%d %s hosts)" % (lab.name, args.hosts, running[1]))
             return 0
-        args.suite = args.suite or image.DEFAULT_SUITE
+        args.suite = args.suite or image.SUITE
         if state or os.path.exists(lab.run) or lab.all_netns():
             log("lab %r: cleaning up a previous, incomplete run" % lab.name)
             teardown(lab)
@@ -507,7 +507,7 @@ def build_parser():
     s.add_argument(
         "--suite",
         choices=sorted(image.SUITES),
-        help="the hosts' Debian release (default %s; on a running lab: whichever it runs)" % image.DEFAULT_SUITE,
+        help="the hosts' Debian release (default %s; on a running lab: whichever it runs)" % image.SUITE,
     )
     s.add_argument(
         "--apt-packages",
@@ -552,7 +552,7 @@ def build_parser():
     s.set_defaults(func=cmd_ups)
     s = sub.add_parser("image", help="build the base image (or print its path)")
     s.add_argument("action", nargs="?", choices=["build", "path"], default="build")
-    s.add_argument("--suite", choices=sorted(image.SUITES), default=image.DEFAULT_SUITE)
+    s.add_argument("--suite", choices=sorted(image.SUITES), default=image.SUITE)
     s.set_defaults(func=cmd_image)
     s = sub.add_parser("bmc-hook", help=argparse.SUPPRESS)
     s.add_argument("host")

@@ -19,7 +19,8 @@ from .common import CACHE_ROOT, LabError, run
 # The Debian releases the lab can build hosts from, with the Python each one ships (what the role's
 # platform matrix proves the engine and the modules run on).
 SUITES = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
-DEFAULT_SUITE = "bookworm"
+# The release of every image built without naming one (lab hosts by default, and any other builder).
+SUITE = "bookworm"
 # Names a Debian archive uses for its releases (a suite without a -updates/-security suffix): how the
 # machine's own Debian mirror is told apart from other apt sources when no source names the suite asked for.
 DEBIAN_RELEASES = frozenset(
@@ -61,7 +62,7 @@ def check_suite(suite):
     return suite
 
 
-def recipe(suite=DEFAULT_SUITE):
+def recipe(suite=SUITE):
     return {
         "suite": check_suite(suite),
         "variant": "minbase",
@@ -71,15 +72,15 @@ def recipe(suite=DEFAULT_SUITE):
     }
 
 
-def recipe_key(suite=DEFAULT_SUITE):
+def recipe_key(suite=SUITE):
     return hashlib.sha256(json.dumps(recipe(suite), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def image_dir(suite=DEFAULT_SUITE):
+def image_dir(suite=SUITE):
     return os.path.join(CACHE_ROOT, "images", "%s-%s" % (suite, recipe_key(suite)))
 
 
-def rootfs(suite=DEFAULT_SUITE):
+def rootfs(suite=SUITE):
     return os.path.join(image_dir(suite), "rootfs")
 
 
@@ -135,7 +136,7 @@ def apt_sources(root="/etc/apt"):
     return found
 
 
-def mirror_from_apt(suite=DEFAULT_SUITE, root="/etc/apt"):
+def mirror_from_apt(suite=SUITE, root="/etc/apt"):
     """The Debian archive URI to build ``suite`` from, read from the machine's apt sources.
 
     A source that names the suite wins; otherwise the machine's own Debian archive (a source for a plain
@@ -197,7 +198,7 @@ def debootstrap_rootfs(suite, dest, mirror, packages=None):
     _post_install(dest)
 
 
-def ensure_image(log=None, suite=DEFAULT_SUITE):
+def ensure_image(log=None, suite=SUITE):
     """Return the cached rootfs of ``suite``, building it (atomically, under a lock) when missing."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     target = image_dir(suite)

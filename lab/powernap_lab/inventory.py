@@ -52,7 +52,7 @@ def build(lab, state):
         # labs would share (and hijack) each other's ControlPersist connections.
         "ansible_control_path_dir": lab.path("ssh-cp"),
         "powernap_lab_name": lab.name,
-        "powernap_lab_suite": state.get("suite", image.DEFAULT_SUITE),
+        "powernap_lab_suite": state.get("suite", image.SUITE),
         "powernap_lab_apt_source": aptrepo.HOST_SOURCE.strip() if state.get("apt_repo") else "",
         "powernap_lab_controller": CONTROLLER_LAN,
         "powernap_lab_controller_mgmt": CONTROLLER_MGMT,

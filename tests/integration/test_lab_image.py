@@ -84,7 +84,7 @@ def test_one_recipe_one_image_per_suite():
         recipe = image.recipe(suite)
         assert recipe["suite"] == suite
         assert {k: v for k, v in recipe.items() if k != "suite"} == {
-            k: v for k, v in image.recipe(image.DEFAULT_SUITE).items() if k != "suite"
+            k: v for k, v in image.recipe(image.SUITE).items() if k != "suite"
         }
 
 

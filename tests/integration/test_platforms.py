@@ -18,7 +18,7 @@ from .test_role import run_scenario
 sys.path.insert(0, os.path.join(REPO, "lab"))
 from powernap_lab import image  # the lab is not an installed package
 
-OTHER_SUITES = sorted(set(image.SUITES) - {image.DEFAULT_SUITE})
+OTHER_SUITES = sorted(set(image.SUITES) - {image.SUITE})
 
 
 @pytest.mark.lab
