@@ -3,8 +3,8 @@
 #   make test    everything, in order, stopping at the first failure
 #   make demo    the main job on the lab fleet
 #
-# Single stages: lint, engine-test, sanity, units, sanity-matrix, ansible-lint,
-# integration, platforms, bench.  `make venv` and `make deps` set up the toolchain (test does both).
+# Single stages: lint, engine-test, sanity, units, sanity-matrix, ansible-lint, integration, platforms,
+# bench.  `make venv` and `make deps` set up the toolchain (test does both).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
