@@ -11,7 +11,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-from . import cgroups, disks, image, inventory, network, services
+from . import aptrepo, cgroups, disks, image, inventory, network, services
 from .common import (
     MAX_HOSTS,
     PYTHON,
@@ -92,18 +92,21 @@ def cmd_up(lab, args):
     with lab_lock(lab):
         state = lab.load_state()
         if state and supervisor_alive(lab):
-            if len(state["hosts"]) != args.hosts:
+            running = (len(state["hosts"]), state.get("suite", image.SUITE))
+            if running != (args.hosts, args.suite or running[1]):
                 raise LabError(
-                    "lab %r is already up with %d hosts; run `powernap-lab --name %s down` first"
-                    % (lab.name, len(state["hosts"]), lab.name)
+                    "lab %r is already up with %d %s hosts; run `powernap-lab --name %s down` first"
+                    % (lab.name, running[0], running[1], lab.name)
                 )
             request(lab, {"op": "wait-booted", "timeout": args.timeout, "only_on": True}, timeout=args.timeout + 10)
-            log("lab %r is already up (%d hosts)" % (lab.name, args.hosts))
+            log("lab %r is already up (%d %s hosts)" % (lab.name, args.hosts, running[1]))
             return 0
+        args.suite = args.suite or image.SUITE
         if state or os.path.exists(lab.run) or lab.all_netns():
             log("lab %r: cleaning up a previous, incomplete run" % lab.name)
             teardown(lab)
-        rootfs = image.ensure_image(log)
+        rootfs = image.ensure_image(log, args.suite)
+        apt_repo = aptrepo.ensure_repo(args.suite, args.apt_packages, log) if args.apt_packages else None
         os.makedirs(lab.run, mode=0o755, exist_ok=True)
         os.makedirs(os.path.dirname(lab.ssh_key), mode=0o700, exist_ok=True)
         if not os.path.exists(lab.ssh_key):
@@ -126,7 +129,9 @@ def cmd_up(lab, args):
         state = {
             "name": lab.name,
             "created": time.time(),
+            "suite": args.suite,
             "image": rootfs,
+            "apt_repo": apt_repo,
             "hosts": hosts,
             "groups": parse_groups(args.groups, {h["name"] for h in hosts}),
             "cgroups": cgroups.lab_roots(lab.name),
@@ -145,7 +150,7 @@ def cmd_up(lab, args):
         for h in hosts:
             network.setup_host(lab, h["index"])
             disks.mount_overlay(lab, h["name"], rootfs)
-            disks.provision(lab, h["name"], h["index"], hosts, pubkey)
+            disks.provision(lab, h["name"], h["index"], hosts, pubkey, apt_repo=bool(apt_repo))
             network.set_port(lab, h["name"], False)
         services.write_configs(lab, state)
         write_file(lab.inventory_path, inventory.render(lab, state), mode=0o600)
@@ -158,8 +163,8 @@ def cmd_up(lab, args):
                     "%s (lab left up for inspection; `powernap-lab --name %s down` removes it)" % (exc, lab.name)
                 ) from None
     log(
-        "lab %r up: %d hosts in %.1fs; inventory: %s"
-        % (lab.name, args.hosts, time.monotonic() - t0, lab.inventory_path)
+        "lab %r up: %d %s hosts in %.1fs; inventory: %s"
+        % (lab.name, args.hosts, args.suite, time.monotonic() - t0, lab.inventory_path)
     )
     return 0
 
@@ -466,11 +471,19 @@ def cmd_bmc_hook(lab, args):
 def cmd_image(_lab, args):
     check_root()
     if args.action == "path":
-        print(image.rootfs())
+        print(image.rootfs(args.suite))
         return 0
     check_packages()
-    print(image.ensure_image(log))
+    print(image.ensure_image(log, args.suite))
     return 0
+
+
+def package_list(text):
+    """--apt-packages: comma-separated Debian package names ("" for none)."""
+    try:
+        return aptrepo.check_packages(p.strip() for p in text.split(",") if p.strip())
+    except LabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_supervise(lab, _args):
@@ -491,6 +504,18 @@ def build_parser():
     s.add_argument("--groups", action="append", help="NAME=h1,h2 (repeatable, or ';'-separated)")
     s.add_argument("--timeout", type=float, default=120, help="seconds to wait for the hosts to boot")
     s.add_argument("--no-boot", action="store_true", help="leave the hosts powered off")
+    s.add_argument(
+        "--suite",
+        choices=sorted(image.SUITES),
+        help="the hosts' Debian release (default %s; on a running lab: whichever it runs)" % image.SUITE,
+    )
+    s.add_argument(
+        "--apt-packages",
+        type=package_list,
+        default=list(aptrepo.DEFAULT_PACKAGES),
+        help="packages the hosts can install from the lab's own apt repository (comma-separated; '' for no "
+        "repository; default: %(default)s)",
+    )
     s.set_defaults(func=cmd_up)
     s = sub.add_parser("down", help="stop and remove everything the lab created")
     s.set_defaults(func=cmd_down)
@@ -527,6 +552,7 @@ def build_parser():
     s.set_defaults(func=cmd_ups)
     s = sub.add_parser("image", help="build the base image (or print its path)")
     s.add_argument("action", nargs="?", choices=["build", "path"], default="build")
+    s.add_argument("--suite", choices=sorted(image.SUITES), default=image.SUITE)
     s.set_defaults(func=cmd_image)
     s = sub.add_parser("bmc-hook", help=argparse.SUPPRESS)
     s.add_argument("host")

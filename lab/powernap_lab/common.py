@@ -47,6 +47,7 @@ REQUIRED_TOOLS = {
     "nsenter": "util-linux",
     "ssh-keygen": "openssh-client",
     "ipmi_sim": "openipmi",
+    "dpkg-scanpackages": "dpkg-dev",
 }
 REQUIRED_FILES = {
     "/lib/nut/upsd": "nut-server",
@@ -197,11 +198,11 @@ def write_file(path, text, mode=0o644):
     os.replace(tmp, path)
 
 
-def run(cmd, check=True, capture=True, timeout=60, env=None, input_text=None):
+def run(cmd, check=True, capture=True, timeout=60, env=None, input_text=None, cwd=None):
     """Run a command (bounded); raise LabError with its stderr when it fails and check is set."""
     try:
         proc = subprocess.run(
-            cmd, check=False, capture_output=capture, text=True, timeout=timeout, env=env, input=input_text
+            cmd, check=False, capture_output=capture, text=True, timeout=timeout, env=env, input=input_text, cwd=cwd
         )
     except subprocess.TimeoutExpired as exc:
         raise LabError("timed out after %ss: %s" % (timeout, " ".join(cmd))) from exc

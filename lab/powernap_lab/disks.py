@@ -3,6 +3,7 @@
 import hashlib
 import os
 
+from . import aptrepo
 from .common import CONTROLLER_LAN, GUEST_NIC_DIR, LabError, run, write_file
 from .wol import DEFAULT_STATE, write_state
 
@@ -36,9 +37,16 @@ def mount_overlay(lab, host, image_root):
     return root
 
 
-def provision(lab, host, index, all_hosts, pubkey):
+def provision(lab, host, index, all_hosts, pubkey, apt_repo=False):
     """Write the host's identity into its disk (through the overlay, so it lands in the upper dir)."""
     root = lab.host_dir(host, "root")
+    # The image's apt source is outside the lab, which hosts cannot reach: the lab's repository replaces it.
+    write_file(os.path.join(root, "etc/apt/sources.list"), aptrepo.HOST_SOURCES_LIST)
+    lab_source = os.path.join(root, "etc/apt/sources.list.d/powernap-lab.list")
+    if apt_repo:
+        write_file(lab_source, aptrepo.HOST_SOURCE)
+    elif os.path.exists(lab_source):
+        os.unlink(lab_source)
     write_file(os.path.join(root, "etc/hostname"), host + "\n")
     machine_id = hashlib.sha256(("%s/%s" % (lab.name, host)).encode()).hexdigest()[:32]
     write_file(os.path.join(root, "etc/machine-id"), machine_id + "\n", mode=0o444)

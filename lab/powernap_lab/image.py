@@ -1,4 +1,9 @@
-"""The base image: a debootstrap'ed Debian, built once into a cache keyed by its recipe."""
+"""The base images: a debootstrap'ed Debian per suite, built once into a cache keyed by its recipe.
+
+One recipe serves every suite the lab offers (``SUITES``), so the platform claims are tested on the
+same kind of host.  ``debootstrap_rootfs`` is the recipe itself, for any builder that needs a Debian
+root filesystem (nspawn images here; a VM disk builder can start from the same tree).
+"""
 
 import fcntl
 import glob
@@ -11,7 +16,16 @@ import time
 
 from .common import CACHE_ROOT, LabError, run
 
+# The Debian releases the lab can build hosts from, with the Python each one ships (what the role's
+# platform matrix proves the engine and the modules run on).
+SUITES = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
+# The release of every image built without naming one (lab hosts by default, and any other builder).
 SUITE = "bookworm"
+# Names a Debian archive uses for its releases (a suite without a -updates/-security suffix): how the
+# machine's own Debian mirror is told apart from other apt sources when no source names the suite asked for.
+DEBIAN_RELEASES = frozenset(
+    list(SUITES) + ["buster", "forky", "duke", "sid", "oldoldstable", "oldstable", "stable", "testing", "unstable"]
+)
 PACKAGES = [
     "systemd",
     "systemd-sysv",
@@ -42,9 +56,15 @@ DISABLE_UNITS = [
 RECIPE_VERSION = 2
 
 
-def recipe():
+def check_suite(suite):
+    if suite not in SUITES:
+        raise LabError("unknown Debian suite %r: the lab builds %s" % (suite, ", ".join(SUITES)))
+    return suite
+
+
+def recipe(suite=SUITE):
     return {
-        "suite": SUITE,
+        "suite": check_suite(suite),
         "variant": "minbase",
         "packages": PACKAGES,
         "disable": DISABLE_UNITS,
@@ -52,16 +72,16 @@ def recipe():
     }
 
 
-def recipe_key():
-    return hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
+def recipe_key(suite=SUITE):
+    return hashlib.sha256(json.dumps(recipe(suite), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def image_dir():
-    return os.path.join(CACHE_ROOT, "images", "%s-%s" % (SUITE, recipe_key()))
+def image_dir(suite=SUITE):
+    return os.path.join(CACHE_ROOT, "images", "%s-%s" % (suite, recipe_key(suite)))
 
 
-def rootfs():
-    return os.path.join(image_dir(), "rootfs")
+def rootfs(suite=SUITE):
+    return os.path.join(image_dir(suite), "rootfs")
 
 
 def _deb822_stanzas(text):
@@ -82,12 +102,9 @@ def _deb822_stanzas(text):
             stanza[key] = value.strip()
 
 
-def mirror_from_apt(suite=SUITE, root="/etc/apt"):
-    """The first Debian archive URI that the machine's apt sources use for ``suite``."""
-    env = os.environ.get("POWERNAP_LAB_MIRROR")
-    if env:
-        return env
-    candidates = []
+def apt_sources(root="/etc/apt"):
+    """(URI, [suites]) of every enabled binary source in the machine's apt configuration, in apt's order."""
+    found = []
     files = [os.path.join(root, "sources.list")] + sorted(glob.glob(os.path.join(root, "sources.list.d", "*.list")))
     for path in files:
         try:
@@ -104,7 +121,7 @@ def mirror_from_apt(suite=SUITE, root="/etc/apt"):
                     words.pop(0)
                 words = ["deb"] + words[1:]
             if len(words) >= 3:
-                candidates.append((words[1], words[2].split()))
+                found.append((words[1], [words[2]]))
     for path in sorted(glob.glob(os.path.join(root, "sources.list.d", "*.sources"))):
         try:
             with open(path, encoding="utf-8") as f:
@@ -115,13 +132,31 @@ def mirror_from_apt(suite=SUITE, root="/etc/apt"):
             if "deb" not in st.get("types", "").split() or st.get("enabled", "yes").lower() == "no":
                 continue
             for uri in st.get("uris", "").split():
-                candidates.append((uri, st.get("suites", "").split()))
-    for uri, suites in candidates:
-        if suite in (suites if isinstance(suites, list) else [suites]):
+                found.append((uri, st.get("suites", "").split()))
+    return found
+
+
+def mirror_from_apt(suite=SUITE, root="/etc/apt"):
+    """The Debian archive URI to build ``suite`` from, read from the machine's apt sources.
+
+    A source that names the suite wins; otherwise the machine's own Debian archive (a source for a plain
+    Debian release, e.g. ``bookworm`` rather than ``bookworm-security``) serves it, as every Debian
+    mirror carries all current releases.  ``POWERNAP_LAB_MIRROR`` overrides both.
+    """
+    env = os.environ.get("POWERNAP_LAB_MIRROR")
+    if env:
+        return env
+    check_suite(suite)
+    sources = apt_sources(root)
+    for uri, suites in sources:
+        if suite in suites:
+            return uri
+    for uri, suites in sources:
+        if any(s in DEBIAN_RELEASES for s in suites):
             return uri
     raise LabError(
-        "no apt source for Debian %s found in %s/sources.list or %s/sources.list.d/; "
-        "set POWERNAP_LAB_MIRROR to a Debian archive URI" % (suite, root, root)
+        "no Debian archive found in the apt sources (%s/sources.list, %s/sources.list.d/) to build %s from; "
+        "set POWERNAP_LAB_MIRROR to a Debian archive URI" % (root, root, suite)
     )
 
 
@@ -146,10 +181,27 @@ def _post_install(root):
         os.unlink(path)
 
 
-def ensure_image(log=None):
-    """Return the cached rootfs, building it (atomically, under a lock) when missing."""
+def debootstrap_rootfs(suite, dest, mirror, packages=None):
+    """Build the recipe's Debian root filesystem for ``suite`` into ``dest`` (a new directory)."""
+    cmd = [
+        "debootstrap",
+        "--variant=minbase",
+        "--include=" + ",".join(PACKAGES + list(packages or [])),
+        check_suite(suite),
+        dest,
+        mirror,
+    ]
+    proc = run(cmd, check=False, timeout=1800)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise LabError("debootstrap %s failed (%d):\n%s" % (suite, proc.returncode, tail))
+    _post_install(dest)
+
+
+def ensure_image(log=None, suite=SUITE):
+    """Return the cached rootfs of ``suite``, building it (atomically, under a lock) when missing."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    target = image_dir()
+    target = image_dir(suite)
     if os.path.isdir(os.path.join(target, "rootfs", "usr")):
         return os.path.join(target, "rootfs")
     os.makedirs(os.path.join(CACHE_ROOT, "images"), exist_ok=True)
@@ -157,31 +209,19 @@ def ensure_image(log=None):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isdir(os.path.join(target, "rootfs", "usr")):
             return os.path.join(target, "rootfs")
-        mirror = mirror_from_apt()
+        mirror = mirror_from_apt(suite)
         tmp = "%s.tmp-%d" % (target, os.getpid())
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        log("building the lab image (debootstrap %s from %s, takes a minute or two) into %s" % (SUITE, mirror, target))
+        log("building the lab image (debootstrap %s from %s, takes a minute or two) into %s" % (suite, mirror, target))
         start = time.monotonic()
-        cmd = [
-            "debootstrap",
-            "--variant=minbase",
-            "--include=" + ",".join(PACKAGES),
-            SUITE,
-            os.path.join(tmp, "rootfs"),
-            mirror,
-        ]
         try:
-            proc = run(cmd, check=False, timeout=1800)
-            if proc.returncode != 0:
-                tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-                raise LabError("debootstrap failed (%d):\n%s" % (proc.returncode, tail))
-            _post_install(os.path.join(tmp, "rootfs"))
+            debootstrap_rootfs(suite, os.path.join(tmp, "rootfs"), mirror)
             with open(os.path.join(tmp, "recipe.json"), "w", encoding="utf-8") as f:
-                json.dump(dict(recipe(), mirror=mirror, built=time.time()), f, indent=2)
+                json.dump(dict(recipe(suite), mirror=mirror, built=time.time()), f, indent=2)
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        log("image built in %.0fs" % (time.monotonic() - start))
+        log("image %s built in %.0fs" % (suite, time.monotonic() - start))
     return os.path.join(target, "rootfs")

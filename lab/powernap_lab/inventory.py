@@ -2,6 +2,7 @@
 
 import json
 
+from . import aptrepo, image
 from .common import BMC_PORT, CONTROLLER_LAN, CONTROLLER_MGMT, GUEST_SUSPEND, LAN_NET, UPS_NAME, UPS_PORT
 
 
@@ -51,6 +52,8 @@ def build(lab, state):
         # labs would share (and hijack) each other's ControlPersist connections.
         "ansible_control_path_dir": lab.path("ssh-cp"),
         "powernap_lab_name": lab.name,
+        "powernap_lab_suite": state.get("suite", image.SUITE),
+        "powernap_lab_apt_source": aptrepo.HOST_SOURCE.strip() if state.get("apt_repo") else "",
         "powernap_lab_controller": CONTROLLER_LAN,
         "powernap_lab_controller_mgmt": CONTROLLER_MGMT,
         "powernap_lab_broadcast": LAN_NET + ".255",

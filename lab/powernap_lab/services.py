@@ -4,6 +4,7 @@ import os
 import subprocess
 import time
 
+from . import aptrepo
 from .common import (
     BMC_PORT,
     CONTROLLER_LAN,
@@ -164,6 +165,15 @@ def start_all(sup):
     while not os.path.exists(sock) and time.monotonic() < deadline:
         time.sleep(0.05)
     _spawn(sup, "upsd", ctl + ["/lib/nut/upsd", "-F", "-u", "root"], env)
+    if sup.state.get("apt_repo"):
+        # The lab's apt repository (aptrepo.py), read-only over HTTP on the LAN side of the controller.
+        _spawn(
+            sup,
+            "apt-repo",
+            ctl
+            + [PYTHON, "-m", "http.server", "--bind", CONTROLLER_LAN, "--directory", sup.state["apt_repo"]]
+            + [str(aptrepo.PORT)],
+        )
 
 
 def stop_all(sup):

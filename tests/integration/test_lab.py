@@ -77,6 +77,22 @@ def test_inventory_is_read_by_ansible(lab):
         assert lab.run("inventory").stdout == f.read()
 
 
+def test_hosts_install_from_the_labs_own_apt_repository(lab):
+    # The hosts have no route out of the lab: their one apt source is the lab's repository, served from the
+    # controller namespace, and it holds what the role installs (python3-apt is not in the image).
+    sources = lab.exec("h1", "cat /etc/apt/sources.list /etc/apt/sources.list.d/*").stdout
+    assert [line for line in sources.splitlines() if line.strip() and not line.startswith("#")] == [
+        "deb [trusted=yes] http://198.18.0.2:8080/ ./"
+    ]
+    out = lab.exec(
+        "h1",
+        "apt-get -q update && apt-get -q install --yes --download-only python3-apt && apt-cache policy python3-apt"
+        " && apt-get clean",
+        timeout=120,
+    ).stdout
+    assert "500 http://198.18.0.2:8080 ./ Packages" in out, out
+
+
 def test_ansible_ping_from_controller(lab):
     out = lab.ansible("lab", "ping").stdout
     for h in lab.hosts:

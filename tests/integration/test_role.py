@@ -28,18 +28,17 @@ def role_lab():
             tear_down(LAB_NAME)
 
 
-@pytest.mark.lab
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(role_lab, scenario):
+def run_scenario(lab, scenario):
+    """``molecule test -s SCENARIO`` in the lab's controller namespace; fail with molecule's output."""
     env = dict(os.environ)
     env["PATH"] = ANSIBLE_BIN_DIR + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(REPO, ".cache", "collections"))
     env["ANSIBLE_NOCOLOR"] = "1"
     env["NO_COLOR"] = "1"
     cmd = [
-        role_lab.tool,
+        lab.tool,
         "--name",
-        LAB_NAME,
+        lab.name,
         "ctl",
         "--",
         os.path.join(ANSIBLE_BIN_DIR, "molecule"),
@@ -52,3 +51,9 @@ def test_molecule_scenario(role_lab, scenario):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT, check=False)
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-80:])
     assert proc.returncode == 0, "molecule scenario %s failed (%d):\n%s" % (scenario, proc.returncode, tail)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(role_lab, scenario):
+    run_scenario(role_lab, scenario)

@@ -6,9 +6,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.powernap.fleet.plugins.modules import power_info
+from ansible_collections.powernap.fleet.tests.unit.plugins.modules.utils import patch_module_args
 
 RECORD = {
     "name": "web1",

@@ -4,9 +4,9 @@ import json
 import socket
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.powernap.fleet.plugins.modules import wake
+from ansible_collections.powernap.fleet.tests.unit.plugins.modules.utils import patch_module_args
 
 
 def run_module(capsys, args, check_mode=False):
