@@ -145,7 +145,7 @@ units: venv
 	tools/ansible-test units --venv --python 3.11 --color no
 
 # Every other ansible-core release from meta/runtime.yml's minimum to the newest, each in its own venv
-# (.cache/ansible-core-X.Y, pinned in requirements/ansible-core-X.Y.txt) on a controller Python it supports,
+# (~/.cache/powernap-fleet/ansible-core-X.Y, pinned in requirements/ansible-core-X.Y.txt) on a controller Python it supports,
 # the first of the list that this machine has (PATH or pyenv); a release with none is skipped, and said so.
 # The pinned release (requirements/dev.txt: 2.19) runs the full sanity and units above.
 ANSIBLE_CORE_MATRIX := 2.16:3.10,3.11,3.12 2.17:3.12,3.11,3.10 2.18:3.13,3.12,3.11 2.20:3.12,3.13,3.14 2.21:3.13,3.14,3.12
