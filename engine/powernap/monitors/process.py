@@ -2,14 +2,18 @@
 
 import errno
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import MonitorError
-from ..options import Boolean, Choice, Option, Regex, Size
+from ..options import Boolean, Choice, Duration, Option, Regex, Size
+from ..platform import in_initial_pid_namespace
 from . import packet, procfs
-from .base import MONITOR_COMMON_OPTIONS, Monitor
+from .base import MONITOR_COMMON_OPTIONS, Monitor, RateMonitor
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
@@ -18,6 +22,7 @@ PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_EXEC = 0x00000002
+PROC_EVENT_COMM = 0x00000200
 PROC_EVENT_EXIT = 0x80000000
 NLMSG_DONE = 3
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -25,6 +30,8 @@ _CN_MSG = struct.Struct("=IIIIHH")
 _EVENT_HEAD = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _FOUR_PIDS = struct.Struct("=iiii")
 RESCAN_AFTER_VANISHED = 5.0  # seconds between rescans caused by unreadable short-lived processes
+PROBE_TIMEOUT = 3.0  # the exec event of our own test child must arrive within this long
+PROBE_EVERY = 600.0  # re-prove that events still arrive this often (a 'true' started every 10 minutes)
 _WHAT_OFFSET = _NLMSGHDR.size + _CN_MSG.size  # proc_event.what within a netlink message
 
 
@@ -45,11 +52,12 @@ class ProcConnector:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         try:
             sock.bind((0, CN_IDX_PROC))
-            # Only exec events reach us: forks and exits are most of the stream on a busy
-            # host and waking for each costs more than the whole rest of the daemon.
-            # Exits and fork-then-exit daemons are caught by ProcessMonitor.check().
+            # Only exec events and renames of whole processes (prctl PR_SET_NAME) reach us:
+            # forks, exits and thread renames are most of the stream on a busy host and waking
+            # for each costs more than the whole rest of the daemon.  Exits and fork-then-exit
+            # daemons are caught by ProcessMonitor.check().
             try:
-                packet.attach_filter(sock, packet.word_equals_filter(_WHAT_OFFSET, PROC_EVENT_EXEC))
+                packet.attach_filter(sock, _exec_or_process_rename_filter())
                 self.exec_only = True
             except OSError:
                 self.exec_only = False
@@ -86,7 +94,7 @@ class ProcConnector:
                 body = offset + _NLMSGHDR.size + _CN_MSG.size
                 what = _EVENT_HEAD.unpack_from(data, body)[0]
                 detail = body + _EVENT_HEAD.size
-                if what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT) and detail + 8 <= len(data):
+                if what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_COMM) and detail + 8 <= len(data):
                     pid, tgid = struct.unpack_from("=ii", data, detail)
                     events.append((what, pid, tgid, 0))
                 elif what == PROC_EVENT_FORK and detail + _FOUR_PIDS.size <= len(data):
@@ -110,6 +118,31 @@ class ProcConnector:
             self.sock = None
 
 
+def _exec_or_process_rename_filter() -> bytes:
+    """BPF: pass exec events, and comm events whose pid is the thread-group leader (a process renamed
+    itself, not one of its threads)."""
+    event = _WHAT_OFFSET + _EVENT_HEAD.size  # the event's pid and tgid words follow its header
+    prog = packet.BpfProgram()
+    prog.op(packet.LD_W_ABS, _WHAT_OFFSET)
+    prog.op(packet.JEQ_K, packet.native_word(PROC_EVENT_EXEC), jt="pass")
+    prog.op(packet.JEQ_K, packet.native_word(PROC_EVENT_COMM), jf="drop")
+    prog.op(packet.LD_W_ABS, event)
+    prog.op(packet.TAX)
+    prog.op(packet.LD_W_ABS, event + 4)
+    prog.op(packet.JEQ_X, 0, jt="pass")
+    prog.label("drop")
+    prog.op(packet.RET_K, 0)
+    prog.label("pass")
+    prog.op(packet.RET_K, 0xFFFFFFFF)
+    return prog.assemble()
+
+
+def _probe_program() -> List[str]:
+    """The cheapest program to start as a test child."""
+    found = shutil.which("true")
+    return [found] if found else [sys.executable, "-c", ""]
+
+
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -130,9 +163,18 @@ class ProcessMonitor(Monitor):
             "events",
             Boolean(),
             default=True,
-            doc="Follow process starts and exits through the kernel's netlink process events (instant, no "
-            "polling; needs root in the initial namespace). Falls back to a /proc scan per check when "
-            "the kernel refuses.",
+            doc="Follow process starts through the kernel's netlink process events (instant, no polling; "
+            "needs root in the initial PID namespace). The engine proves at start, and every 10 minutes, "
+            "that events arrive (for a child it starts itself); where they do not (a container, a kernel "
+            "that refuses) it scans /proc on every check instead and status says why.",
+        ),
+        Option(
+            "rescan_every",
+            Duration(minimum=1),
+            default=10.0,
+            doc="With events, also scan all of /proc this often: a process that rewrites its command line "
+            "after start (nginx, postgres and sshd titles) sends no event. Renames through prctl are seen "
+            "at once. Before any stage fires /proc is scanned afresh anyway.",
         ),
     )
 
@@ -142,33 +184,105 @@ class ProcessMonitor(Monitor):
         self.matching: Dict[int, str] = {}
         self.connector: Optional[ProcConnector] = None
         self.mode = "scan"
+        self.why_scan = "events = no" if not options["events"] else ""
         self.last_rescan = float("-inf")
         self.vanished_since: Optional[float] = None
+        # The test child whose exec event proves that events arrive, and since when we wait for it.
+        self.probe: Optional[subprocess.Popen] = None
+        self.probe_started = 0.0
+        self.verified = False
+        self.next_probe = float("inf")
 
     def open(self) -> None:
         if self.options["events"] and self.ctx.root.is_real:
-            connector = ProcConnector()
-            try:
-                connector.open()
-                self.connector = connector
-                self.mode = "events"
-            except OSError as exc:
-                self.log.info("process events unavailable (%s); scanning /proc each check", exc)
+            if in_initial_pid_namespace(self.ctx.root) is False:
+                # The kernel ignores subscriptions from there, and events that still arrive (someone on
+                # the host subscribed) carry the host's PIDs, which mean nothing in our /proc.
+                self._fall_back("PID namespace: the kernel sends process events to the initial namespace only")
+            else:
+                connector = ProcConnector()
+                try:
+                    connector.open()
+                    self.connector = connector
+                    self.mode = "events"
+                    self._start_probe()
+                except OSError as exc:
+                    self._fall_back("process events unavailable: %s" % exc)
         self.rescan()  # after subscribing, so nothing starting in between is missed
+
+    def _fall_back(self, why: str) -> None:
+        """Scan /proc on every check from now on, and say why (status shows it)."""
+        if self.connector is not None:
+            self.connector.close()
+            self.connector = None
+        self._reap_probe(kill=True)
+        self.mode = "scan"
+        self.why_scan = why
+        self.verified = False
+        self.log.warning("%s; scanning /proc on every check", why)
+
+    def _start_probe(self) -> None:
+        try:
+            self.probe = subprocess.Popen(
+                _probe_program(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except OSError as exc:  # cannot prove it either way: keep events, but scan until proven
+            self.log.info("cannot start a test child to prove process events arrive: %s", exc)
+            self.probe = None
+            return
+        self.probe_started = self.ctx.clock.monotonic()
+
+    def _reap_probe(self, kill: bool = False) -> None:
+        if self.probe is None:
+            return
+        if kill and self.probe.poll() is None:
+            self.probe.kill()
+        try:
+            self.probe.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self.probe = None
+
+    def _follow_probe(self) -> None:
+        """Fall back when the test child's exec event did not come in time; re-prove now and then."""
+        now = self.ctx.clock.monotonic()
+        if self.probe is None:
+            if self.connector is not None and now >= self.next_probe:
+                self._start_probe()
+            return
+        if self.probe.poll() is not None and now - self.probe_started >= PROBE_TIMEOUT:
+            self._fall_back(
+                "no process event arrived for a test child within %gs (PID or user namespace, or another "
+                "program switched the kernel's process events off)" % PROBE_TIMEOUT
+            )
+
+    def _probe_seen(self) -> None:
+        self._reap_probe()
+        if not self.verified:
+            self.log.info("process events arrive: following process starts as they happen")
+        self.verified = True
+        self.next_probe = self.ctx.clock.monotonic() + PROBE_EVERY
 
     def close(self) -> None:
         if self.connector is not None:
             self.connector.close()
             self.connector = None
+        self._reap_probe(kill=True)
         self.mode = "scan"
+        self.verified = False
 
     def rescan(self) -> None:
         root = self.ctx.root
         self.last_rescan = self.ctx.clock.monotonic()
         found = {}
         own = os.getpid()
+        probe = self.probe.pid if self.probe is not None else None
         for pid in procfs.pids(root):
-            if pid == own:
+            if pid in (own, probe):
                 continue
             line = procfs.cmdline(root, pid)
             if line is not None and self.regex.search(line):
@@ -183,8 +297,21 @@ class ProcessMonitor(Monitor):
         return "process %d running: %s%s" % (pid, _short(self.matching[pid]), " (+%d more)" % more if more else "")
 
     def check(self) -> Optional[str]:
-        if self.connector is None or not self._tracked_still_match() or self._rescan_due():
+        if self.connector is not None:
+            self._follow_probe()
+        if (
+            self.connector is None
+            or not self.verified
+            or not self._tracked_still_match()
+            or self._rescan_due()
+            or self.ctx.clock.monotonic() - self.last_rescan >= self.options["rescan_every"]
+        ):
             self.rescan()
+        return self._reason()
+
+    def recheck(self) -> Optional[str]:
+        """Right before a stage: a fresh /proc scan, whatever the events said."""
+        self.rescan()
         return self._reason()
 
     def _rescan_due(self) -> bool:
@@ -222,17 +349,26 @@ class ProcessMonitor(Monitor):
         except OSError as exc:
             raise MonitorError("reading process events: %s" % exc) from None
         started = None
+        probe = self.probe.pid if self.probe is not None else None
         for what, pid, tgid, parent in events:
             if what == PROC_EVENT_EXIT:
                 if pid == tgid:
                     self.matching.pop(pid, None)
-            elif what == PROC_EVENT_EXEC:
+            elif tgid == probe and what == PROC_EVENT_EXEC:
+                self._probe_seen()
+                probe = None
+            elif what in (PROC_EVENT_EXEC, PROC_EVENT_COMM):
                 line = procfs.cmdline(self.ctx.root, tgid)
                 if line is None and self.vanished_since is None:
                     self.vanished_since = self.ctx.clock.monotonic()
                 if line is not None and self.regex.search(line):
+                    if tgid not in self.matching:
+                        started = "process %d %s: %s" % (
+                            tgid,
+                            "started" if what == PROC_EVENT_EXEC else "renamed",
+                            _short(line),
+                        )
                     self.matching[tgid] = line
-                    started = "process %d started: %s" % (tgid, _short(line))
                 else:
                     self.matching.pop(tgid, None)
             elif what == PROC_EVENT_FORK and pid == tgid and parent in self.matching:
@@ -241,10 +377,14 @@ class ProcessMonitor(Monitor):
         return started
 
     def describe(self) -> str:
-        return "process /%s/ (%s)" % (self.regex.pattern, self.mode)
+        if self.mode == "events":
+            how = "events" if self.verified else "events, being verified"
+        else:
+            how = "scan" + (": " + self.why_scan if self.why_scan else "")
+        return "process /%s/ (%s)" % (self.regex.pattern, how)
 
 
-class IoMonitor(Monitor):
+class IoMonitor(RateMonitor):
     """Activity while processes matching a regex read or write more than a threshold per second."""
 
     TYPE = "io"
@@ -292,7 +432,7 @@ class IoMonitor(Monitor):
         except (OSError, ValueError, IndexError):
             return None
 
-    def check(self) -> Optional[str]:
+    def measure(self) -> Optional[str]:
         root = self.ctx.root
         now = self.ctx.clock.monotonic()
         current_pids = procfs.pids(root)
