@@ -70,10 +70,10 @@ class TcpMonitor(Monitor):
             "poll_every",
             Duration(minimum=0),
             default=30.0,
-            doc="While connections are followed as events, the connection table is re-read at least this "
-            "often as a safety net; events (a new connection's SYN, a FIN or RST) make the next check re-read "
-            "it, so the end of the last connection is seen within one interval. Without events the table is "
-            "read on every check.",
+            doc="While no connection is open and connections are followed as events, the connection table is "
+            "re-read at least this often as a safety net (events, a SYN, FIN or RST, make the next check "
+            "re-read it). While connections are open, or without events, it is read on every check, so the "
+            "end of the last connection is seen within one interval.",
         ),
         Option(
             "events",
@@ -122,7 +122,16 @@ class TcpMonitor(Monitor):
             return self.count_connections()
         now = self.ctx.clock.monotonic()
         following = now < self.handshake_until
-        if self.stale or following or self.polled_at is None or now - self.polled_at >= self.options["poll_every"]:
+        # While connections are open the table is read on every check (the host is busy anyway), so
+        # the end of the last one is seen within one interval even when no FIN or RST comes (a peer
+        # that vanished, a dropped packet).  An idle host reads it only on events and poll_every.
+        if (
+            self.stale
+            or following
+            or self.last_poll is not None
+            or self.polled_at is None
+            or now - self.polled_at >= self.options["poll_every"]
+        ):
             self._read_table(now)
         if following and self.last_poll is None:
             self.follow_at = min(now + self.follow_step, self.handshake_until)
