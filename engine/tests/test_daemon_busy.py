@@ -101,9 +101,11 @@ def test_in_a_pid_namespace_the_daemon_sees_a_process_started_later_and_does_not
     config.write_text(NS_CONFIG.format(state_dir=state_dir, marker=marker))
     log_path = tmp_path / "powernapd.log"
     # The marker travels in the environment so that no shell's command line matches the regex.
-    script = '(sleep 1.5; exec "$0" -c "import time; time.sleep(60)" "$BUSY_MARKER") & exec "$0" {daemon} {args}'.format(
-        daemon=os.path.join(ENGINE, "bin", "powernapd"),
-        args="--root / --config %s --dry-run --log-level info" % config,
+    busy = '(sleep 1.5; exec "$0" -c "import time; time.sleep(60)" "$BUSY_MARKER")'
+    script = '%s & exec "$0" %s --root / --config %s --dry-run --log-level info' % (
+        busy,
+        os.path.join(ENGINE, "bin", "powernapd"),
+        config,
     )
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", BUSY_MARKER=marker)
     env.pop("NOTIFY_SOCKET", None)
