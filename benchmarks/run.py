@@ -4,7 +4,9 @@ Each bench script is a standalone program that prints one JSON object per
 line: {"bench": str, "metric": str, "value": number, "unit": str,
 "target": optional str, "ok": optional bool}.  Other output lines are
 passed through as progress.  Select scripts with BENCH=name[,name] (the part
-after ``bench_``).  Benchmarks report; they never fail the build on a figure.
+after ``bench_``).  A script that fails (a measurement broke, or it exits
+non-zero because a figure missed its target) makes this runner exit 1 after
+the table is printed.
 """
 
 import json
@@ -67,6 +69,7 @@ def main():
     all_rows = []
     for name in discover(selected):
         all_rows.extend(run_one(name))
+    failed = [row["bench"] for row in all_rows if str(row.get("metric", "")).startswith("(")]
     headers = ("bench", "metric", "value", "unit", "target", "met")
     table = [headers]
     for row in all_rows:
@@ -87,6 +90,9 @@ def main():
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
         if index == 0:
             print("  ".join("-" * w for w in widths))
+    if failed:
+        print("\nbenchmarks failed: %s" % ", ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

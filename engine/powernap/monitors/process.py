@@ -30,6 +30,8 @@ _CN_MSG = struct.Struct("=IIIIHH")
 _EVENT_HEAD = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _FOUR_PIDS = struct.Struct("=iiii")
 RESCAN_AFTER_VANISHED = 5.0  # seconds between rescans caused by unreadable short-lived processes
+SO_RCVBUFFORCE = 33  # setsockopt beyond rmem_max (CAP_NET_ADMIN)
+RECEIVE_BUFFER = 1 << 20
 PROBE_TIMEOUT = 3.0  # the exec event of our own test child must arrive within this long
 PROBE_EVERY = 600.0  # re-prove that events still arrive this often (a 'true' started every 10 minutes)
 _WHAT_OFFSET = _NLMSGHDR.size + _CN_MSG.size  # proc_event.what within a netlink message
@@ -51,6 +53,12 @@ class ProcConnector:
     def open(self) -> int:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         try:
+            # While the host is awake the daemon reads events once per interval: room for a second of
+            # a busy host's program starts (an overflow only costs a rescan).
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             sock.bind((0, CN_IDX_PROC))
             # Only exec events and renames of whole processes (prctl PR_SET_NAME) reach us:
             # forks, exits and thread renames are most of the stream on a busy host and waking
@@ -157,7 +165,8 @@ class ProcessMonitor(Monitor):
             Regex(),
             required=True,
             doc="Python regular expression searched in each process's full command line (arguments joined "
-            "by spaces, as 'ps -eo args' shows them; kernel threads appear as [name]).",
+            "by spaces, as 'ps -eo args' shows them; kernel threads appear as [name], and a process that "
+            "renamed itself with prctl gets its new name appended as [name]).",
         ),
         Option(
             "events",
@@ -171,7 +180,7 @@ class ProcessMonitor(Monitor):
         Option(
             "rescan_every",
             Duration(minimum=1),
-            default=10.0,
+            default=30.0,
             doc="With events, also scan all of /proc this often: a process that rewrites its command line "
             "after start (nginx, postgres and sshd titles) sends no event. Renames through prctl are seen "
             "at once. Before any stage fires /proc is scanned afresh anyway.",
@@ -275,7 +284,10 @@ class ProcessMonitor(Monitor):
         self.mode = "scan"
         self.verified = False
 
-    def rescan(self) -> None:
+    def rescan(self, names: bool = False) -> None:
+        """Scan /proc.  Process names (comm) are read for every process only when ``names`` is set (the
+        pre-stage check); otherwise only for processes already matched (a prctl rename comes as an
+        event), which halves the cost of the periodic scan."""
         root = self.ctx.root
         self.last_rescan = self.ctx.clock.monotonic()
         found = {}
@@ -284,7 +296,7 @@ class ProcessMonitor(Monitor):
         for pid in procfs.pids(root):
             if pid in (own, probe):
                 continue
-            line = procfs.cmdline(root, pid)
+            line = procfs.command_and_name(root, pid) if names or pid in self.matching else procfs.cmdline(root, pid)
             if line is not None and self.regex.search(line):
                 found[pid] = line
         self.matching = found
@@ -311,7 +323,7 @@ class ProcessMonitor(Monitor):
 
     def recheck(self) -> Optional[str]:
         """Right before a stage: a fresh /proc scan, whatever the events said."""
-        self.rescan()
+        self.rescan(names=True)
         return self._reason()
 
     def _rescan_due(self) -> bool:
@@ -332,7 +344,7 @@ class ProcessMonitor(Monitor):
         finds children a daemonizing process forked before it exited.
         """
         root = self.ctx.root
-        return all(procfs.cmdline(root, pid) == line for pid, line in self.matching.items())
+        return all(procfs.command_and_name(root, pid) == line for pid, line in self.matching.items())
 
     def fds(self) -> List[int]:
         fd = self.connector.fileno() if self.connector is not None else None
@@ -344,6 +356,9 @@ class ProcessMonitor(Monitor):
         try:
             events = self.connector.read()
         except OverflowError:
+            if self.probe is not None:  # its event may be among the dropped ones: prove it again
+                self._reap_probe(kill=True)
+                self._start_probe()
             self.rescan()
             return self._reason()
         except OSError as exc:
@@ -358,7 +373,7 @@ class ProcessMonitor(Monitor):
                 self._probe_seen()
                 probe = None
             elif what in (PROC_EVENT_EXEC, PROC_EVENT_COMM):
-                line = procfs.cmdline(self.ctx.root, tgid)
+                line = procfs.command_and_name(self.ctx.root, tgid)
                 if line is None and self.vanished_since is None:
                     self.vanished_since = self.ctx.clock.monotonic()
                 if line is not None and self.regex.search(line):

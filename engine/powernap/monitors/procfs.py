@@ -40,6 +40,17 @@ def cmdline(root: SysRoot, pid: int) -> Optional[str]:
     return None if comm is None else "[%s]" % comm
 
 
+def command_and_name(root: SysRoot, pid: int) -> Optional[str]:
+    """The command line, followed by `` [name]`` when the process name (comm) is not part of it:
+    a process that renamed itself with prctl(PR_SET_NAME) or through /proc/PID/comm can be matched
+    by its new name.  None if the process is gone."""
+    line = cmdline(root, pid)
+    if line is None or line.startswith("["):
+        return line
+    name = (root.read("/proc/%d/comm" % pid) or "").strip()
+    return line if not name or name in line else "%s [%s]" % (line, name)
+
+
 def read_required(root: SysRoot, system_path: str) -> str:
     """A file's text or MonitorError naming the file (for files a monitor cannot do without)."""
     try:
