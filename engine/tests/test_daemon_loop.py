@@ -120,3 +120,31 @@ def test_monitor_fds_are_watched_only_while_napping(daemon):
         d._sync_fds()
         fake_fd.close()
         writer.close()
+
+
+def test_best_effort_on_a_host_without_suspend_is_explained(tmp_path):
+    """The audit's VM: no sleep state in /sys/power/state, platform = physical.  best-effort resolves to
+    poweroff, and status and explain say so and why."""
+    root = make_root(tmp_path)
+    (root / "sys/power/state").write_text("\n")
+    config = CONFIG.replace("settle = 5s", "settle = 5s\nplatform = physical").replace(
+        "after = 1h\naction = suspend", "after = 1h\naction = best-effort"
+    )
+    (root / "etc/powernap/powernap.conf").write_text(config)
+    d = Daemon(
+        [str(root / "etc/powernap/powernap.conf")],
+        SysRoot(str(root)),
+        clock=FakeClock(),
+        dry_run=True,
+        log=logging.getLogger("powernap-test-loop"),
+    )
+    d.start()
+    try:
+        status = d.status()
+        assert status["verdict"]["denied"]["suspend"] == "the kernel offers no suspend state (/sys/power/state: empty)"
+        assert status["best_effort"]["resolves_to"] == "poweroff"
+        assert set(status["best_effort"]["passed_over"]) == {"suspend-then-hibernate", "suspend", "hibernate"}
+        explain = "\n".join(d.explain())
+        assert "will poweroff, because suspend-then-hibernate is not possible (the kernel offers no suspend" in explain
+    finally:
+        d.shutdown()
