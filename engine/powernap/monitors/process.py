@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import MonitorError
@@ -29,6 +30,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _CN_MSG = struct.Struct("=IIIIHH")
 _EVENT_HEAD = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _FOUR_PIDS = struct.Struct("=iiii")
+FRESH_EVENT_NS = 200_000_000  # an event read within 0.2 s of happening (CLOCK_MONOTONIC, as the kernel stamps)
 RESCAN_AFTER_VANISHED = 5.0  # seconds between rescans caused by unreadable short-lived processes
 SO_RCVBUFFORCE = 33  # setsockopt beyond rmem_max (CAP_NET_ADMIN)
 RECEIVE_BUFFER = 1 << 20
@@ -40,7 +42,7 @@ _WHAT_OFFSET = _NLMSGHDR.size + _CN_MSG.size  # proc_event.what within a netlink
 class ProcConnector:
     """The kernel's process event stream (netlink connector, needs CAP_NET_ADMIN in the initial namespaces).
 
-    ``read()`` returns events as (what, pid, tgid, parent_tgid) where for a
+    ``read()`` returns events as (what, pid, tgid, parent_tgid, stamp_ns) where for a
     fork ``pid``/``tgid`` are the child's and ``parent_tgid`` the parent's;
     it raises ``OverflowError`` when the kernel dropped events (ENOBUFS), so
     the caller rescans.
@@ -83,7 +85,7 @@ class ProcConnector:
         cn_msg = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0) + payload
         sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(cn_msg), NLMSG_DONE, 0, 0, 0) + cn_msg)
 
-    def read(self, limit: int = 256) -> List[Tuple[int, int, int, int]]:
+    def read(self, limit: int = 256) -> List[Tuple[int, int, int, int, int]]:
         events = []
         if self.sock is None:
             return events
@@ -100,14 +102,14 @@ class ProcConnector:
             while offset + _NLMSGHDR.size + _CN_MSG.size + _EVENT_HEAD.size <= len(data):
                 length = _NLMSGHDR.unpack_from(data, offset)[0]
                 body = offset + _NLMSGHDR.size + _CN_MSG.size
-                what = _EVENT_HEAD.unpack_from(data, body)[0]
+                what, _cpu, stamp = _EVENT_HEAD.unpack_from(data, body)
                 detail = body + _EVENT_HEAD.size
                 if what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_COMM) and detail + 8 <= len(data):
                     pid, tgid = struct.unpack_from("=ii", data, detail)
-                    events.append((what, pid, tgid, 0))
+                    events.append((what, pid, tgid, 0, stamp))
                 elif what == PROC_EVENT_FORK and detail + _FOUR_PIDS.size <= len(data):
                     _ppid, ptgid, cpid, ctgid = _FOUR_PIDS.unpack_from(data, detail)
-                    events.append((what, cpid, ctgid, ptgid))
+                    events.append((what, cpid, ctgid, ptgid, stamp))
                 if length < _NLMSGHDR.size:
                     break
                 offset += (length + 3) & ~3
@@ -365,7 +367,8 @@ class ProcessMonitor(Monitor):
             raise MonitorError("reading process events: %s" % exc) from None
         started = None
         probe = self.probe.pid if self.probe is not None else None
-        for what, pid, tgid, parent in events:
+        now_ns = time.monotonic_ns()
+        for what, pid, tgid, parent, stamp in events:
             if what == PROC_EVENT_EXIT:
                 if pid == tgid:
                     self.matching.pop(pid, None)
@@ -374,7 +377,10 @@ class ProcessMonitor(Monitor):
                 probe = None
             elif what in (PROC_EVENT_EXEC, PROC_EVENT_COMM):
                 line = procfs.command_and_name(self.ctx.root, tgid)
-                if line is None and self.vanished_since is None:
+                # Gone before we could read it, though we read at once: maybe a wrapper that forked a
+                # matching daemon no event announces; rescan soon.  Events read at the poll (the host is
+                # awake) are mostly gone by then: the periodic rescan covers those.
+                if line is None and self.vanished_since is None and now_ns - stamp < FRESH_EVENT_NS:
                     self.vanished_since = self.ctx.clock.monotonic()
                 if line is not None and self.regex.search(line):
                     if tgid not in self.matching:
