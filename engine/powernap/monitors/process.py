@@ -376,7 +376,13 @@ class ProcessMonitor(Monitor):
                 self._probe_seen()
                 probe = None
             elif what in (PROC_EVENT_EXEC, PROC_EVENT_COMM):
-                line = procfs.command_and_name(self.ctx.root, tgid)
+                # At exec the name is the program's file name, part of the command line: read it only
+                # for a rename (one open less per program start on a busy host).
+                line = (
+                    procfs.cmdline(self.ctx.root, tgid)
+                    if what == PROC_EVENT_EXEC
+                    else procfs.command_and_name(self.ctx.root, tgid)
+                )
                 # Gone before we could read it, though we read at once: maybe a wrapper that forked a
                 # matching daemon no event announces; rescan soon.  Events read at the poll (the host is
                 # awake) are mostly gone by then: the periodic rescan covers those.
