@@ -17,7 +17,7 @@
 
 Latencies come from the daemon's event stamps (wall clock, rounded to 1 ms in
 ``status``) minus the wall time just before the trigger; the restore event is
-the first one after the trigger by count, not by time.  A latency below zero
+the first one stamped after the last restore seen before the trigger.  A latency below zero
 can only be that rounding (at most 0.5 ms) and is reported as 0; anything more
 negative means the measurement is broken and fails the bench.
 
@@ -192,16 +192,18 @@ def measure_recovery(daemon, trigger, trials):
     latencies = []
     for _unused in range(trials):
         before = daemon.wait_state("napping")
-        seen = sum(1 for e in before["events"] if e["event"] == "powersave-restore")
+        # The restore this trigger causes is the first one stamped after the last one seen before it
+        # (status keeps only the last 50 events, so counting them would not do).
+        last = max((e["time"] for e in before["events"] if e["event"] == "powersave-restore"), default=0.0)
         started = time.time()
         cleanup = trigger()
         status = daemon.wait_state("awake", seconds=10.0, poll=0.002)
         if cleanup is not None:
             cleanup()
-        restores = [e for e in status["events"] if e["event"] == "powersave-restore"]
-        if len(restores) <= seen:
+        restores = [e for e in status["events"] if e["event"] == "powersave-restore" and e["time"] > last]
+        if not restores:
             raise RuntimeError("no powersave-restore event after the trigger")
-        latency = (restores[seen]["time"] - started) * 1000.0
+        latency = (restores[0]["time"] - started) * 1000.0
         if latency < -STAMP_ROUNDING_MS:
             raise RuntimeError("restore stamped %.1f ms before its trigger: the measurement is broken" % -latency)
         latencies.append(max(0.0, latency))  # (-0.5, 0) ms is the 1 ms rounding of the stamp

@@ -156,6 +156,39 @@ def _sock_diag_tcp(states: Tuple[int, ...]) -> List[SocketEntry]:
     return entries
 
 
+_NLM_F_REQUEST = 0x1
+_NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE: look the socket up by its addresses
+
+
+def tcp_state(local, local_port: int, remote, remote_port: int) -> Optional[int]:
+    """The state of the one TCP socket with this 4-tuple (a hash lookup over sock_diag, microseconds
+    where a dump walks the whole table), TCP_LISTEN when only a listener has the port, or None when
+    there is no such socket or the kernel will not say.  Real root only."""
+    family = socket.AF_INET if local.version == 4 and remote.version == 4 else socket.AF_INET6
+    if family == socket.AF_INET:
+        local_raw, remote_raw = local.packed.ljust(16, b"\0"), remote.packed.ljust(16, b"\0")
+    else:
+        local_raw = ipaddress.IPv6Address(("::ffff:%s" % local) if local.version == 4 else str(local)).packed
+        remote_raw = ipaddress.IPv6Address(("::ffff:%s" % remote) if remote.version == 4 else str(remote)).packed
+    sockid = struct.pack(">HH", local_port, remote_port) + local_raw + remote_raw + b"\0" * 4 + _NO_COOKIE
+    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as sock:
+            sock.settimeout(1.0)
+            sock.send(
+                _NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0) + request
+            )
+            data = sock.recv(8192)
+    except OSError:
+        return None
+    if len(data) < _NLMSGHDR.size + _DIAG_MSG_HEAD.size:
+        return None
+    kind = _NLMSGHDR.unpack_from(data)[1]
+    if kind != SOCK_DIAG_BY_FAMILY:
+        return None  # NLMSG_ERROR: ENOENT (no such socket) or a refusal
+    return _DIAG_MSG_HEAD.unpack_from(data, _NLMSGHDR.size)[1]
+
+
 def _parse_diag(data: bytes, width: int, entries: List[SocketEntry]) -> bool:
     """Append the sockets of one sock_diag reply datagram; True at the end of the dump."""
     offset = 0

@@ -1,7 +1,7 @@
 """TCP connections to local ports (IPv4 and IPv6): the ssh, web and database monitors."""
 
 import ipaddress
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..options import Boolean, Duration, Integer, ListOf, Option, OptionType, PortRanges
 from . import procfs
@@ -12,6 +12,7 @@ TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
 HANDSHAKE_SECONDS = 3.0  # follow a SYN this long (the client's first SYN retransmit comes after 1 s)
 FOLLOW_FIRST = 0.002  # first early check after a SYN whose handshake was not done yet; x4 each time
 FOLLOW_LAST = 0.5
+MAX_HANDSHAKES = 64  # SYNs followed by lookup at once (a flood falls back to reading the table)
 
 
 class Network(OptionType):
@@ -95,6 +96,7 @@ class TcpMonitor(Monitor):
         self.handshake_until = 0.0  # a SYN came: follow its handshake until then
         self.follow_at: Optional[float] = None
         self.follow_step = FOLLOW_FIRST
+        self.handshakes: Dict[Tuple, None] = {}  # (local, port, remote, port) of SYNs being followed
 
     def open(self) -> None:
         if self.options["events"]:
@@ -122,6 +124,16 @@ class TcpMonitor(Monitor):
             return self.count_connections()
         now = self.ctx.clock.monotonic()
         following = now < self.handshake_until
+        if following and self.last_poll is None and self.handshakes and self._can_look_up():
+            # Ask the kernel about exactly the connections whose SYN we saw (a hash lookup each)
+            # instead of dumping the table while the handshake goes on.
+            found = self._established_handshake()
+            if found:
+                self.last_poll, self.polled_at, self.stale = found, now, False
+                self.handshake_until, self.handshakes, self.follow_at = 0.0, {}, None
+                return found
+            following = False  # looked up: no table read for the handshake's sake
+            self._follow(now)
         # While connections are open the table is read on every check (the host is busy anyway), so
         # the end of the last one is seen within one interval even when no FIN or RST comes (a peer
         # that vanished, a dropped packet).  An idle host reads it only on events and poll_every.
@@ -133,12 +145,24 @@ class TcpMonitor(Monitor):
             or now - self.polled_at >= self.options["poll_every"]
         ):
             self._read_table(now)
-        if following and self.last_poll is None:
-            self.follow_at = min(now + self.follow_step, self.handshake_until)
-            self.follow_step = min(self.follow_step * 4, FOLLOW_LAST)
+        if now < self.handshake_until and self.last_poll is None:
+            self._follow(now)
         else:
-            self.follow_at = None
+            self.follow_at, self.handshakes = None, {}
         return self.last_poll
+
+    def _follow(self, now: float) -> None:
+        self.follow_at = min(now + self.follow_step, self.handshake_until)
+        self.follow_step = min(self.follow_step * 4, FOLLOW_LAST)
+
+    def _can_look_up(self) -> bool:
+        return self.ctx.root.is_real and self.options["min_connections"] == 1
+
+    def _established_handshake(self) -> Optional[str]:
+        for local, local_port, remote, remote_port in self.handshakes:
+            if procfs.tcp_state(local, local_port, remote, remote_port) == procfs.TCP_ESTABLISHED:
+                return "1 established connection on port %d (from %s)" % (local_port, remote)
+        return None
 
     def recheck(self) -> Optional[str]:
         if self.listener is None:
@@ -200,6 +224,14 @@ class TcpMonitor(Monitor):
                 self.stale = True
             elif flags & TCP_SYN and self.wanted(address):
                 syn = True
+                destination = frame[16:20] if ethertype == ETH_P_IP else frame[24:40]
+                if len(self.handshakes) < MAX_HANDSHAKES and len(destination) in (4, 16):
+                    local = ipaddress.ip_address(bytes(destination))
+                    if isinstance(local, ipaddress.IPv6Address) and local.ipv4_mapped is not None:
+                        local = local.ipv4_mapped
+                    ports = frame[header : header + 4]
+                    key = (local, int.from_bytes(ports[2:4], "big"), address, int.from_bytes(ports[0:2], "big"))
+                    self.handshakes[key] = None
         if not syn:
             return None
         now = self.ctx.clock.monotonic()
