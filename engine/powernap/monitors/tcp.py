@@ -10,7 +10,7 @@ from .packet import ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, PacketListener, build_fil
 
 TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
 HANDSHAKE_SECONDS = 3.0  # follow a SYN this long (the client's first SYN retransmit comes after 1 s)
-FOLLOW_FIRST = 0.002  # first early check after a SYN whose handshake was not done yet; x4 each time
+FOLLOW_FIRST = 0.001  # first early check after an unfinished handshake (the selector counts ms); x4 each time
 FOLLOW_LAST = 0.5
 MAX_HANDSHAKES = 64  # SYNs followed by lookup at once (a flood falls back to reading the table)
 
