@@ -293,3 +293,31 @@ def test_inside_a_pid_namespace_the_monitor_scans_and_says_why():
         check=False,
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+def test_process_events_are_proven_again_every_ten_minutes():
+    """Events that stop later (another program's PROC_CN_MCAST_IGNORE drops the kernel's global
+    listener count) are caught by the periodic proof."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (the lab and CI run as root)")
+    from powernap.monitors import process
+
+    clock = FakeClock()
+    monitor = make("process", clock=clock, regex="^this-matches-no-process-anywhere$")
+    monitor.open()
+    try:
+        deadline = time.monotonic() + 5
+        while not monitor.verified and time.monotonic() < deadline:
+            wait_event(monitor, 0.2)
+        assert monitor.verified and monitor.probe is None, monitor.describe()
+        assert monitor.describe().endswith("(events)")
+        clock.advance(process.PROBE_EVERY)
+        monitor.check()
+        assert monitor.probe is not None, "no new proof started after PROBE_EVERY"
+        # This time nobody reads the events: the proof times out and the monitor falls back.
+        monitor.probe.wait(5)
+        clock.advance(process.PROBE_TIMEOUT)
+        monitor.check()
+        assert monitor.mode == "scan" and "no process event arrived" in monitor.describe()
+    finally:
+        monitor.close()
