@@ -340,7 +340,9 @@ class Daemon:
                 owners[fd] = slot
         if not owners:
             return
-        for fd, _mask in poller.poll(0):
+        for fd, mask in poller.poll(0):
+            if mask & select.POLLNVAL:
+                continue  # closed behind our back: the monitor's next fds() no longer lists it
             slot = owners[fd]
             if slot.opened and fd in slot.monitor.fds():  # an earlier read may have closed it (unplug)
                 self._dispatch(fd, ("monitor", slot))

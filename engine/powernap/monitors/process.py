@@ -203,6 +203,7 @@ class ProcessMonitor(Monitor):
         self.probe_started = 0.0
         self.verified = False
         self.next_probe = float("inf")
+        self.unreaped: List[subprocess.Popen] = []
 
     def open(self) -> None:
         if self.options["events"] and self.ctx.root.is_real:
@@ -248,19 +249,19 @@ class ProcessMonitor(Monitor):
         self.probe_started = self.ctx.clock.monotonic()
 
     def _reap_probe(self, kill: bool = False) -> None:
-        if self.probe is None:
-            return
-        if kill and self.probe.poll() is None:
-            self.probe.kill()
-        try:
-            self.probe.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            pass
-        self.probe = None
+        """Forget the test child; one still running is reaped later, never waited for in the loop."""
+        if self.probe is not None:
+            if kill and self.probe.poll() is None:
+                self.probe.kill()
+            self.unreaped.append(self.probe)
+            self.probe = None
+        self.unreaped = [child for child in self.unreaped if child.poll() is None]
 
     def _follow_probe(self) -> None:
         """Fall back when the test child's exec event did not come in time; re-prove now and then."""
         now = self.ctx.clock.monotonic()
+        if self.unreaped:
+            self.unreaped = [child for child in self.unreaped if child.poll() is None]
         if self.probe is None:
             if self.connector is not None and now >= self.next_probe:
                 self._start_probe()
@@ -283,6 +284,12 @@ class ProcessMonitor(Monitor):
             self.connector.close()
             self.connector = None
         self._reap_probe(kill=True)
+        for child in self.unreaped:  # killed above or long done: a bounded wait, and no zombie stays
+            try:
+                child.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+        self.unreaped = []
         self.mode = "scan"
         self.verified = False
 
