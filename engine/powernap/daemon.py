@@ -21,6 +21,7 @@ import collections
 import fcntl
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -33,11 +34,12 @@ from .clock import Clock
 from .config import Config, configured_state_dir, load_config
 from .control import STATUS_SCHEMA, ControlServer, socket_path
 from .errors import ConfigError, MonitorError
+from .hardware import best_effort_outcome, describe_best_effort
 from .ini import config_files
 from .monitors.base import MonitorContext
 from .platform import read_power_source
 from .report import make_reporter
-from .state import GRACE, NapMachine, held_awake_by, human_duration, stage_after
+from .state import AWAKE, GRACE, NapMachine, held_awake_by, human_duration, stage_after
 from .sysroot import SysRoot
 
 LOCK_NAME = "powernapd.lock"
@@ -178,6 +180,9 @@ class Daemon:
         self._warned = False
         self._next_watchdog: Optional[float] = None
         self._watchdog_every = watchdog_interval()
+        # Monitor fds are watched live only while napping or warning (instant recovery); while awake
+        # they are read at each poll, so a busy host does not wake the daemon for every event.
+        self._live_events = False
 
     # life cycle --------------------------------------------------------------
     def config_files(self) -> List[str]:
@@ -294,6 +299,7 @@ class Daemon:
         self._detect_resume(now - asked_at - timeout)
         self._poll_jobs()
         due = bool(self._jobs)
+        self._early_checks(now)
         if now >= self._next_poll:
             self._poll_monitors()
             interval = float(self.setup.config.globals["interval"])
@@ -306,8 +312,70 @@ class Daemon:
             deadline = self.machine.deadline()
             due = deadline is not None and deadline <= self.clock.boottime()
         if due:
-            self._execute(self.machine.tick(self._next_wake()))
+            self._tick()
+        live = self.machine.state != AWAKE
+        if live != self._live_events:
+            self._live_events = live
+            self._sync_fds()
         self._watchdog()
+
+    def _tick(self) -> None:
+        """Let the machine act, but never on stale answers: right before a stage would warn or fire,
+        every monitor answers again from scratch (fresh /proc scan, fresh connection table, queued
+        events read), and any activity holds the stage."""
+        next_wake = self._next_wake()
+        stage = self.machine.stage_due(next_wake)
+        if stage is not None and self._recheck_monitors(stage, next_wake):
+            return
+        self._execute(self.machine.tick(next_wake))
+
+    def _recheck_monitors(self, stage: Any, next_wake: Optional[float]) -> bool:
+        """True when a monitor sees activity now (the stage is held and idleness starts over)."""
+        self._drain_monitor_fds()
+        busy = []
+        if self.machine.stage_due(next_wake) is None:  # a queued event was activity
+            busy.append("queued events")
+        for slot in self.setup.monitors:
+            if slot.opened:
+                reason = self._check_slot(slot, fresh=True)
+                if reason:
+                    busy.append("%s: %s" % (slot.name, reason))
+        if busy:
+            self.log.info(
+                "stage %d (%s) held, activity on a fresh check: %s", stage.index, stage.action, "; ".join(busy)
+            )
+        return bool(busy)
+
+    def _drain_monitor_fds(self) -> None:
+        """Hand every monitor fd that holds data to its monitor (all fds, live or not)."""
+        poller = select.poll()
+        owners: Dict[int, MonitorSlot] = {}
+        for slot in self.setup.monitors:
+            if not slot.opened:
+                continue
+            try:
+                fds = slot.monitor.fds()
+            except Exception:
+                continue
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+                owners[fd] = slot
+        if not owners:
+            return
+        for fd, mask in poller.poll(0):
+            if mask & select.POLLNVAL:
+                continue  # closed behind our back: the monitor's next fds() no longer lists it
+            slot = owners[fd]
+            if slot.opened and fd in slot.monitor.fds():  # an earlier read may have closed it (unplug)
+                self._dispatch(fd, ("monitor", slot))
+
+    def _early_checks(self, now: float) -> None:
+        """Monitors that asked for a check before the next poll (e.g. following a TCP handshake)."""
+        for slot in self.setup.monitors:
+            if slot.opened:
+                wanted = slot.monitor.next_check()
+                if wanted is not None and wanted <= now:
+                    self._check_slot(slot)
 
     def _timeout(self) -> float:
         now = self.clock.monotonic()
@@ -319,6 +387,10 @@ class Daemon:
             wait = min(wait, max(0.0, deadline - self.clock.boottime()) + 0.001)
         if self._next_watchdog is not None:
             wait = min(wait, max(0.0, self._next_watchdog - now))
+        for slot in self.setup.monitors:
+            wanted = slot.monitor.next_check() if slot.opened else None
+            if wanted is not None:
+                wait = min(wait, max(0.0, wanted - now))
         return wait
 
     def _dispatch(self, fd: int, data: Any) -> None:
@@ -345,28 +417,37 @@ class Daemon:
 
     def _poll_monitors(self) -> None:
         now_mono = self.clock.monotonic()
+        if not self._live_events:
+            self._drain_monitor_fds()
         for slot in self.setup.monitors:
             if not slot.opened:
                 if now_mono >= slot.retry_at:
                     self._open_monitor(slot)
+                    self._sync_fds()
                 if not slot.opened:
                     slot.active = slot.counts_errors
                     if slot.counts_errors:
                         self._activity(slot, "monitor not working: %s" % slot.error, quiet=True)
                     continue
-            try:
-                reason = slot.monitor.check()
-            except MonitorError as exc:
-                reason = self._monitor_failed(slot, str(exc))
-            except Exception as exc:  # one broken monitor must not stop the daemon
-                self.log.exception("monitor %s crashed in check", slot.name)
-                reason = self._monitor_failed(slot, "crashed: %s" % exc)
-            else:
-                slot.error = None
-            slot.active = bool(reason)
-            if reason:
-                self._activity(slot, reason, quiet=True)
+            self._check_slot(slot)
         self._follow_power_source()
+
+    def _check_slot(self, slot: MonitorSlot, fresh: bool = False) -> Optional[str]:
+        """One monitor's check (``fresh``: its recheck); activity is recorded.  Returns the reason."""
+        try:
+            reason = slot.monitor.recheck() if fresh else slot.monitor.check()
+        except MonitorError as exc:
+            reason = self._monitor_failed(slot, str(exc))
+        except Exception as exc:  # one broken monitor must not stop the daemon
+            self.log.exception("monitor %s crashed in %s", slot.name, "recheck" if fresh else "check")
+            reason = self._monitor_failed(slot, "crashed: %s" % exc)
+        else:
+            slot.error = None
+        slot.active = bool(reason)
+        if reason:
+            self._activity(slot, reason, quiet=True)
+        self._sync_slot(slot)
+        return reason
 
     def _follow_power_source(self) -> None:
         """Laptops: swap the ``when = ac|battery`` tweaks when the supply changes during powersave."""
@@ -636,6 +717,8 @@ class Daemon:
 
     def _sync_slot(self, slot: MonitorSlot) -> None:
         """After one monitor's event: re-sync only if its fds changed (hot-plug), cheap otherwise."""
+        if not self._live_events:
+            return  # no monitor fd is in the selector while awake
         try:
             fds = set(slot.monitor.fds()) if slot.opened else set()
         except Exception:
@@ -650,7 +733,7 @@ class Daemon:
         if self.control is not None:
             for fd in self.control.fds():
                 wanted[fd] = ("control",)
-        for slot in self.setup.monitors if self.setup else ():
+        for slot in self.setup.monitors if self.setup and self._live_events else ():
             if not slot.opened:
                 continue
             try:
@@ -865,6 +948,7 @@ class Daemon:
             "powersave": {"active": setup.powersave.active, "tweaks": list(self.powersave_results)},
             "platform": setup.platform_info.to_dict(),
             "verdict": {"allowed_actions": allowed, "denied": dict(setup.denied)},
+            "best_effort": best_effort_outcome(setup.config.actions["best_effort"], setup.denied),
             "dry_run": self.dry_run,
             "config_files": list(setup.config.files),
             # Additions beyond the stable core (schema 1 allows new keys):
@@ -987,6 +1071,9 @@ def explain_status(status: Dict[str, Any]) -> List[str]:
         lines.append("Next: nothing; no further stage is allowed on this host.")
     for action, reason in sorted(status["verdict"]["denied"].items()):
         lines.append("Not allowed here: %s (%s)." % (action, reason))
+    best_effort = status.get("best_effort")
+    if best_effort and any(s["action"] == BEST_EFFORT for s in status.get("stages", [])):
+        lines.append("On this host %s." % describe_best_effort(best_effort))
     broken = [m for m in status["monitors"] if m["error"]]
     for m in broken:
         lines.append("Monitor %s is failing: %s." % (m["name"], m["error"]))

@@ -35,6 +35,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import actions, ini, platform
+from .actions import ActionsSection
 from .errors import ConfigError
 from .hardware_keys import DMI_FACTS, ENTRY_KEYS, LIST_FACTS, MATCH_KEYS
 from .options import registry, split_list
@@ -358,38 +359,76 @@ def _effective(info: Any, override: Optional[str]) -> Optional[_Effective]:
 
 
 def platform_defaults(info: Any, effective: Optional[_Effective] = None) -> Dict[str, str]:
-    """What the platform alone denies (name → reason); nothing when ``platform = physical`` is set."""
+    """What the platform alone denies (name → reason).
+
+    ``platform = physical`` lifts the safe defaults for VMs and containers, never what the kernel says
+    it cannot do: an empty /sys/power/state means no suspend whatever the override.
+    """
     effective = effective or _effective(info, None)
-    if effective is None or effective.override == "physical":
+    if effective is None:
         return {}
     denied: Dict[str, str] = {}
     kind = effective.effective_kind
-    if kind in ("vm", "container"):
+    if kind in ("vm", "container") and effective.override != "physical":
         what = "virtual machine" if kind == "vm" else "container"
         for name in SLEEP_ACTIONS:
             denied[name] = "%s (%s): no sleep states by default (set platform = physical to override)" % (
                 what,
                 effective.virt,
             )
-    else:
-        if not getattr(info, "can_suspend", True):
-            for name in NEEDS_SUSPEND:
-                denied[name] = "the kernel offers no suspend state in /sys/power/state"
-        if not getattr(info, "can_hibernate", True):
-            for name in NEEDS_HIBERNATE:
-                denied.setdefault(
-                    name, "hibernation unavailable: %s" % (getattr(info, "hibernate_reason", "") or "unknown")
-                )
-    for name, cls in registry("tweak").items():
-        why = platform_denies(cls, effective)
-        if why:
-            denied[name] = why
+    if not getattr(info, "can_suspend", True):
+        states = " ".join(getattr(info, "sleep_states", None) or []) or "empty"
+        for name in NEEDS_SUSPEND:
+            denied.setdefault(name, "the kernel offers no suspend state (/sys/power/state: %s)" % states)
+    if not getattr(info, "can_hibernate", True):
+        for name in NEEDS_HIBERNATE:
+            denied.setdefault(
+                name, "hibernation unavailable: %s" % (getattr(info, "hibernate_reason", "") or "unknown")
+            )
+    if effective.override != "physical":
+        for name, cls in registry("tweak").items():
+            why = platform_denies(cls, effective)
+            if why:
+                denied[name] = why
     return denied
+
+
+def best_effort_outcome(chain: Sequence[str], denied: Dict[str, str]) -> Dict[str, Any]:
+    """What ``best-effort`` resolves to on this host, and why the actions before it were passed over.
+
+    ``{"chain": [...], "resolves_to": "poweroff" or None, "passed_over": {"suspend": reason, ...}}``
+    """
+    passed_over = {}
+    resolves_to = None
+    for action in chain:
+        if action in denied:
+            passed_over[action] = denied[action]
+        else:
+            resolves_to = action
+            break
+    return {"chain": list(chain), "resolves_to": resolves_to, "passed_over": passed_over}
+
+
+def describe_best_effort(outcome: Dict[str, Any]) -> str:
+    """One sentence for status/explain/hwinfo, e.g. 'best-effort will poweroff: suspend: the kernel ...'."""
+    target = outcome["resolves_to"]
+    head = (
+        "best-effort (%s) will %s" % (" > ".join(outcome["chain"]), target)
+        if target
+        else ("best-effort (%s) can do nothing here" % " > ".join(outcome["chain"]))
+    )
+    if not outcome["passed_over"]:
+        return head
+    return head + ", because " + "; ".join("%s is not possible (%s)" % kv for kv in outcome["passed_over"].items())
 
 
 # hwinfo ------------------------------------------------------------------------
 def hwinfo_report(
-    root: SysRoot, list_paths: Sequence[str], override: Optional[str] = None, platform_info: Any = None
+    root: SysRoot,
+    list_paths: Sequence[str],
+    override: Optional[str] = None,
+    platform_info: Any = None,
+    best_effort_chain: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """Facts, platform, verdict and list errors: what ``powernap hwinfo --json`` prints."""
     if platform_info is None:
@@ -397,7 +436,9 @@ def hwinfo_report(
     lists, errors = load_lists(list_paths)
     facts = collect_facts(root)
     verdict = evaluate(facts, lists, platform_info, override)
+    chain = best_effort_chain or ActionsSection.parse_options({})["best_effort"]
     return {
+        "best_effort": best_effort_outcome(chain, verdict.denied),
         "facts": facts,
         "platform": platform_info.to_dict(),
         "verdict": verdict.to_dict(),
@@ -433,6 +474,7 @@ def format_hwinfo(report: Dict[str, Any]) -> str:
         )
     )
     lines.append("  hibernate: %s (%s)" % ("yes" if plat["can_hibernate"] else "no", plat["hibernate_reason"]))
+    lines.append("  evidence: %s" % ("; ".join(plat.get("evidence") or []) or "-"))
     for nic in plat["nics"]:
         lines.append(
             "  nic %s %s driver %s, WoL supported %s, now %s"
@@ -455,6 +497,8 @@ def format_hwinfo(report: Dict[str, Any]) -> str:
     allowed_by_entry = {name: labels for name, labels in verdict["decided_by"].items() if name not in verdict["denied"]}
     for name, labels in allowed_by_entry.items():
         lines.append("  allowed explicitly: %s [%s]" % (name, ", ".join(labels)))
+    if "best_effort" in report:
+        lines.append("  " + describe_best_effort(report["best_effort"]))
     lines.append(
         "  lists read: %s (%d valid entries, %d matched)"
         % (", ".join(report["lists"]) or "none", report["entries"], len(verdict["matched_entries"]))

@@ -3,11 +3,16 @@ battery; which sleep states the kernel offers; which NICs can wake it.
 
 Virtualization follows ``systemd-detect-virt``: containers first
 (``/run/systemd/container``, ``container=`` in ``/proc/1/environ``,
-``/run/host/container-manager``, ``/.dockerenv``, ``/run/.containerenv``,
-OpenVZ and WSL markers), then virtual machines (DMI vendor strings, Xen's
-``/sys/hypervisor/type``, the ``hypervisor`` CPU flag in ``/proc/cpuinfo`` as
-a stand-in for the CPUID leaf Python cannot read, ``kvm-clock`` to tell KVM
-from plain QEMU).
+``/run/host/container-manager``, OpenVZ and WSL markers), then virtual
+machines (DMI vendor strings, Xen's ``/sys/hypervisor/type``, the
+``hypervisor`` CPU flag in ``/proc/cpuinfo`` as a stand-in for the CPUID leaf
+Python cannot read, ``kvm-clock`` to tell KVM from plain QEMU).  Unlike
+systemd, the marker files ``/.dockerenv`` and ``/run/.containerenv`` are
+weighed, not trusted: they are plain files an image or a careless ``touch``
+leaves behind, so they make a container only when this process runs in a
+PID namespace below the initial one (every docker/podman container does), or
+when nothing says "virtual machine" and the namespace cannot be read.  Every
+finding, used or overruled, is listed in ``evidence`` (``hwinfo`` shows it).
 
 Wake-on-LAN per NIC: on the real root the ``SIOCETHTOOL``/``ETHTOOL_GWOL``
 ioctl (needs CAP_NET_ADMIN), falling back to parsing ``ethtool IF``.  In a
@@ -149,17 +154,68 @@ def detect(root: SysRoot, override: Optional[str] = None, runner: Any = None) ->
 
 # Virtualization ----------------------------------------------------------------
 def detect_virt(root: SysRoot) -> Tuple[str, str, List[str]]:
-    """``(kind, virt, evidence)`` with systemd-detect-virt's precedence: a container wins over a VM."""
+    """``(kind, virt, evidence)``: a container wins over a VM; every finding is in the evidence."""
+    evidence: List[str] = []
     container, why = detect_container(root)
+    vm, vm_why = detect_vm(root)
+    initial = in_initial_pid_namespace(root)
+    if initial is not None:
+        evidence.append("this process runs in %s PID namespace" % ("the initial" if initial else "a child (container)"))
+    marker, marker_why = _marker_file(root)
+    if not container and marker:
+        if initial is False:
+            container, why = marker, marker_why + " and a child PID namespace"
+        elif initial is None and not vm:
+            container, why = marker, marker_why
+        else:
+            evidence.append(
+                "%s, ignored: %s"
+                % (marker_why, "no PID namespace of its own" if initial else "virtual machine evidence")
+            )
+    if vm_why:
+        evidence.append(vm_why)
+    flags = cpu_flags(root)
+    if "hypervisor" in flags and "hypervisor" not in vm_why:
+        evidence.append("hypervisor flag in /proc/cpuinfo")
     if container:
-        return "container", container, [why]
-    vm, why = detect_vm(root)
+        return "container", container, [why] + evidence
     if vm:
-        return "vm", vm, [why]
-    return "physical", "none", ["no container or hypervisor markers"]
+        return "vm", vm, evidence
+    return "physical", "none", evidence or ["no container or hypervisor markers"]
+
+
+INITIAL_PID_NAMESPACE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the initial PID namespace's fixed inode (Linux >= 3.8)
+
+
+def in_initial_pid_namespace(root: SysRoot) -> Optional[bool]:
+    """Whether this process runs in the initial PID namespace (not in a container's), None if unknown.
+
+    The /proc/self/ns/pid link names the namespace by inode, and the initial one has a fixed inode;
+    ``NSpid`` in /proc/self/status only helps where /proc was mounted outside the namespace (a
+    container mounts its own, which shows one level).
+    """
+    try:
+        link = os.readlink(root.path("/proc/self/ns/pid"))
+    except OSError:
+        link = ""
+    if link.startswith("pid:[") and link.endswith("]") and link[5:-1].isdigit():
+        return int(link[5:-1]) == INITIAL_PID_NAMESPACE
+    for line in (root.read("/proc/self/status", "") or "").splitlines():
+        if line.startswith("NSpid:"):
+            return len(line.split()) == 2
+    return None
+
+
+def _marker_file(root: SysRoot) -> Tuple[Optional[str], str]:
+    if root.exists("/.dockerenv"):
+        return "docker", "/.dockerenv exists"
+    if root.exists("/run/.containerenv"):
+        return "podman", "/run/.containerenv exists"
+    return None, ""
 
 
 def detect_container(root: SysRoot) -> Tuple[Optional[str], str]:
+    """Container markers that only a container manager sets (the weak marker files are weighed apart)."""
     osrelease = root.read("/proc/sys/kernel/osrelease", "") or ""
     if "microsoft" in osrelease.lower() or "wsl" in osrelease.lower():
         return "wsl", "/proc/sys/kernel/osrelease mentions WSL"
@@ -174,10 +230,6 @@ def detect_container(root: SysRoot) -> Tuple[Optional[str], str]:
     manager = (root.read("/run/host/container-manager", "") or "").strip()
     if manager:
         return _container_name(manager), "/run/host/container-manager = %s" % manager
-    if root.exists("/.dockerenv"):
-        return "docker", "/.dockerenv exists"
-    if root.exists("/run/.containerenv"):
-        return "podman", "/run/.containerenv exists"
     return None, ""
 
 

@@ -139,6 +139,21 @@ class NapMachine:
             return []
         return self._fire(stage, "idle for %s" % human_duration(now - self._idle_since))
 
+    def stage_due(self, next_wake: Optional[float] = None) -> Optional[Stage]:
+        """The stage the next ``tick()`` would warn for or fire, without changing anything (so the
+        daemon can re-check every monitor first)."""
+        if self._pending is not None:
+            return None
+        now = self.clock.boottime()
+        if now < self._settle_until:
+            return None
+        stage = self._candidate(now, next_wake)
+        if stage is None:
+            return None
+        if self._grace is not stage:
+            return stage if stage.warn > 0 or now >= self._idle_since + stage.after else None
+        return stage if now >= self._grace_fire else None
+
     def nap_now(self, action: Optional[str] = None) -> List[Decision]:
         """``powernap now [ACTION]`` / SIGUSR1: fire the next stage (or ``action``) at once, no grace."""
         return self._fire(self.now_stage(action), "requested")

@@ -263,3 +263,30 @@ def test_list_files_in_name_order(tmp_path):
         (tree_root / "etc/powernap/hardware.d" / name).write_text("", encoding="utf-8")
     files = hardware.list_files(SysRoot(str(tree_root)))
     assert [os.path.basename(f) for f in files] == ["10-a.conf", "50-b.conf"]
+
+
+def test_override_physical_keeps_the_kernel_sleep_state_check(tmp_path):
+    """platform = physical lifts the VM default, not what the kernel says: an empty /sys/power/state
+    (the audit's VM) means no suspend, and best-effort says it will power off, and why."""
+    tree = make_kvm_guest(tmp_path)
+    tree.write("/sys/power/state", "")
+    root = SysRoot(str(tmp_path))
+    report = hardware.hwinfo_report(root, [], override="physical")
+    denied = report["verdict"]["denied"]
+    assert denied["suspend"] == "the kernel offers no suspend state (/sys/power/state: empty)"
+    assert "suspend-then-hibernate" in denied and "hybrid-sleep" in denied and "poweroff" not in denied
+    assert report["best_effort"] == {
+        "chain": ["suspend-then-hibernate", "suspend", "hibernate", "poweroff"],
+        "resolves_to": "poweroff",
+        "passed_over": {
+            "suspend-then-hibernate": denied["suspend-then-hibernate"],
+            "suspend": denied["suspend"],
+            "hibernate": denied["hibernate"],
+        },
+    }
+    text = hardware.format_hwinfo(report)
+    assert (
+        "best-effort (suspend-then-hibernate > suspend > hibernate > poweroff) will poweroff, because "
+        "suspend-then-hibernate is not possible (the kernel offers no suspend state" in text
+    )
+    assert "evidence: DMI sys_vendor = QEMU; hypervisor flag in /proc/cpuinfo" in text

@@ -118,3 +118,31 @@ def test_missing_dev_input_is_an_error(tmp_path, monitor_factory):
     assert monitor.fds() == []
     with pytest.raises(MonitorError, match="/dev/input"):
         monitor.check()
+
+
+def test_dev_input_removed_and_created_again_keeps_hot_plug(tmp_path, monitor_factory):
+    """devtmpfs removes /dev/input with the last input device and creates it anew with the next."""
+    old = add_device(tmp_path, "event0", "USB Keyboard")
+    monitor = monitor_factory(tmp_path)
+    os.unlink(old)
+    os.rmdir(os.path.join(str(tmp_path), "dev", "input"))
+    # The node's removal comes first; the directory's own deletion once the node's fd is closed
+    # (an open child pins its directory).
+    for _unused in range(5):
+        watch = monitor.inotify.fd if monitor.inotify is not None else None
+        if watch is None or not select.select([watch], [], [], 1)[0]:
+            break
+        assert monitor.on_readable(watch) is None
+    assert monitor.paths == {} and monitor.fds() == []  # the watch died with its directory
+    assert monitor.check() is None  # no input device now: idle, not an error
+    new = add_device(tmp_path, "event3", "USB Mouse")  # creates /dev/input again
+    monitor.check()  # within one interval the directory is watched again and rescanned
+    assert sorted(monitor.paths) == ["event3"]
+    assert monitor.inotify is not None
+    later = add_device(tmp_path, "event4", "Second Keyboard")
+    wait_event(monitor, 0.5)
+    assert sorted(monitor.paths) == ["event3", "event4"], "hot-plug stopped after /dev/input was re-created"
+    send(later, (EV_KEY, 30, 1))
+    assert list(wait_event(monitor).values()) == ["input on event4 (Second Keyboard)"]
+    send(new, (EV_REL, 0, 1))
+    assert list(wait_event(monitor).values()) == ["input on event3 (USB Mouse)"]

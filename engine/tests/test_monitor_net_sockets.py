@@ -75,24 +75,42 @@ def test_tcp_min_connections_and_remote_filters(tmp_path):
     assert make("tcp", root=tmp_path, ports="5432", ignore_remote="10.0.0.0/8, 192.0.2.50").check() is None
 
 
-def test_tcp_syn_event_on_loopback(tmp_path):
+def test_tcp_connection_events_on_loopback_count_only_established_connections():
+    """Real kernel, real root: an established connection is activity at once; a refused SYN never is;
+    the end of the last connection is seen at the next check, not poll_every (30 s) later."""
     require_root()
     port = free_port()
-    monitor = make("tcp", root=tmp_path, ports="%d" % port)
+    clock = FakeClock()
+    monitor = make("tcp", clock=clock, ports="%d" % port)
     monitor.open()
     try:
         assert len(monitor.fds()) == 1, "packet socket refused"
+        assert monitor.check() is None
+        # Nobody listens: the kernel answers the SYN with a RST.  Not activity, now or later.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        assert wait_event(monitor, 0.5) == {}
+        assert monitor.check() is None
+        clock.advance(1.0)
+        assert monitor.check() is None
         server = socket.socket()
         server.bind(("127.0.0.1", port))
         server.listen(1)
         client = socket.create_connection(("127.0.0.1", port), timeout=2)
+        accepted, _unused = server.accept()
         reasons = wait_event(monitor)
-        assert list(reasons.values()) == ["new connection to port %d from 127.0.0.1 (lo)" % port]
+        assert list(reasons.values()) == ["1 established connection on port %d (from 127.0.0.1)" % port]
         client.sendall(b"data is not a new connection")
         assert wait_event(monitor, 0.3) == {}
+        clock.advance(1.0)  # one interval, far less than poll_every
+        assert monitor.check() == "1 established connection on port %d (from 127.0.0.1)" % port
         client.close()
+        accepted.close()
+        wait_event(monitor, 0.3)  # the FIN
+        clock.advance(1.0)
+        assert monitor.check() is None, "the end of the connection was not seen within one interval"
         server.close()
-        blocked = make("tcp", root=tmp_path, ports="%d" % port, ignore_remote="127.0.0.0/8")
+        blocked = make("tcp", ports="%d" % port, ignore_remote="127.0.0.0/8")
         blocked.open()
         try:
             with pytest.raises(OSError):
@@ -103,6 +121,57 @@ def test_tcp_syn_event_on_loopback(tmp_path):
     finally:
         monitor.close()
     assert monitor.fds() == []
+
+
+def test_tcp_handshake_is_followed_with_early_checks(tmp_path):
+    """A SYN whose handshake is not finished when it is read asks for early checks; an unanswered one
+    stops asking after a few seconds."""
+    table(tmp_path, "tcp")
+    clock = FakeClock()
+    monitor = make("tcp", root=tmp_path, clock=clock, ports="80")
+    monitor.listener = FakeListener(
+        [(syn_frame("192.0.2.7", 80), 0x0800, "eth0")]
+    )  # a SYN, as the packet socket hands it over
+    assert monitor.on_readable(3) is None
+    first = monitor.next_check()
+    assert first is not None and first - clock.monotonic() < 0.01
+    table(tmp_path, "tcp", ("192.0.2.1", 80, "192.0.2.7", 40000, procfs.TCP_ESTABLISHED))
+    clock.advance(0.005)
+    assert monitor.check() == "1 established connection on port 80 (from 192.0.2.7)"
+    assert monitor.next_check() is None
+    table(tmp_path, "tcp")
+    clock.advance(30)
+    monitor.check()
+    monitor.listener = FakeListener([(syn_frame("192.0.2.8", 80), 0x0800, "eth0")])
+    assert monitor.on_readable(3) is None  # never answered
+    for _unused in range(20):
+        wanted = monitor.next_check()
+        if wanted is None:
+            break
+        clock.advance(max(0.0, wanted - clock.monotonic()))
+        assert monitor.check() is None
+    assert monitor.next_check() is None and clock.monotonic() - first < 40
+
+
+class FakeListener:
+    def __init__(self, frames):
+        self.frames = frames
+
+    def receive(self, limit=64):
+        frames, self.frames = self.frames, []
+        return frames
+
+    def fileno(self):
+        return 3
+
+    def close(self):
+        pass
+
+
+def syn_frame(source, port, flags=0x02):
+    ip = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]) + socket.inet_aton(source) + socket.inet_aton("192.0.2.1")
+    tcp = struct.pack(">HHIIBBHHH", 40000, port, 0, 0, 0x50, flags, 1024, 0, 0)
+    return ip + tcp
 
 
 def test_udp_sees_datagrams_without_stealing_them(tmp_path):
@@ -283,13 +352,15 @@ def test_tcp_table_read_is_rate_limited_while_events_run(tmp_path):
         clock.advance(5)
         assert monitor.check() is not None
         table(tmp_path, "tcp")
-        assert monitor.check() is not None  # still cached
+        # While a connection is open the table is read on every check: its end is seen at once.
+        assert monitor.check() is None
         clock.advance(1)
         with socket.socket() as server:
             server.bind(("127.0.0.1", port))
             server.listen(1)
             with socket.create_connection(("127.0.0.1", port), timeout=2):
-                assert wait_event(monitor)
+                # A SYN alone is not activity: the (fake) table it makes the monitor read shows nothing.
+                assert wait_event(monitor, 0.5) == {}
         assert monitor.check() is None  # the event forced a fresh read of the (fake) table
     finally:
         monitor.close()

@@ -108,3 +108,31 @@ def test_console_without_devices_is_an_error(tmp_path, clock):
     write(tmp_path, "/dev/null", "")
     with pytest.raises(MonitorError, match="no console"):
         make("console", root=tmp_path, clock=clock).check()
+
+
+def test_sessions_without_a_terminal_count_under_the_default_max_idle(tmp_path, clock):
+    """ssh host cmd, sftp, VS Code remote: logind lists them with no TTY, utmp not at all."""
+    write(tmp_path, "/run/utmp", b"")
+    write(
+        tmp_path,
+        "/run/systemd/sessions/12",
+        "UID=1000\nUSER=frank\nACTIVE=1\nSTATE=active\nTYPE=tty\nCLASS=user\nREMOTE=1\n"
+        "REMOTE_HOST=203.0.113.9\nSERVICE=sshd\nLEADER=900\n",
+    )
+    alive(tmp_path, 900)
+    assert make("users", root=tmp_path, clock=clock).check() == (
+        "user frank logged in on no terminal (counts while it lasts) from 203.0.113.9 (idle 0s)"
+    )
+    assert make("users", root=tmp_path, clock=clock, lines="^pts/").check() is None  # opt out: terminals only
+    os.rmdir(os.path.join(str(tmp_path), "proc", "900"))  # the session ended
+    assert make("users", root=tmp_path, clock=clock).check() is None
+
+
+def test_without_logind_sshd_session_children_count(tmp_path, clock):
+    write(tmp_path, "/run/utmp", b"")
+    write(tmp_path, "/proc/1200/cmdline", b"sshd: gina@notty\0")
+    write(tmp_path, "/proc/1201/cmdline", b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups\0")
+    assert make("users", root=tmp_path, clock=clock).check() == (
+        "user gina logged in on no terminal (counts while it lasts) (idle 0s)"
+    )
+    assert make("users", root=tmp_path, clock=clock, users="^root$").check() is None

@@ -1,5 +1,7 @@
 """Platform detection from fake trees: KVM guest, nspawn container, laptop on battery, bare-metal server."""
 
+import os
+
 import pytest
 from fakehost import (
     Tree,
@@ -48,7 +50,7 @@ def test_kvm_guest(tmp_path):
     make_kvm_guest(tmp_path)
     info = detect(tmp_path)
     assert (info.kind, info.virt) == ("vm", "kvm")
-    assert info.evidence == ["DMI sys_vendor = QEMU"]
+    assert info.evidence == ["DMI sys_vendor = QEMU", "hypervisor flag in /proc/cpuinfo"]
     nic = info.nics[0]
     assert nic["driver"] == "virtio-pci" and nic["wol_supported"] is None and nic["wol"] == "d"
     assert detect(tmp_path, override="physical").effective_kind == "physical"
@@ -66,7 +68,12 @@ def test_nspawn_container_wins_over_vm(tmp_path):
     make_nspawn_container(tmp_path)
     info = detect(tmp_path)
     assert (info.kind, info.virt) == ("container", "systemd-nspawn")
-    assert info.evidence == ["/run/systemd/container = systemd-nspawn"]
+    # The deciding marker first, then every other finding (the VM under the container included).
+    assert info.evidence == [
+        "/run/systemd/container = systemd-nspawn",
+        "DMI sys_vendor = QEMU",
+        "hypervisor flag in /proc/cpuinfo",
+    ]
 
 
 def test_container_from_pid1_environ_and_marker_files(tmp_path):
@@ -77,7 +84,53 @@ def test_container_from_pid1_environ_and_marker_files(tmp_path):
     assert detect(tmp_path).virt == "container-other"
     tree.write("/proc/1/environ", b"PATH=/bin\x00")
     tree.write("/.dockerenv", "")
-    assert detect(tmp_path).virt == "docker"
+    tree.write("/proc/self/status", "Name:\tpowernapd\nNSpid:\t4711\t7\n")  # docker: a PID namespace
+    info = detect(tmp_path)
+    assert (info.kind, info.virt) == ("container", "docker")
+    assert info.evidence[:2] == [
+        "/.dockerenv exists and a child PID namespace",
+        "this process runs in a child (container) PID namespace",
+    ]
+
+
+def test_stray_dockerenv_does_not_turn_a_vm_into_a_container(tmp_path):
+    """A /.dockerenv left in a VM image (the audit's Debian VM): init's PID namespace and the
+    hypervisor evidence win, and hwinfo's evidence says why the marker was ignored."""
+    tree = make_kvm_guest(tmp_path)
+    tree.write("/.dockerenv", "")
+    tree.write("/proc/self/status", "Name:\tpowernapd\nNSpid:\t4711\n")
+    info = detect(tmp_path)
+    assert (info.kind, info.virt) == ("vm", "kvm")
+    assert info.evidence == [
+        "this process runs in the initial PID namespace",
+        "/.dockerenv exists, ignored: no PID namespace of its own",
+        "DMI sys_vendor = QEMU",
+        "hypervisor flag in /proc/cpuinfo",
+    ]
+    # Without DMI (a Firecracker-like VM), the hypervisor flag alone still makes it a VM.
+    for field in ("sys_vendor", "product_name", "board_vendor", "bios_vendor", "product_version"):
+        tree.write("/sys/class/dmi/id/" + field, "")
+    assert (detect(tmp_path).kind, detect(tmp_path).virt) == ("vm", "vm-other")
+    # A bare-metal host with a stray marker in the initial namespace stays physical.
+    server = tmp_path / "server"
+    make_server(server).write("/.dockerenv", "")
+    (server / "proc/self").mkdir(parents=True, exist_ok=True)
+    (server / "proc/self/status").write_text("NSpid:\t1234\n")
+    assert detect(server).kind == "physical"
+    # Where the namespace cannot be read and nothing says VM, the marker still decides (systemd's rule).
+    (server / "proc/self/status").unlink()
+    assert (detect(server).kind, detect(server).virt) == ("container", "docker")
+    # The namespace link wins over NSpid (a container's own /proc shows a single NSpid level).
+    (server / "proc/self/ns").mkdir()
+    os.symlink("pid:[4026534315]", str(server / "proc/self/ns/pid"))
+    (server / "proc/self/status").write_text("NSpid:\t2\n")
+    assert detect(server).evidence[:2] == [
+        "/.dockerenv exists and a child PID namespace",
+        "this process runs in a child (container) PID namespace",
+    ]
+    os.unlink(str(server / "proc/self/ns/pid"))
+    os.symlink("pid:[4026531836]", str(server / "proc/self/ns/pid"))
+    assert detect(server).kind == "physical"
 
 
 def test_xen_dom0_is_physical_domu_is_vm(tmp_path):

@@ -10,8 +10,10 @@ load        the 1/5/15-minute load is above a threshold (CPUs x factor)         
 input       a keyboard, mouse, touchpad... reports input (hot-plug included)     evdev fds + inotify
 console     a local console/serial tty had input within max_idle                 tty atime
 users       a (matching) user is logged in and used their tty within max_idle    /run/utmp, logind
-tcp         >= min_connections established to local ports (IPv4+IPv6)           /proc/net/tcp{,6}
-                                                                                 + SYN packet socket
+            (sessions without a terminal count while they last)                 (sshd titles without)
+tcp         >= min_connections established to local ports (IPv4+IPv6)           sock_diag (/proc/net/tcp
+                                                                                 in a fake root) + SYN/FIN/
+                                                                                 RST packet socket
 udp         datagrams arrive for local ports (never bound)                       packet socket
 wol         a magic packet for one of this host's MACs arrives (UDP, 0x0842)     packet socket
 disk        disks transfer more than a threshold per second                      /proc/diskstats

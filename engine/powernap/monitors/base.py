@@ -23,6 +23,15 @@ is read by the config loader, not declared here.
 Errors: raise ``MonitorError``; the daemon counts it as activity unless the
 monitor's ``error_behavior`` is ``ignore``, and shows the message in status.
 
+Event fds are watched live while the host naps or a warning is out (instant
+recovery); while it is awake the daemon reads them at each poll instead, so
+a busy host does not wake it for every program start or connection.
+
+Before any stage fires the daemon asks every monitor ``recheck()``: the
+answer from scratch (a fresh /proc scan, a fresh connection table), after
+reading whatever its fds hold.  ``next_check()`` lets a monitor ask for an
+early check (e.g. to follow a TCP handshake) sooner than ``interval``.
+
 Wake-ups: ``next_wake()`` returns the wall-clock epoch of the next scheduled
 event the host must be up for (timers, calendars), or ``None``.
 """
@@ -91,6 +100,17 @@ class Monitor(Declared):
         """Reason string if there is activity now, else None."""
         return None
 
+    def recheck(self) -> Optional[str]:
+        """The answer from scratch, right before a stage fires: no cached table, no trust in events.
+
+        Monitors that keep state between checks override this; rate monitors keep the answer of their
+        last check (a window of a few milliseconds would make a rate out of noise)."""
+        return self.check()
+
+    def next_check(self) -> Optional[float]:
+        """Monotonic time at which ``check()`` should run before the next regular poll, or None."""
+        return None
+
     # Event-driven ----------------------------------------------------------
     def fds(self) -> List[int]:
         return []
@@ -105,3 +125,24 @@ class Monitor(Declared):
     def describe(self) -> str:
         """One line for status/explain, e.g. 'tcp ports 22,80'."""
         return self.TYPE
+
+
+class RateMonitor(Monitor):
+    """A monitor whose answer is a rate between two checks (I/O, traffic).
+
+    Subclasses implement ``measure()``; ``recheck()`` repeats the last answer, because a rate over
+    the few milliseconds since the last check would be noise (the last one is at most one interval old).
+    """
+
+    answer: Optional[str] = None
+
+    def measure(self) -> Optional[str]:
+        raise NotImplementedError
+
+    def check(self) -> Optional[str]:
+        self.answer = None  # an error must not leave an old answer behind
+        self.answer = self.measure()
+        return self.answer
+
+    def recheck(self) -> Optional[str]:
+        return self.answer

@@ -6,13 +6,13 @@ from typing import Optional
 from ..errors import MonitorError
 from ..options import Number, Option, Regex, Size
 from . import procfs
-from .base import MONITOR_COMMON_OPTIONS, Monitor
+from .base import MONITOR_COMMON_OPTIONS, RateMonitor
 
 WHOLE_DISKS = re.compile(r"^(sd[a-z]+|vd[a-z]+|xvd[a-z]+|hd[a-z]+|nvme\d+n\d+|mmcblk\d+|md\d+)$")
 SECTOR = 512  # /proc/diskstats always counts 512-byte sectors
 
 
-class DiskMonitor(Monitor):
+class DiskMonitor(RateMonitor):
     """Activity while disks matching a regex transfer more than a threshold per second."""
 
     TYPE = "disk"
@@ -46,7 +46,7 @@ class DiskMonitor(Monitor):
         self.bytes_meter = procfs.DeltaMeter()
         self.ios_meter = procfs.DeltaMeter()
 
-    def check(self) -> Optional[str]:
+    def measure(self) -> Optional[str]:
         now = self.ctx.clock.monotonic()
         counters = {name: c for name, c in procfs.disk_counters(self.ctx.root).items() if self.devices.search(name)}
         if not counters:

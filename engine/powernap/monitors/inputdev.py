@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 from ..errors import MonitorError
 from ..options import Option, Regex
 from .base import MONITOR_COMMON_OPTIONS, Monitor
-from .inotify import IN_DELETE, IN_DELETE_SELF, IN_MOVED_FROM, IN_Q_OVERFLOW, Inotify
+from .inotify import IN_DELETE, IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF, IN_MOVED_FROM, IN_Q_OVERFLOW, Inotify
 
 # struct input_event: struct timeval (two longs), __u16 type, __u16 code, __s32 value.
 INPUT_EVENT = struct.Struct("@llHHi")
@@ -44,6 +44,7 @@ class InputMonitor(Monitor):
         self.devices: Dict[int, str] = {}  # fd -> "event3 (name)"
         self.paths: Dict[str, int] = {}  # event node name -> fd
         self.inotify: Optional[Inotify] = None
+        self.dir_seen = False  # /dev/input existed once: its absence now means "no devices", not an error
 
     def _device_name(self, node: str) -> str:
         return (self.ctx.root.read("/sys/class/input/%s/device/name" % node) or "").strip()
@@ -77,13 +78,30 @@ class InputMonitor(Monitor):
             self._add(node)
 
     def open(self) -> None:
-        if Inotify.available():
-            watcher = Inotify()
-            try:
-                watcher.open(self.ctx.root.path("/dev/input"))
-                self.inotify = watcher
-            except OSError as exc:
+        self._watch(first=True)
+        self._rescan()
+
+    def _watch(self, first: bool = False) -> None:
+        """Watch /dev/input for hot-plug.  devtmpfs removes the directory with the last input device
+        and creates it anew with the next one; the watch dies with it, so it is re-made (and the
+        directory rescanned) as soon as the directory is back."""
+        if not Inotify.available():
+            return
+        watcher = Inotify()
+        try:
+            watcher.open(self.ctx.root.path("/dev/input"))
+        except OSError as exc:
+            if first:
                 self.log.info("no hot-plug events for /dev/input (%s); rescanning each check", exc)
+            return
+        self.inotify = watcher
+        self.dir_seen = True
+
+    def _lose_watch(self) -> None:
+        if self.inotify is not None:
+            self.inotify.close()
+            self.inotify = None
+        self._watch()
         self._rescan()
 
     def close(self) -> None:
@@ -95,10 +113,17 @@ class InputMonitor(Monitor):
 
     def check(self) -> Optional[str]:
         if self.inotify is None:
+            self._watch()  # back after /dev/input was removed and created again
             self._rescan()  # a directory listing: cheap, and the only way to see hot-plug without inotify
-        if not self.paths and not self.ctx.root.exists("/dev/input"):
+        if self.ctx.root.exists("/dev/input"):
+            self.dir_seen = True
+        elif not self.paths and not self.dir_seen:
             raise MonitorError("/dev/input does not exist")
         return None
+
+    def recheck(self) -> Optional[str]:
+        self._rescan()
+        return self.check()
 
     def fds(self) -> List[int]:
         fds = list(self.devices)
@@ -109,9 +134,12 @@ class InputMonitor(Monitor):
     def on_readable(self, fd: int) -> Optional[str]:
         if self.inotify is not None and fd == self.inotify.fd:
             for mask, node in self.inotify.read():
+                if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                    self._lose_watch()
+                    break
                 if mask & IN_Q_OVERFLOW:
                     self._rescan()
-                elif mask & (IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF):
+                elif mask & (IN_DELETE | IN_MOVED_FROM):
                     if node in self.paths:
                         self._remove_fd(self.paths[node])
                 else:

@@ -6,10 +6,10 @@ from typing import Optional
 from ..errors import MonitorError
 from ..options import Option, Regex, Size
 from . import procfs
-from .base import MONITOR_COMMON_OPTIONS, Monitor
+from .base import MONITOR_COMMON_OPTIONS, RateMonitor
 
 
-class NetMonitor(Monitor):
+class NetMonitor(RateMonitor):
     """Activity while interfaces matching a regex receive or send more than a threshold per second."""
 
     TYPE = "net"
@@ -42,7 +42,7 @@ class NetMonitor(Monitor):
         self.rx_meter = procfs.DeltaMeter()
         self.tx_meter = procfs.DeltaMeter()
 
-    def check(self) -> Optional[str]:
+    def measure(self) -> Optional[str]:
         now = self.ctx.clock.monotonic()
         counters = {
             name: c for name, c in procfs.net_dev_counters(self.ctx.root).items() if self.interfaces.search(name)

@@ -12,7 +12,8 @@ The filter accepts frames that are not our own outgoing copies and are
 * raw Wake-on-LAN frames (ethertype 0x0842), if asked for, or
 * IPv4/IPv6 TCP or UDP aimed at one of the given destination port ranges
   (IPv4 fragments after the first and IPv6 extension headers are not
-  followed), optionally only TCP SYNs without ACK (new connections).
+  followed), optionally only TCP segments carrying one of some flags (SYN, FIN,
+  RST: where connections begin and end).
 
 Needs CAP_NET_RAW (root); ``PacketListener.open`` raises PermissionError
 otherwise and callers fall back.
@@ -84,7 +85,7 @@ class BpfProgram:
 def build_filter(
     ip_protocol: Optional[int],
     port_ranges: Sequence[Tuple[int, int]] = (),
-    syn_only: bool = False,
+    tcp_flags: int = 0,
     wol_ethertype: bool = False,
     snaplen: int = 0xFFFF,
 ) -> bytes:
@@ -112,10 +113,9 @@ def build_filter(
         prog.op(_JMP | _JEQ, ip_protocol, jf="reject")
         prog.op(_LDX | _W | _IMM, 40)
         prog.label("transport")
-        if syn_only:
+        if tcp_flags:
             prog.op(_LD | _B | _IND, 13)  # TCP flags
-            prog.op(_ALU | _AND, 0x12)
-            prog.op(_JMP | _JEQ, 0x02, jf="reject")  # SYN set, ACK clear
+            prog.op(_JMP | _JSET, tcp_flags, jf="reject")  # at least one of them set
         prog.op(_LD | _H | _IND, 2)  # destination port
         for index, (low, high) in enumerate(port_ranges):
             if low == high:
@@ -138,19 +138,17 @@ def attach_filter(sock: socket.socket, program: bytes) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def word_equals_filter(offset: int, value: int) -> bytes:
-    """A program passing only messages whose host-order 32-bit word at ``offset`` equals ``value``.
+# Ready-made instructions for programs assembled elsewhere (the process monitor's netlink filter).
+LD_W_ABS = _LD | _W | _ABS
+TAX = 0x07  # BPF_MISC | BPF_TAX: X = A
+JEQ_K = _JMP | _JEQ
+JEQ_X = _JMP | _JEQ | 0x08  # compare A with X
+RET_K = _RET
 
-    BPF loads words big-endian, so the constant is compared as it lies in memory.
-    """
-    loaded = struct.unpack(">I", struct.pack("=I", value))[0]
-    prog = BpfProgram()
-    prog.op(_LD | _W | _ABS, offset)
-    prog.op(_JMP | _JEQ, loaded, jt="pass", jf=0)
-    prog.op(_RET, 0)
-    prog.label("pass")
-    prog.op(_RET, 0xFFFFFFFF)
-    return prog.assemble()
+
+def native_word(value: int) -> int:
+    """A host-order 32-bit constant as a BPF word load sees it (BPF loads words big-endian)."""
+    return struct.unpack(">I", struct.pack("=I", value))[0]
 
 
 class PacketListener:

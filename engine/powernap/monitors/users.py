@@ -1,4 +1,11 @@
-"""People at the machine: logged-in users (utmp / logind sessions) and local consoles, by tty idle time."""
+"""People at the machine: logged-in users (utmp / logind sessions) and local consoles, by tty idle time.
+
+Sessions without a terminal (``ssh host cmd``, sftp, scp, VS Code remote, rsync over ssh) never
+appear in utmp: sshd writes utmp only for a pty.  logind registers every PAM session, terminal or
+not, so /run/systemd/sessions is the source for them; where logind does not run (containers,
+sshd without PAM) the "sshd: USER@notty" processes sshd names after its session children are.
+A session without a terminal has no input time to measure: it counts as long as it lasts.
+"""
 
 import os
 import re
@@ -7,11 +14,13 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ..errors import MonitorError
 from ..options import Duration, Option, Regex
+from . import procfs
 from .base import MONITOR_COMMON_OPTIONS, Monitor
 
 # glibc struct utmp on Linux (x86_64, aarch64, i386 alike: 32-bit time fields): 384 bytes.
 UTMP = struct.Struct("=hxxi32s4s32s256shhiii4i20s")
 USER_PROCESS = 7
+_SSHD_NOTTY = re.compile(r"^sshd(?:-session)?: (\S+)@notty\b")  # sshd's title for a session child without a pty
 
 
 class Session(NamedTuple):
@@ -74,7 +83,8 @@ class UsersMonitor(Monitor):
             Duration(),
             default=3600.0,
             doc="A session whose terminal had no input for longer than this does not count (input time is "
-            "the tty's access time); 0 = every session counts however idle.",
+            "the tty's access time); 0 = every session counts however idle. Sessions without a terminal "
+            "(ssh host cmd, sftp, VS Code remote) count while they last.",
         ),
     )
 
@@ -105,10 +115,22 @@ class UsersMonitor(Monitor):
             except ValueError:
                 leader = 0
             sessions.append(Session(info.get("USER", ""), line, info.get("REMOTE_HOST", ""), leader))
-        if not utmp_readable and not root.exists("/run/systemd/sessions"):
-            raise MonitorError("neither /run/utmp nor /run/systemd/sessions is readable")
+        if not root.exists("/run/systemd/sessions"):
+            sessions.extend(self.sshd_sessions())
+            if not utmp_readable:
+                raise MonitorError("neither /run/utmp nor /run/systemd/sessions is readable")
         # utmp keeps records of sessions whose process died without logging out.
         return [s for s in sessions if s.pid <= 0 or root.exists("/proc/%d" % s.pid)]
+
+    def sshd_sessions(self) -> List[Session]:
+        """Terminal-less ssh sessions from sshd's process titles (only without logind)."""
+        found = []
+        for pid in procfs.pids(self.ctx.root):
+            line = procfs.cmdline(self.ctx.root, pid)
+            match = _SSHD_NOTTY.match(line or "")
+            if match:
+                found.append(Session(match.group(1), "", "", pid))
+        return found
 
     def idle_seconds(self, line: str) -> Optional[float]:
         """Seconds since the terminal's last input, or None if it has no device."""
@@ -130,7 +152,7 @@ class UsersMonitor(Monitor):
                 and self.options["lines"].search(session.line)
             ):
                 continue
-            idle = self.idle_seconds(session.line)
+            idle = self.idle_seconds(session.line) if session.line else 0.0
             if max_idle and (idle is None or idle > max_idle):
                 continue
             idle = idle or 0.0
@@ -139,7 +161,7 @@ class UsersMonitor(Monitor):
         if best is None:
             return None
         idle, session = best
-        where = session.line or "no tty"
+        where = session.line or "no terminal (counts while it lasts)"
         if session.host:
             where += " from " + session.host
         return "user %s logged in on %s (idle %ds)" % (session.user, where, idle)
