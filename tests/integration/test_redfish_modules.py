@@ -87,7 +87,7 @@ def playbook(netns, inventory, tmp_path, body, check=True):
 
 
 def test_wake_and_nap_over_redfish_are_confirmed_and_agree_with_community_general(netns, emulator, inventory, tmp_path):
-    results, _ = playbook(
+    results, _proc = playbook(
         netns,
         inventory,
         tmp_path,
@@ -131,7 +131,7 @@ def test_wake_and_nap_over_redfish_are_confirmed_and_agree_with_community_genera
     bmc = results["info"]["rf1"]["bmc"]
     assert bmc["protocol"] == "redfish" and bmc["power"] == "on" and bmc["power_state"] == "On"
     entries = results["cg"]["rf1"]["redfish_facts"]["system"]["entries"]
-    seen = {data["Id"]: data["PowerState"] for _, data in entries}
+    seen = {data["Id"]: data["PowerState"] for _uri, data in entries}
     assert seen[emulator.systems["rf1"]] == "On"  # community.general sees what we did
     napped = results["nap"]["rf1"]
     assert napped["changed"] is True and napped["via"] == "redfish" and napped["confirmed_down"] is True
@@ -141,7 +141,7 @@ def test_wake_and_nap_over_redfish_are_confirmed_and_agree_with_community_genera
 
 
 def test_community_general_power_on_is_seen_by_power_info_and_wake(netns, emulator, inventory, tmp_path):
-    results, _ = playbook(
+    results, _proc = playbook(
         netns,
         inventory,
         tmp_path,
@@ -192,7 +192,7 @@ def test_community_general_power_on_is_seen_by_power_info_and_wake(netns, emulat
 
 
 def test_batch_wake_over_redfish_confirms_each_system(netns, emulator, inventory, tmp_path):
-    results, _ = playbook(
+    results, _proc = playbook(
         netns,
         inventory,
         tmp_path,
