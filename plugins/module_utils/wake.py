@@ -11,7 +11,7 @@ Python 3.8 syntax.
 
 import time
 
-from ansible_collections.powernap.fleet.plugins.module_utils import probe
+from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, probe
 from ansible_collections.powernap.fleet.plugins.module_utils.common import invalid_host
 from ansible_collections.powernap.fleet.plugins.module_utils.ipmi import IpmiDriver
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError, backoff_delays
@@ -85,7 +85,8 @@ class Target:
                     opts.get("source"),
                     opts.get("transport") or "udp",
                 )
-            if opts.get("bmc_host"):
+            # A WoL-only wake uses the BMC only to escalate: without pyghmi it goes without escalation.
+            if opts.get("bmc_host") and (method != "wol" or ipmi.HAS_PYGHMI):
                 self.ipmi = IpmiDriver(
                     opts["bmc_host"],
                     opts.get("bmc_user"),
