@@ -186,7 +186,7 @@ class ActionModule(PowerActionBase):
             # Never reached: nothing was done. Success only when the BMC confirms the host is down.
             if params["state"] in DOWN_STATES and self._bmc_confirms_off(params, result):
                 result.pop("bmc_error", None)
-                result.update(confirmed_down=True, msg="already off (unreachable, and the BMC reports power off)")
+                result.update(confirmed_down=True, msg="already down (unreachable, and the BMC reports power off)")
                 return
             why = result.pop("bmc_error", None) or (
                 "the BMC reports power %s" % result["bmc_power"] if result.get("bmc_power") else "no BMC to ask"
