@@ -185,6 +185,28 @@ def test_unreachable_bmc_fails_within_the_deadline(lab):
     assert elapsed < 30
 
 
+def test_timeout_is_a_hard_limit_over_the_bmc_timeout(lab):
+    """The issue's case: timeout=1 with bmc_timeout=4 against a BMC that never answers took 4 s."""
+    started = time.monotonic()
+    result = module(
+        lab,
+        "localhost",
+        "wake",
+        {
+            "method": "ipmi",
+            "bmc_host": "198.19.0.99",
+            "bmc_user": "admin",
+            "bmc_password": "x",
+            "timeout": 1,
+            "bmc_timeout": 4,
+        },
+        check=False,
+    )["localhost"]
+    assert result["failed"] is True and result["error"] == "connection"
+    assert result["elapsed"] < 1.5, result
+    assert time.monotonic() - started < 30
+
+
 def test_power_info_reports_the_lab_host(lab):
     lab.exec("h3", "test ! -e /usr/local/bin/powernap")  # h3 never gets the engine in this file
     info = module(lab, "h3", "power_info", {})["h3"]
