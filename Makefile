@@ -26,7 +26,7 @@ export ANSIBLE_NOCOLOR := 1
 export NO_COLOR := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help test deps venv lock lint engine-test engine-test-py39 sanity units ansible-lint integration bench demo build changelog clean collection-link
+.PHONY: help test deps venv redfish-emulator community-general lock lint engine-test engine-test-py39 sanity units ansible-lint integration bench demo build changelog clean collection-link
 
 help:
 	@sed -n 's/^#   //p; s/^# Single/Single/p' $(MAKEFILE_LIST) | head -8
@@ -60,6 +60,33 @@ lock:
 collection-link:
 	@mkdir -p $(REPO)/.cache/collections/ansible_collections/powernap
 	@ln -sfn $(REPO) $(REPO)/.cache/collections/ansible_collections/powernap/fleet
+
+# The independent Redfish service (sushy-tools' emulator) for tests and benchmarks, in a
+# virtualenv of its own so that its Flask stack never meets the project's pins.
+REDFISH_EMU := $(REPO)/.cache/redfish-emulator
+REDFISH_EMU_STAMP := $(REDFISH_EMU)/.stamp-$(shell cat requirements/redfish-emulator.txt | sha256sum | cut -c1-12)
+
+$(REDFISH_EMU_STAMP): requirements/redfish-emulator.txt
+	@echo "== Redfish emulator $(REDFISH_EMU) (pinned: requirements/redfish-emulator.txt)"
+	@rm -rf $(REDFISH_EMU)
+	@$(PYTHON) -m venv $(REDFISH_EMU)
+	@$(REDFISH_EMU)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements/redfish-emulator.txt
+	@touch $@
+
+redfish-emulator: $(REDFISH_EMU_STAMP)
+
+# community.general (from the pinned 'ansible' package, collections only) for cross-checks of our
+# modules against its redfish_command; on a path of its own, never mixed into .cache/collections.
+COMMUNITY_GENERAL := $(REPO)/.cache/community-general
+COMMUNITY_GENERAL_STAMP := $(COMMUNITY_GENERAL)/.stamp-$(shell cat requirements/community-general.txt | sha256sum | cut -c1-12)
+
+$(COMMUNITY_GENERAL_STAMP): requirements/community-general.txt
+	@echo "== community.general for cross-checks $(COMMUNITY_GENERAL) (pinned: requirements/community-general.txt)"
+	@rm -rf $(COMMUNITY_GENERAL)
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps --target $(COMMUNITY_GENERAL) -r requirements/community-general.txt
+	@touch $@
+
+community-general: venv $(COMMUNITY_GENERAL_STAMP)
 
 ## --- the test pipeline ------------------------------------------------------
 
@@ -119,14 +146,14 @@ ansible-lint: venv collection-link
 	@echo "== [4/6] ansible-lint (production profile)"
 	$(BIN)/ansible-lint --profile production --offline roles playbooks
 
-integration: deps venv collection-link
+integration: deps venv collection-link redfish-emulator community-general
 	@echo "== [5/6] lab integration tests (root)"
 	@test "$$(id -u)" -eq 0 || { echo "integration tests need root: the lab boots real hosts"; exit 1; }
 	$(PY) -m pytest tests/integration -q
 
 ## --- the other jobs ---------------------------------------------------------
 
-bench: deps venv collection-link
+bench: deps venv collection-link redfish-emulator community-general
 	@test "$$(id -u)" -eq 0 || { echo "make bench needs root (lab and raw sockets)"; exit 1; }
 	$(PY) benchmarks/run.py
 

@@ -27,7 +27,39 @@ COLLECTIONS = os.path.join(REPO, ".cache", "collections")
 NETNS = "pnbench-mod"
 SENDER_IP = "198.18.0.2"
 BROADCAST = "198.18.0.255"
-SIM_REFERENCE = "/work/shared/lab-reference/ipmi_sim"
+sys.path.insert(0, os.path.join(REPO, "lab"))
+from powernap_lab.services import SIM_EMU  # noqa: E402  (the lab's own BMC definition)
+
+# ipmi_sim's chassis_control hook: the simulated host's power bit lives in $STATE.
+CHASSIS_HOOK = """\
+#!/bin/sh
+STATE=${STATE:?}; [ -f "$STATE" ] || echo 0 > "$STATE"
+mc=$1; op=$2; shift 2
+case $op in
+ get) for p in "$@"; do case $p in power) echo "power:$(cat "$STATE")";; boot) echo "boot:default";;
+      *) echo "Invalid parameter: $p"; exit 1;; esac; done;;
+ set) while [ -n "$1" ]; do p=$1; v=$2; shift 2; case $p in power) echo "$v" > "$STATE";;
+      reset|boot|identify) ;; *) echo "Invalid parameter: $p"; exit 1;; esac; done;;
+ check) exit 1;;
+esac
+"""
+# RMCP+ sessions (ipmitool -C 3, pyghmi) need a guid: without one ipmi_sim refuses them all.
+LAN_CONF = """\
+name "bench-bmc-{index}"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user md2 md5 straight
+    allowed_auths_operator md2 md5 straight
+    allowed_auths_admin md2 md5 straight
+    guid {index:08x}0000000000000000000000bb
+  endlan
+  chassis_control "env STATE={home}/power.state {hook} 0x20"
+  user 1 false "" "" user 10 none md2 md5 straight
+  user 2 true "ipmiusr" "test" admin 10 md2 md5 straight
+"""
 WOL_TARGETS = 1000
 BMCS = 30
 BMC_BASE_PORT = 17000
@@ -226,21 +258,18 @@ class Bmcs:
         self.procs = []
         os.makedirs(self.workdir)
         chassis = os.path.join(self.workdir, "chassis.sh")
-        shutil.copy(os.path.join(SIM_REFERENCE, "chassis.sh"), chassis)
+        with open(chassis, "w") as handle:
+            handle.write(CHASSIS_HOOK)
         os.chmod(chassis, 0o755)
-        with open(os.path.join(SIM_REFERENCE, "lan.conf")) as handle:
-            template = handle.read()
+        sim_emu = os.path.join(self.workdir, "sim.emu")
+        with open(sim_emu, "w") as handle:
+            handle.write(SIM_EMU)
         for index in range(BMCS):
             port = BMC_BASE_PORT + 2 * index
             home = os.path.join(self.workdir, "b%02d" % index)
             os.makedirs(os.path.join(home, "state"))
-            conf = (
-                template.replace("127.0.0.1 16240", "127.0.0.1 %d" % port)
-                .replace("127.0.0.1 16241", "127.0.0.1 %d" % (port + 1))
-                .replace("/path/to/chassis.sh 0x20", "env STATE=%s/power.state %s 0x20" % (home, chassis))
-            )
             with open(os.path.join(home, "lan.conf"), "w") as handle:
-                handle.write(conf)
+                handle.write(LAN_CONF.format(index=index, port=port, home=home, hook=chassis))
             self.procs.append(
                 subprocess.Popen(
                     in_ns(
@@ -248,7 +277,7 @@ class Bmcs:
                         "-c",
                         "lan.conf",
                         "-f",
-                        os.path.join(SIM_REFERENCE, "sim.emu"),
+                        sim_emu,
                         "-s",
                         home + "/state",
                         "-n",

@@ -327,7 +327,7 @@ def bench_registry(directory):
             status = json.loads(reply.read())
     finally:
         stop(proc)
-    emit("registry hosts reporting", hosts, "hosts")
+    emit("registry hosts reporting", sent, "hosts", target=str(hosts), ok=sent == hosts)
     emit(
         "registry hosts known after one %ds cycle" % period,
         status["hosts"],
@@ -341,8 +341,8 @@ def bench_registry(directory):
 
 def main():
     if os.geteuid() != 0 or not shutil.which("ip"):
-        print("bench_powerwaked needs root and iproute2 (network namespaces)")
-        return 0
+        print("bench_powerwaked needs root and iproute2 (network namespaces)", file=sys.stderr)
+        return 2
     directory = tempfile.mkdtemp(prefix="pwbench-")
     try:
         netns_up()

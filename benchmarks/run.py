@@ -4,7 +4,12 @@ Each bench script is a standalone program that prints one JSON object per
 line: {"bench": str, "metric": str, "value": number, "unit": str,
 "target": optional str, "ok": optional bool}.  Other output lines are
 passed through as progress.  Select scripts with BENCH=name[,name] (the part
-after ``bench_``).  Benchmarks report; they never fail the build on a figure.
+after ``bench_``).
+
+``make bench`` fails (exit 1) when a bench script exits non-zero, times out,
+or prints a row whose ``ok`` is false (a target that was not met), so a
+broken or regressed benchmark can never pass as a row in a table.  The
+failures are listed after the table.
 """
 
 import json
@@ -13,7 +18,8 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# BENCH_DIR lets the runner's own test point it at scripts of its own.
+HERE = os.environ.get("BENCH_DIR") or os.path.dirname(os.path.abspath(__file__))
 TIMEOUT_PER_SCRIPT = 1800
 
 
@@ -48,9 +54,17 @@ def run_one(name):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        rows.append({"bench": name, "metric": "(timed out)", "value": None, "unit": ""})
+        rows.append({"bench": name, "metric": "(timed out)", "value": None, "unit": "", "failed": True})
     if proc.returncode:
-        rows.append({"bench": name, "metric": "(script failed, exit %s)" % proc.returncode, "value": None, "unit": ""})
+        rows.append(
+            {
+                "bench": name,
+                "metric": "(script failed, exit %s)" % proc.returncode,
+                "value": None,
+                "unit": "",
+                "failed": True,
+            }
+        )
     return rows
 
 
@@ -87,7 +101,18 @@ def main():
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
         if index == 0:
             print("  ".join("-" * w for w in widths))
+    failed = failures(all_rows)
+    if failed:
+        print("\nbenchmarks FAILED (%d):" % len(failed))
+        for row in failed:
+            print("  %s: %s" % (row.get("bench", "?"), row.get("metric", "?")))
+        return 1
     return 0
+
+
+def failures(rows):
+    """Rows that fail the run: a script that failed or timed out, or a target not met."""
+    return [row for row in rows if row.get("failed") or row.get("ok") is False]
 
 
 if __name__ == "__main__":

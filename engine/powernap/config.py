@@ -24,6 +24,7 @@ from .sysroot import SysRoot
 
 DEFAULT_CONFIG = "/etc/powernap/powernap.conf"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_STAGE_NUMBER_RE = re.compile(r"^[0-9]{1,6}$")  # ASCII digits only: "²".isdigit() is true, int("²") fails
 
 
 class GlobalSection(Declared):
@@ -216,6 +217,21 @@ class Config:
         return [m for m in self.monitors if m.enabled]
 
 
+def configured_state_dir(paths: Sequence[str]) -> str:
+    """``[powernap] state_dir`` as the files give it, the default when they do not (never fails).
+
+    For what must work whatever else is wrong with the config: finding the
+    control socket (``status``), the instance lock and the powersave record of a
+    crashed run (start-up recovery, ``powernap restore``).  Reads only the files,
+    like ``load_config`` (never blocks on a FIFO), and validates nothing else.
+    """
+    doc, _errors = ini.read_files(paths)
+    section = doc.get("powernap")
+    value = section.values.get("state_dir") if section is not None else None
+    text = value.text.strip() if value is not None else ""
+    return text or str(GlobalSection.option("state_dir").default)
+
+
 def import_plugins() -> None:
     """Register every monitor and tweak type (their packages register on import)."""
     from . import monitors, tweaks  # noqa: F401  (imported for their registrations)
@@ -296,9 +312,21 @@ def _load_part(section: ini.Section, kind: str, name: str, errors: List[ConfigEr
 
 def _load_stages(raw_stages, config: Config, errors: List[ConfigError], parse) -> List[Stage]:
     stages: List[Stage] = []
+    numbered: Dict[int, ini.Section] = {}
+    stage_warn_at: Dict[int, Tuple[str, int]] = {}  # where each stage's warn comes from (its after if unset)
     for section, name in raw_stages:
-        if not name.isdigit() or int(name) < 1:
+        if not _STAGE_NUMBER_RE.match(name) or int(name) < 1:
             errors.append(section.error("stage sections are [stage.N] with N a whole number from 1, not %r" % name))
+            continue
+        first = numbered.setdefault(int(name), section)
+        if first is not section:
+            # [stage.2] and [stage.02] would be one stage: firing one would mark the other done.
+            errors.append(
+                section.error(
+                    "[%s] repeats stage number %d (already [%s] at %s:%d)"
+                    % (section.name, int(name), first.name, first.path, first.line)
+                )
+            )
             continue
         before = len(errors)
         values = parse(section, StageSection, section.texts())
@@ -317,7 +345,9 @@ def _load_stages(raw_stages, config: Config, errors: List[ConfigError], parse) -
         if warn > values["after"]:
             errors.append(section.error("warn %gs is longer than after %gs" % (warn, values["after"]), "warn"))
         path, line = section.where("after")
-        stages.append(Stage(int(name), values["after"], action, warn, values["command"], path, line))
+        stage = Stage(int(name), values["after"], action, warn, values["command"], path, line)
+        stage_warn_at[stage.index] = section.where("warn" if "warn" in section.values else "after")
+        stages.append(stage)
     stages.sort(key=lambda s: s.index)
     seen_powersave: Optional[Stage] = None
     for previous, stage in zip(stages, stages[1:]):
@@ -328,6 +358,26 @@ def _load_stages(raw_stages, config: Config, errors: List[ConfigError], parse) -
                     % (stage.index, stage.after, previous.index, previous.after),
                     stage.path,
                     stage.line,
+                )
+            )
+        elif stage.warn > 0 and stage.after - stage.warn <= previous.after:
+            # The warning would start before (or as) the previous stage fires, and a stage in grace
+            # supersedes every lower one: the previous stage would never fire.  Refuse, do not guess.
+            errors.append(
+                ConfigError(
+                    "stage.%d warn %gs%s starts its warning at %gs idle, not after stage.%d fires at %gs: "
+                    "stage.%d would never fire; make warn shorter than %gs or move the stages apart"
+                    % (
+                        stage.index,
+                        stage.warn,
+                        "" if stage_warn_at[stage.index][1] != stage.line else " ([powernap] grace)",
+                        stage.after - stage.warn,
+                        previous.index,
+                        previous.after,
+                        previous.index,
+                        stage.after - previous.after,
+                    ),
+                    *stage_warn_at[stage.index],
                 )
             )
         if previous.action == "poweroff":

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .errors import PowernapError
 
 SOCKET_NAME = "control.sock"
+STATUS_SCHEMA = 1  # version of the "status" reply (powernap status --json); new keys may come, none go
 MAX_REQUEST = 65536
 REPLY_TIMEOUT = 2.0
 

@@ -30,16 +30,16 @@ from typing import Any, Deque, Dict, List, Optional, Sequence
 from . import __version__
 from .actions import ACTIONS, BEST_EFFORT, CUSTOM, POWERSAVE, SLEEP_ACTIONS, ActionRunner
 from .clock import Clock
-from .config import Config, load_config
-from .control import ControlServer, socket_path
+from .config import Config, configured_state_dir, load_config
+from .control import STATUS_SCHEMA, ControlServer, socket_path
 from .errors import ConfigError, MonitorError
+from .ini import config_files
 from .monitors.base import MonitorContext
 from .platform import read_power_source
 from .report import make_reporter
-from .state import NapMachine, human_duration
+from .state import GRACE, NapMachine, held_awake_by, human_duration, stage_after
 from .sysroot import SysRoot
 
-STATUS_SCHEMA = 1
 LOCK_NAME = "powernapd.lock"
 RECORD_NAME = "powersave.json"
 RESUME_JUMP = 2.0  # seconds of BOOTTIME-MONOTONIC growth that mean "we were suspended"
@@ -47,6 +47,7 @@ FROZEN_GAP = 10.0  # a loop iteration this much later than asked means the proce
 REOPEN_AFTER = 60.0  # retry opening a failed monitor this often
 JOB_POLL = 0.05  # loop period while a command runs
 SCHEDULED_WAKE_WINDOW = 300.0  # a resume this close to our RTC alarm was that alarm
+WALL_ON_STOP = 5.0  # longest shutdown waits for the "cancelled" broadcast
 
 
 class StartError(Exception):
@@ -146,8 +147,11 @@ class Daemon:
         clock: Optional[Clock] = None,
         dry_run: bool = False,
         log: Optional[logging.Logger] = None,
+        main_config: Optional[str] = None,
     ):
+        # With ``main_config`` the drop-ins are globbed again at every (re)load; else exactly ``config_paths``.
         self.config_paths = list(config_paths)
+        self.main_config = main_config
         self.root = root
         self.clock = clock or Clock()
         self.dry_run = dry_run
@@ -176,15 +180,29 @@ class Daemon:
         self._watchdog_every = watchdog_interval()
 
     # life cycle --------------------------------------------------------------
+    def config_files(self) -> List[str]:
+        """The files to (re)load now: drop-ins added or removed since the last load count."""
+        return config_files(self.main_config) if self.main_config else list(self.config_paths)
+
     def start(self) -> None:
-        """Load the config, take the lock, build everything.  Raises StartError (nothing left running)."""
-        config, errors = load_config(self.config_paths, self.root)
-        setup_errors: List[ConfigError] = []
-        if not errors:
-            state_dir = self.root.path(str(config.globals["state_dir"]))
-            os.makedirs(state_dir, mode=0o755, exist_ok=True)
-            self._take_lock(os.path.join(state_dir, LOCK_NAME))
+        """Take the lock, undo a crashed run's powersave, load the config, build everything.
+
+        Raises StartError (nothing left running).  Recovery comes before
+        validation and needs nothing from the config but ``state_dir`` (read
+        leniently): a crash in powersave followed by a bad config must not
+        leave the host tweaked for good.
+        """
+        paths = self.config_files()
+        state_dir = self.root.path(configured_state_dir(paths))
         try:
+            os.makedirs(state_dir, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise StartError("cannot create the state directory %s: %s" % (state_dir, exc)) from None
+        self._lock_fd = take_instance_lock(os.path.join(state_dir, LOCK_NAME))
+        try:
+            self._recover(os.path.join(state_dir, RECORD_NAME))
+            config, errors = load_config(paths, self.root)
+            setup_errors: List[ConfigError] = []
             if errors:
                 raise StartError(self._config_failure(errors, "refusing to start"))
             setup = self._build(config, setup_errors)
@@ -195,9 +213,6 @@ class Daemon:
             raise
         self.setup = setup
         self._apply_globals(config)
-        recovered = setup.powersave.recover()
-        for result in recovered:
-            self.log.warning("recovered powersave %s: %s (%s)", result["name"], result["status"], result["detail"])
         self.machine = NapMachine(
             config.stages,
             self.clock,
@@ -225,6 +240,12 @@ class Daemon:
         )
         sd_notify("READY=1\nSTATUS=awake, %d monitors" % len(setup.monitors))
 
+    def _recover(self, record_path: str) -> None:
+        from .tweaks import recover_leftovers
+
+        for result in recover_leftovers(self.root, record_path, self.log.getChild("powersave"), self.dry_run):
+            self.log.warning("recovered powersave %s: %s (%s)", result["name"], result["status"], result["detail"])
+
     def run(self, max_seconds: Optional[float] = None) -> int:
         """The loop.  ``max_seconds`` bounds it (tests); SIGTERM ends it cleanly."""
         if self.setup is None:
@@ -247,6 +268,7 @@ class Daemon:
         for job in self._jobs:
             job.cancel()
         self._jobs = []
+        self._cancel_warning("daemon stopping")
         if self.setup.powersave.active:
             self._restore_powersave("daemon stopping")
         for slot in self.setup.monitors:
@@ -401,6 +423,24 @@ class Daemon:
                 self._warned = False
                 self._act(stage, decision.reason)
 
+    def _cancel_warning(self, reason: str) -> None:
+        """Stopping during grace: the users who were warned hear that it is off (waits a bounded time)."""
+        grace = self.machine.snapshot()["grace"] if self.machine is not None else None
+        if grace is None or self.machine.state != GRACE:
+            return
+        self._event("cancel", stage=grace["stage"], action=grace["action"], reason=reason)
+        if self._warned:
+            self._wall("powernap: %s of %s cancelled (%s)." % (grace["action"], self.host, reason))
+        self._warned = False
+        give_up = time.monotonic() + WALL_ON_STOP
+        while self._jobs and time.monotonic() < give_up:
+            self._poll_jobs()
+            if self._jobs:
+                time.sleep(0.02)
+        for job in self._jobs:
+            job.cancel()
+        self._jobs = []
+
     def _warn(self, action: str, in_seconds: float, reason: str) -> None:
         at = time.strftime("%H:%M:%S %Z", time.localtime(self.clock.wall() + in_seconds))
         self._wall(
@@ -533,7 +573,7 @@ class Daemon:
         verdict = hardware.evaluate(facts, lists, platform_info, override=None if override == "auto" else override)
         denied = {}
         for action in ACTIONS:
-            if action in (BEST_EFFORT, CUSTOM):
+            if action == BEST_EFFORT:  # denied below when its whole chain is
                 continue
             if not verdict.allows(action):
                 denied[action] = verdict.reason(action)
@@ -641,21 +681,24 @@ class Daemon:
         """Re-read the config; on any error keep the running one.  Returns the errors (empty: reloaded)."""
         sd_notify("RELOADING=1\nMONOTONIC_USEC=%d" % int(time.monotonic() * 1e6))
         try:
-            config, errors = load_config(self.config_paths, self.root)
+            config, errors = load_config(self.config_files(), self.root)
             setup_errors: List[ConfigError] = []
             setup = None if errors else self._build(config, setup_errors)
             errors = errors + setup_errors
+            moved = None
+            if not errors and setup is not None:
+                moved = self._prepare_state_dir(config, errors)
             if errors or setup is None:
-                self._config_failure(errors, "reload refused, keeping the running configuration")
+                self.log.error("%s", self._config_failure(errors, "reload refused, keeping the running configuration"))
                 self._event("reload-failed", errors=len(errors))
                 return [str(e) for e in errors]
             old = self.setup
-            if old.powersave.active:
-                self._restore_powersave("reload")
             for slot in old.monitors:
                 self._close_monitor(slot)
             self.setup = setup
             self._apply_globals(config)
+            if moved is not None:
+                self._switch_state_dir(*moved)
             machine = NapMachine(
                 config.stages,
                 self.clock,
@@ -665,11 +708,61 @@ class Daemon:
             )
             machine.carry_over(self.machine)
             self.machine = machine
+            if old.powersave.active:
+                self._reload_powersave(old.powersave, machine)
             self._open_monitors(setup.monitors)
             self._event("reload", files=len(config.files), monitors=len(setup.monitors))
             return []
         finally:
             sd_notify("READY=1")
+
+    def _reload_powersave(self, old: Any, machine: NapMachine) -> None:
+        """Powersave was in effect: apply only the difference, or restore it all when no stage has it now."""
+        if not machine.powersave_active:
+            results = old.restore()
+            self.powersave_results = results
+            self._event("powersave-restore", stage=None, reason="reload: no powersave stage", failed=len(results))
+            return
+        results = self.setup.powersave.take_over(old)
+        self.powersave_results = [r for r in results if r["status"] != "restored"]
+        counts = collections.Counter(r["status"] for r in results)
+        self._event("powersave-reload", tweaks=",".join("%s=%d" % kv for kv in sorted(counts.items())) or "none")
+        for result in results:
+            if result["status"] in ("applied", "restored", "failed"):
+                level = logging.WARNING if result["status"] == "failed" else logging.INFO
+                self.log.log(level, "tweak %s: %s %s", result["name"], result["status"], result["detail"])
+
+    def _prepare_state_dir(self, config: Config, errors: List[Any]) -> Optional[Any]:
+        """A reload that moves ``state_dir``: take the new lock and socket first (a failure refuses the reload)."""
+        old_dir = self.root.path(str(self.setup.config.globals["state_dir"]))
+        new_dir = self.root.path(str(config.globals["state_dir"]))
+        if os.path.abspath(old_dir) == os.path.abspath(new_dir):
+            return None
+        try:
+            os.makedirs(new_dir, mode=0o755, exist_ok=True)
+            lock_fd = take_instance_lock(os.path.join(new_dir, LOCK_NAME))
+        except (OSError, StartError) as exc:
+            errors.append(ConfigError("state_dir %s: %s" % (new_dir, exc)))
+            return None
+        control = ControlServer(socket_path(new_dir), self.handle_request, self.log.getChild("control"))
+        try:
+            control.open()
+        except OSError as exc:
+            os.close(lock_fd)
+            errors.append(ConfigError("state_dir %s: cannot open the control socket: %s" % (new_dir, exc)))
+            return None
+        return lock_fd, control
+
+    def _switch_state_dir(self, lock_fd: int, control: ControlServer) -> None:
+        """Serve the control socket from the new state_dir and drop the old one (and its lock)."""
+        old = self.control
+        self.control = control
+        if old is not None:
+            old.close()
+        self._release_lock()
+        self._lock_fd = lock_fd
+        self.log.info("state_dir moved: control socket now %s", control.path)
+        self._sync_fds()
 
     def _config_failure(self, errors: Sequence[Any], what: str) -> str:
         for error in errors:
@@ -712,7 +805,7 @@ class Daemon:
                 self.reload()
             elif signum == signal.SIGUSR1:
                 try:
-                    self._execute(self.machine.nap_now())
+                    self._nap_now(None)
                 except ValueError as exc:
                     self.log.warning("SIGUSR1 (nap now) ignored: %s", exc)
             elif signum == signal.SIGUSR2:
@@ -732,14 +825,20 @@ class Daemon:
             action = request.get("action")
             if action is not None and action not in ACTIONS:
                 raise ValueError("unknown action %r (one of: %s)" % (action, ", ".join(ACTIONS)))
-            decisions = self.machine.nap_now(action)
-            self._event("now", action=action or "next stage")
-            self._execute(decisions)
+            self._nap_now(action)
             return {"state": self.machine.state, "stage": self.machine.snapshot()["stage"]}
         if cmd == "reload":
             errors = self.reload()
             return {"reloaded": not errors, "errors": errors}
         raise ValueError("unknown command %r (status, now, wake, explain, reload)" % cmd)
+
+    def _nap_now(self, action: Optional[str]) -> None:
+        """Fire a stage on request.  Raises ValueError, before anything changes, when it could not run at all."""
+        stage = self.machine.now_stage(action)
+        if stage.action != POWERSAVE:
+            self.runner.plan(stage.action, stage.command, self.setup.denied)  # e.g. custom without a command
+        self._event("now", action=action or "next stage")
+        self._execute(self.machine.nap_now(action))
 
     def _wake(self, source: str) -> None:
         was = self.machine.state
@@ -794,22 +893,24 @@ class Daemon:
         if self.machine is not None and name not in ("start", "stop"):
             sd_notify("STATUS=%s" % self.machine.state)
 
-    def _take_lock(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StartError("another powernapd holds %s" % path) from None
-        # The PID inside is for people; the flock is what counts (a stale file never blocks a start).
-        os.ftruncate(fd, 0)
-        os.write(fd, ("%d\n" % os.getpid()).encode())
-        self._lock_fd = fd
-
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def take_instance_lock(path: str) -> int:
+    """The single-instance flock (powernapd, ``powernap restore``); its fd.  Raises StartError if held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StartError("another powernapd holds %s" % path) from None
+    # The PID inside is for people; the flock is what counts (a stale file never blocks a start).
+    os.ftruncate(fd, 0)
+    os.write(fd, ("%d\n" % os.getpid()).encode())
+    return fd
 
 
 def _note_signal(signum, frame) -> None:
@@ -863,7 +964,19 @@ def explain_status(status: Dict[str, Any]) -> List[str]:
     for skipped in status.get("skipped", []):
         lines.append("Stage %d (%s) is skipped: %s." % (skipped["stage"], skipped["action"], skipped["reason"]))
     nxt = status.get("next_action")
-    if nxt:
+    held = held_awake_by(status)
+    if nxt and held:
+        lines.append(
+            "Next: nothing while %s keep%s the host awake; then stage %d (%s) once it has been idle for %s."
+            % (
+                ", ".join(held),
+                "s" if len(held) == 1 else "",
+                nxt["stage"],
+                nxt["action"],
+                human_duration(stage_after(status, nxt["stage"])),
+            )
+        )
+    elif nxt:
         lines.append(
             "Next: stage %d (%s) in %s if the host stays idle."
             % (nxt["stage"], nxt["action"], human_duration(nxt["in_seconds"]))

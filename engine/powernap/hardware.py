@@ -18,7 +18,7 @@ usb nic_driver`` (per device: the entry matches if any device matches).
 ``kernel`` also takes a comparison: ``<6.1``, ``>=5.15.0``.
 
 ``actions`` (powersave suspend hibernate hybrid-sleep suspend-then-hibernate
-poweroff command, or ``*``) and/or ``tweaks`` (tweak types, or ``*``) say what
+poweroff custom, or ``*``; ``command`` is read as ``custom``) and/or ``tweaks`` (tweak types, or ``*``) say what
 the entry allows or forbids; ``reason`` is required.
 
 Precedence, per action or tweak: an explicit deny beats an explicit allow,
@@ -34,7 +34,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from . import ini, platform
+from . import actions, ini, platform
 from .errors import ConfigError
 from .hardware_keys import DMI_FACTS, ENTRY_KEYS, LIST_FACTS, MATCH_KEYS
 from .options import registry, split_list
@@ -42,7 +42,10 @@ from .sysroot import SysRoot
 from .tweaks import platform_denies
 
 HARDWARE_DIR = "/etc/powernap/hardware.d"
-ACTIONS = ("powersave", "suspend", "hibernate", "hybrid-sleep", "suspend-then-hibernate", "poweroff", "command")
+# The daemon's action names (one name each, as in [stage.N] action); best-effort is denied through its chain.
+ACTIONS = tuple(name for name in actions.ACTIONS if name != actions.BEST_EFFORT)
+# Lists written before the names were unified said 'command' for the custom action.
+ACTION_ALIASES = {"command": actions.CUSTOM}
 SLEEP_ACTIONS = ("suspend", "hibernate", "hybrid-sleep", "suspend-then-hibernate")
 NEEDS_SUSPEND = ("suspend", "hybrid-sleep", "suspend-then-hibernate")
 NEEDS_HIBERNATE = ("hibernate", "hybrid-sleep", "suspend-then-hibernate")
@@ -169,6 +172,7 @@ def load_lists(paths: Sequence[str]) -> Tuple[HardwareLists, List[ConfigError]]:
             if key == "reason":
                 entry.reason = value.text.strip()
             elif key == "actions":
+                items = [ACTION_ALIASES.get(item, item) for item in items]
                 bad = [item for item in items if item not in ACTIONS and item != "*"]
                 if bad:
                     errors.append(

@@ -12,6 +12,7 @@ plain message; the config loader turns that into a ``ConfigError`` carrying
 the file and line.
 """
 
+import ipaddress
 import math
 import re
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
@@ -52,6 +53,18 @@ class OptionType:
     def parse(self, text: str) -> Any:
         return text
 
+    def check(self, value: Any) -> Any:
+        """Validate a JSON value (a wire message, the saved registry) and return it normalised.
+
+        Strict: a number is never accepted as text nor text as a number.  The
+        default takes a string and parses it like INI text.
+        """
+        if not isinstance(value, str):
+            raise ValueError("must be a string, not %s" % json_type(value))
+        if len(value) > MAX_TEXT:
+            raise ValueError("longer than %d characters" % MAX_TEXT)
+        return self.parse(value)
+
     def describe(self) -> str:
         return self.schema_type
 
@@ -60,14 +73,35 @@ class OptionType:
 
 
 class String(OptionType):
-    def __init__(self, nonempty: bool = False):
+    """Text; ``max_length`` caps its size, ``pattern`` (a regex the whole text must match) its form."""
+
+    def __init__(self, nonempty: bool = False, max_length: Optional[int] = None, pattern: str = "", form: str = ""):
         self.nonempty = nonempty
+        self.max_length = max_length
+        self.pattern = re.compile(pattern) if pattern else None
+        self.form = form  # what the pattern means, for error messages and docs
 
     def parse(self, text: str) -> str:
         text = text.strip()
         if self.nonempty and not text:
             raise ValueError("must not be empty")
+        if self.max_length is not None and len(text) > self.max_length:
+            raise ValueError("longer than %d characters" % self.max_length)
+        if self.pattern is not None and text and not self.pattern.fullmatch(text):
+            raise ValueError("is not %s" % (self.form or "in the expected form"))
         return text
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError("must be a string, not %s" % json_type(value))
+        if len(value) > (self.max_length if self.max_length is not None else MAX_TEXT):
+            raise ValueError("longer than %d characters" % (self.max_length or MAX_TEXT))
+        if value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("has surrounding spaces or control characters")
+        return self.parse(value)
+
+    def describe(self) -> str:
+        return self.form or self.schema_type
 
 
 class Boolean(OptionType):
@@ -80,6 +114,11 @@ class Boolean(OptionType):
         if word in _FALSE:
             return False
         raise ValueError("%r is not a boolean (use yes/no, true/false, on/off, 1/0)" % text)
+
+    def check(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false, not %s" % json_type(value))
+        return value
 
 
 class Integer(OptionType):
@@ -94,6 +133,12 @@ class Integer(OptionType):
             value = int(text.strip(), 0)
         except ValueError:
             raise ValueError("%r is not an integer" % text) from None
+        _check_range(value, self.minimum, self.maximum)
+        return value
+
+    def check(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be an integer, not %s" % json_type(value))
         _check_range(value, self.minimum, self.maximum)
         return value
 
@@ -113,8 +158,13 @@ class Number(OptionType):
             value = float(text.strip())
         except ValueError:
             raise ValueError("%r is not a number" % text) from None
-        if math.isnan(value):
-            raise ValueError("%r is not a number" % text)
+        if not math.isfinite(value):
+            raise ValueError("%r is not a number (only finite numbers)" % text)
+        _check_range(value, self.minimum, self.maximum)
+        return value
+
+    def check(self, value: Any) -> float:
+        value = _finite_number(value)
         _check_range(value, self.minimum, self.maximum)
         return value
 
@@ -136,6 +186,11 @@ class Duration(OptionType):
         _check_range(value, self.minimum, self.maximum, unit="s")
         return value
 
+    def check(self, value: Any) -> float:
+        value = _finite_number(value)
+        _check_range(value, self.minimum, self.maximum, unit="s")
+        return value
+
     def describe(self) -> str:
         return "duration (e.g. 90s, 10m, 2h, 1d)"
 
@@ -152,6 +207,8 @@ def parse_duration(text: str) -> float:
             raise ValueError("%r is not a duration (e.g. 90s, 10m, 2h, 1d)" % text)
         unit = match.group(2).lower() if match.group(2) else None
         total += float(match.group(1)) * _DURATION_UNITS[unit]
+    if not math.isfinite(total):
+        raise ValueError("duration %r is too large" % text[:64])
     return total
 
 
@@ -178,8 +235,13 @@ class Choice(OptionType):
     def parse(self, text: str) -> str:
         word = text.strip()
         if word not in self.choices:
-            raise ValueError("%r is not one of: %s" % (text, ", ".join(self.choices)))
+            raise ValueError("%r is not one of: %s" % (text[:64], ", ".join(self.choices)))
         return word
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            raise ValueError("must be one of: %s" % ", ".join(self.choices))
+        return value
 
     def describe(self) -> str:
         return "one of " + ", ".join(self.choices)
@@ -236,9 +298,10 @@ class ListOf(OptionType):
 
     schema_type = "list"
 
-    def __init__(self, item: OptionType, nonempty: bool = False):
+    def __init__(self, item: OptionType, nonempty: bool = False, max_items: Optional[int] = None):
         self.item = item
         self.nonempty = nonempty
+        self.max_items = max_items
 
     def parse(self, text: str) -> Tuple[Any, ...]:
         values = []
@@ -249,7 +312,25 @@ class ListOf(OptionType):
                 raise ValueError("list item %r: %s" % (part, exc)) from None
         if self.nonempty and not values:
             raise ValueError("must name at least one item")
+        if self.max_items is not None and len(values) > self.max_items:
+            raise ValueError("more than %d items" % self.max_items)
         return tuple(values)
+
+    def check(self, value: Any) -> List[Any]:
+        if not isinstance(value, list):
+            raise ValueError("must be a list, not %s" % json_type(value))
+        limit = self.max_items if self.max_items is not None else MAX_ITEMS
+        if len(value) > limit:
+            raise ValueError("more than %d items" % limit)
+        if self.nonempty and not value:
+            raise ValueError("must name at least one item")
+        out = []
+        for index, item in enumerate(value):
+            try:
+                out.append(self.item.check(item))
+            except ValueError as exc:
+                raise ValueError("item %d: %s" % (index, exc)) from None
+        return out
 
     def describe(self) -> str:
         return "list of " + self.item.describe()
@@ -258,9 +339,145 @@ class ListOf(OptionType):
         return {"type": "list", "elements": self.item.schema()["type"]}
 
 
+class MapOf(OptionType):
+    """A JSON object of bounded size whose keys and values each have a type (wire messages only)."""
+
+    schema_type = "dict"
+
+    def __init__(self, key: OptionType, value: OptionType, max_items: int = 64, nullable: bool = False):
+        self.key = key
+        self.value = value
+        self.max_items = max_items
+        self.nullable = nullable  # values may be null
+
+    def parse(self, text: str) -> Any:
+        raise ValueError("a map cannot be written as text")
+
+    def check(self, value: Any) -> Dict[Any, Any]:
+        if not isinstance(value, dict):
+            raise ValueError("must be an object, not %s" % json_type(value))
+        if len(value) > self.max_items:
+            raise ValueError("more than %d entries" % self.max_items)
+        out = {}
+        for key, item in value.items():
+            try:
+                checked_key = self.key.check(key)
+            except ValueError as exc:
+                raise ValueError("key: %s" % exc) from None
+            if item is None and self.nullable:
+                out[checked_key] = None
+                continue
+            try:
+                out[checked_key] = self.value.check(item)
+            except ValueError as exc:
+                raise ValueError("entry %s: %s" % (str(checked_key)[:64], exc)) from None
+        return out
+
+    def describe(self) -> str:
+        return "map of %s to %s" % (self.key.describe(), self.value.describe())
+
+
+class Scalar(OptionType):
+    """One plain JSON value: null, true/false, a finite number or a string of at most ``max_length``."""
+
+    def __init__(self, max_length: int = 256):
+        self.max_length = max_length
+
+    def check(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)):
+            return _finite_number(value) if isinstance(value, float) else value
+        if isinstance(value, str):
+            if len(value) > self.max_length:
+                raise ValueError("longer than %d characters" % self.max_length)
+            return value
+        raise ValueError("must be a plain value, not %s" % json_type(value))
+
+    def describe(self) -> str:
+        return "plain value"
+
+
+class Mac(OptionType):
+    """A MAC address, normalised to aa:bb:cc:dd:ee:ff."""
+
+    def parse(self, text: str) -> str:
+        from .magic_packet import format_mac, parse_mac
+
+        try:
+            return format_mac(parse_mac(text.strip()))
+        except ValueError:
+            raise ValueError("%r is not a MAC address (six hex octets, e.g. 52:54:00:12:34:56)" % text[:64]) from None
+
+    def describe(self) -> str:
+        return "MAC address"
+
+
+class IpAddress(OptionType):
+    """An IPv4 or IPv6 address literal (no names: these are matched against packets)."""
+
+    def parse(self, text: str) -> str:
+        try:
+            return str(ipaddress.ip_address(text.strip()))
+        except ValueError:
+            raise ValueError("%r is not an IP address" % text[:64]) from None
+
+    def describe(self) -> str:
+        return "IP address"
+
+
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*\.?")
+
+
+class HostAddress(OptionType):
+    """A host name (RFC 1123) or an IP address."""
+
+    def parse(self, text: str) -> str:
+        text = text.strip()
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            pass
+        if not _HOSTNAME_RE.fullmatch(text):
+            raise ValueError("%r is neither a host name nor an IP address" % text[:64])
+        return text
+
+    def describe(self) -> str:
+        return "host name or IP address"
+
+
 def split_list(text: str) -> List[str]:
     """Split ``a, b`` / ``a,b`` / one item per line; blank items are dropped."""
     return [part.strip() for part in re.split(r"[,\n]", text) if part.strip()]
+
+
+MAX_TEXT = 4096  # the longest string a JSON value may carry unless its type says less
+MAX_ITEMS = 256  # the longest JSON list unless its type says less
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for error messages that must not echo the value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _finite_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number, not %s" % json_type(value))
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
 
 
 def _check_range(value, minimum, maximum, unit: str = "") -> None:
@@ -385,13 +602,41 @@ class Declared:
             try:
                 values[name] = opt.type.parse(text)
             except ValueError as exc:
-                report(name, "option %r: %s" % (name, exc))
+                report(name, "option %r: %s" % (name, _masked(opt, text, exc)))
         for opt in cls.OPTIONS:
             if opt.name not in values and opt.name not in raw:
                 if opt.required:
                     report(opt.name, "option %r is required for %s %r" % (opt.name, cls.KIND, cls.TYPE))
                 else:
                     values[opt.name] = opt.default
+        return values
+
+    @classmethod
+    def check_values(cls, data: Any) -> Dict[str, Any]:
+        """Validate a JSON object (a wire message, a saved record) against ``OPTIONS``.
+
+        Every key must be declared, every value of its type and in range, every
+        required option present; ``null`` stands for "unset" where the default
+        is ``None``.  Returns the normalised values (absent ones stay absent);
+        ``ValueError`` names the first bad field and never quotes a secret.
+        """
+        if not isinstance(data, dict):
+            raise ValueError("must be a JSON object, not %s" % json_type(data))
+        values: Dict[str, Any] = {}
+        for name, value in data.items():
+            opt = cls.option(name) if isinstance(name, str) else None
+            if opt is None:
+                raise ValueError("unknown field %r" % str(name)[:64])
+            if value is None and opt.default is None and not opt.required:
+                values[name] = None
+                continue
+            try:
+                values[name] = opt.type.check(value)
+            except ValueError as exc:
+                raise ValueError("field %r: %s" % (name, _masked(opt, value, exc)[:200])) from None
+        for opt in cls.OPTIONS:
+            if opt.required and opt.name not in values:
+                raise ValueError("field %r is required" % opt.name)
         return values
 
     @classmethod
@@ -403,6 +648,16 @@ class Declared:
             "description": doc[0] if doc else "",
             "options": {opt.name: opt.schema() for opt in cls.OPTIONS},
         }
+
+
+def _masked(opt: Option, value: Any, exc: Exception) -> str:
+    """A type's error message, unless the option is secret and the message would show (part of) its value."""
+    message = str(exc)
+    if opt.secret:
+        text = value.strip() if isinstance(value, str) else repr(value)
+        if not text or text in message or repr(text)[1:-1] in message or len(text) > 3 and text[:4] in message:
+            return "invalid value (secret, not shown)"
+    return message
 
 
 def registry(kind: str) -> Dict[str, Type[Declared]]:

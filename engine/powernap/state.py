@@ -141,6 +141,10 @@ class NapMachine:
 
     def nap_now(self, action: Optional[str] = None) -> List[Decision]:
         """``powernap now [ACTION]`` / SIGUSR1: fire the next stage (or ``action``) at once, no grace."""
+        return self._fire(self.now_stage(action), "requested")
+
+    def now_stage(self, action: Optional[str] = None) -> Stage:
+        """The stage ``nap_now(action)`` would fire; raises ValueError when there is none (changes nothing)."""
         if self._pending is not None:
             raise ValueError("stage %d (%s) is still running" % (self._pending.index, self._pending.action))
         if action is None:
@@ -158,7 +162,7 @@ class NapMachine:
             stage = next((s for s in self.stages if s.action == action), None) or Stage(0, 0.0, action, 0.0)
         if self._powersave is not None and stage.action == POWERSAVE:
             raise ValueError("powersave is already in effect")
-        return self._fire(stage, "requested")
+        return stage
 
     def action_finished(self, ok: bool, detail: str = "") -> List[Decision]:
         """The command action from the last ``act`` decision ended."""
@@ -195,11 +199,20 @@ class NapMachine:
         return decisions
 
     def carry_over(self, old: "NapMachine") -> None:
-        """After a reload: keep the idle history and settle period, start the stages afresh."""
+        """After a reload: keep the idle history, settle period and powersave, start the other stages afresh."""
         self._idle_since = old._idle_since
         self._last_activity_wall = old._last_activity_wall
         self._last_reason = old._last_reason
         self._settle_until = old._settle_until
+        # Powersave stays in effect across a reload when the new stages still have it (the daemon keeps
+        # the tweaks that did not change); its stage and the ones before it count as done.
+        stage = next((s for s in self.stages if s.action == POWERSAVE), None)
+        if old._powersave is not None and stage is not None and old._pending is None:
+            self._powersave = stage
+            self._done = {s.index for s in self.stages if s.index <= stage.index}
+            if old._effect is old._powersave:
+                self._effect = stage
+                self._effect_since = old._effect_since
 
     def set_denied(self, denied: Dict[str, str]) -> None:
         self.denied = dict(denied)
@@ -344,6 +357,21 @@ class NapMachine:
         self._done.clear()
         self._failed.clear()
         return decisions
+
+
+def held_awake_by(status: Dict[str, Any]) -> List[str]:
+    """From a status dict: the monitors that hold the host awake now (failing ones count unless ignored).
+
+    While there are any, no stage is "in N seconds": each poll resets the idle time.
+    """
+    if status.get("state") != AWAKE:
+        return []
+    return [m["name"] for m in status.get("monitors", []) if m.get("active")]
+
+
+def stage_after(status: Dict[str, Any], index: int) -> float:
+    """From a status dict: the idle time after which stage ``index`` fires."""
+    return next((float(s["after"]) for s in status.get("stages", []) if s["index"] == index), 0.0)
 
 
 def human_duration(seconds: float) -> str:

@@ -177,7 +177,10 @@ def test_check_config_cli_prints_errors_and_exit_status(tmp_path, capsys):
     assert out == ["%s:18: option 'after': 'soon' is not a duration (e.g. 90s, 10m, 2h, 1d)" % bad]
     good = write(tmp_path, GOOD, "good/powernap.conf")
     assert cli_main(["check-config", good]) == 0
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == (
+        "%s: OK, 1 file(s); 2 monitor(s) (2 enabled), 3 stage(s) (1 powersave after 10m00s, 2 suspend after "
+        "2h00m, 3 poweroff after 24h00m), 0 tweak(s)\n" % good
+    )
 
 
 def test_check_config_default_path_follows_root(tmp_path, capsys):
@@ -204,3 +207,54 @@ def test_bad_intervals_are_rejected(tmp_path, text):
     path = write(tmp_path, "[powernap]\ninterval = %s\n[monitor.load]\n[stage.1]\nafter=1m\naction=powersave\n" % text)
     got = messages(load_config([path])[1])
     assert len(got) == 1 and got[0].startswith("%s:2: option 'interval'" % path)
+
+
+def test_duplicate_stage_numbers_are_refused_naming_both_places(tmp_path):
+    main = write(tmp_path, GOOD)
+    dropin = write(tmp_path, "[stage.02]\nafter = 3h\naction = hibernate\n", "conf.d/50-more.conf")
+    got = messages(load_config(config_files(main))[1])
+    assert got == ["%s:1: [stage.02] repeats stage number 2 (already [stage.2] at %s:17)" % (dropin, main)]
+    got = messages(load_config([write(tmp_path, GOOD + "[stage.²]\nafter = 3d\naction = poweroff\n", "u.conf")])[1])
+    assert any("stage sections are [stage.N] with N a whole number from 1, not '²'" in m for m in got)
+
+
+WARN_SWALLOWS = """\
+[monitor.load]
+[stage.1]
+after = 10m
+action = powersave
+[stage.2]
+after = 15m
+action = suspend
+warn = 10m
+"""
+
+
+def test_a_warn_reaching_back_before_the_previous_stage_is_refused(tmp_path):
+    path = write(tmp_path, WARN_SWALLOWS)
+    got = messages(load_config([path])[1])
+    assert got == [
+        "%s:8: stage.2 warn 600s starts its warning at 300s idle, not after stage.1 fires at 600s: "
+        "stage.1 would never fire; make warn shorter than 300s or move the stages apart" % path
+    ]
+    # The default warn ([powernap] grace) is checked too, located at the stage's 'after'.
+    path = write(tmp_path, "[powernap]\ngrace = 6m\n" + WARN_SWALLOWS.replace("warn = 10m\n", ""))
+    got = messages(load_config([path])[1])
+    assert len(got) == 1 and got[0].startswith("%s:8: stage.2 warn 360s ([powernap] grace) starts" % path)
+    # A warning that starts after the previous stage fired is fine.
+    assert load_config([write(tmp_path, WARN_SWALLOWS.replace("warn = 10m", "warn = 4m"))])[1] == []
+
+
+def test_the_state_machine_would_swallow_the_stage_check_config_refuses():
+    """Why item 7 is refused rather than tolerated: the machine fires the highest stage in grace."""
+    from powernap.clock import FakeClock
+    from powernap.config import Stage
+    from powernap.state import NapMachine
+
+    clock = FakeClock()
+    machine = NapMachine([Stage(1, 600, "powersave", 0), Stage(2, 900, "suspend", 600)], clock, settle=0)
+    fired = []
+    for _unused in range(1000):
+        clock.advance(1)
+        fired += [(d.kind, d.stage.index) for d in machine.tick()]
+    assert ("apply", 1) not in fired and ("act", 2) in fired

@@ -53,7 +53,7 @@ def make_root(tmp_path):
 
 
 class Daemon:
-    def __init__(self, root, log_path):
+    def __init__(self, root, log_path, dry_run=True):
         self.root = root
         self.log_path = log_path
         self.sock = str(root / "run/powernap/control.sock")
@@ -67,10 +67,10 @@ class Daemon:
                 os.path.join(ENGINE, "bin", "powernapd"),
                 "--root",
                 str(root),
-                "--dry-run",
                 "--log-level",
                 "info",
-            ],
+            ]
+            + (["--dry-run"] if dry_run else []),
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             env=env,
@@ -238,6 +238,7 @@ def test_now_wake_bad_reload_lock_and_sigterm(daemon, tmp_path):
     log = daemon.log()
     assert "dry-run: would run suspend: systemctl suspend" in log
     assert ":15: option 'after': 'never' is not a duration" in log
+    assert "1 configuration error(s): reload refused, keeping the running configuration" in log
     # The lock file stays (flock, not a PID check) and does not stop the next start.
     assert os.path.exists(daemon.root / "run/powernap/powernapd.lock")
 
@@ -291,3 +292,277 @@ def test_laptop_switches_tweak_sets_when_the_supply_changes(tmp_path):
     names = [name for name, _fields in d.events()]
     assert names == ["start", "powersave-apply", "powersave-switch", "powersave-restore", "stop"]
     assert dict(d.events())["powersave-switch"] == "source=battery tweaks=nmi"
+
+
+# --- issue 12: start-up recovery, reload, `now`, state_dir, stopping during grace -------------------
+
+NMI = "proc/sys/kernel/nmi_watchdog"
+
+
+def crashed_powersave_record(root):
+    """What a powernapd killed during powersave leaves: nmi_watchdog at 0 and the record of its value 1."""
+    (root / NMI).write_text("0\n")
+    run = root / "run/powernap"
+    run.mkdir(parents=True, exist_ok=True)
+    record = {
+        "version": 1,
+        "pid": 999999,
+        "created": time.time() - 60,
+        "tweaks": {"nmi": {"type": "nmi_watchdog", "when": "always"}},
+        "entries": [
+            {"tweak": "nmi", "kind": "file", "path": "/" + NMI, "original": "1\n", "value": "0"},
+        ],
+    }
+    (run / "powersave.json").write_text(json.dumps(record))
+    return run / "powersave.json"
+
+
+def run_daemon_once(root, *extra):
+    return subprocess.run(
+        [sys.executable, os.path.join(ENGINE, "bin", "powernapd"), "--root", str(root)] + list(extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+    )
+
+
+def test_startup_recovery_runs_even_when_the_config_is_now_broken(tmp_path):
+    """Crash in powersave, then a bad config: the next start still undoes the tweaks, then refuses."""
+    root = make_root(tmp_path)
+    record = crashed_powersave_record(root)
+    (root / "etc/powernap/powernap.conf").write_text(CONFIG.replace("after = 1h", "after = never"))
+    result = run_daemon_once(root)
+    assert result.returncode == 1
+    assert "recovered powersave nmi: restored" in result.stderr
+    assert "refusing to start" in result.stderr and ":15: option 'after': 'never'" in result.stderr
+    assert (root / NMI).read_text() == "1\n" and not record.exists()
+    # Recovery comes first: it is logged before the config errors.
+    assert result.stderr.index("recovered powersave") < result.stderr.index("refusing to start")
+
+
+def test_startup_recovery_with_a_good_config_then_runs(tmp_path):
+    root = make_root(tmp_path)
+    record = crashed_powersave_record(root)
+    (root / "etc/powernap/powernap.conf").write_text(POWERSAVE_ONLY.replace("after = 1s", "after = 1h"))
+    d = Daemon(root, str(tmp_path / "powernapd.log"), dry_run=False)
+    try:
+        d.wait_for(lambda s: s["state"] == "awake", "the daemon")
+        assert (root / NMI).read_text() == "1\n" and not record.exists()
+        assert "recovered powersave nmi: restored" in d.log()
+    finally:
+        assert d.stop() == 0
+
+
+def test_powernap_restore_undoes_a_dead_daemons_powersave(tmp_path, capsys):
+    from powernap.cli import main as cli_main
+
+    root = make_root(tmp_path)
+    (root / "etc/powernap/powernap.conf").write_text("[stage.1]\nbroken line\n")  # restore needs no valid config
+    assert cli_main(["--root", str(root), "restore"]) == 0
+    assert capsys.readouterr().out.startswith("nothing to restore: no powersave record at %s" % root)
+    record = crashed_powersave_record(root)
+    assert cli_main(["restore", "--root", str(root)]) == 0
+    assert capsys.readouterr().out == "nmi: restored\n1 restored, 0 failed\n"
+    assert (root / NMI).read_text() == "1\n" and not record.exists()
+
+
+def test_powernap_restore_is_refused_while_the_daemon_runs(daemon, capsys):
+    from powernap.cli import main as cli_main
+
+    daemon.wait_for(lambda s: s["state"] == "napping", "powersave")
+    (daemon.root / "run/powernap/powersave.json").write_text("{}")  # dry run keeps no record: stand one in
+    assert cli_main(["--root", str(daemon.root), "restore"]) == 1
+    assert "powernapd is running" in capsys.readouterr().err
+    assert daemon.ask("status")["powersave"]["active"] is True
+
+
+def test_dropins_are_read_again_on_every_reload(daemon):
+    dropins = daemon.root / "etc/powernap/conf.d"
+    dropins.mkdir()
+    added = dropins / "50-later.conf"
+    added.write_text("[stage.2]\nafter = 3h\n")
+    assert daemon.ask("reload") == {"reloaded": True, "errors": []}
+    status = daemon.ask("status")
+    assert status["stages"][1]["after"] == 3 * 3600.0 and status["config_files"][-1] == str(added)
+    added.unlink()
+    daemon.proc.send_signal(signal.SIGHUP)  # the same through SIGHUP, after the drop-in is gone
+    daemon.wait_for(lambda s: s["stages"][1]["after"] == 3600.0, "the reload without the drop-in")
+    assert daemon.ask("status")["config_files"] == [str(daemon.root / "etc/powernap/powernap.conf")]
+    assert "reload-failed" not in [name for name, _fields in daemon.events()]
+
+
+def test_reload_moves_the_control_socket_with_state_dir(daemon, capsys):
+    from powernap.cli import main as cli_main
+
+    conf = daemon.root / "etc/powernap/powernap.conf"
+    conf.write_text(CONFIG.replace("[powernap]\n", "[powernap]\nstate_dir = /run/powernap-moved\n"))
+    assert daemon.ask("reload") == {"reloaded": True, "errors": []}
+    moved = daemon.root / "run/powernap-moved"
+    assert (moved / "control.sock").exists() and not os.path.exists(daemon.sock)
+    assert (moved / "powernapd.lock").exists()
+    daemon.sock = str(moved / "control.sock")
+    assert daemon.ask("status")["pid"] == daemon.proc.pid
+    # The CLI follows the config to the new socket.
+    assert cli_main(["--root", str(daemon.root), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pid"] == daemon.proc.pid
+    # A second daemon is still refused: the lock moved along.
+    second = run_daemon_once(daemon.root, "--dry-run")
+    assert second.returncode == 1 and "another powernapd holds %s" % (moved / "powernapd.lock") in second.stderr
+
+
+POWERSAVE_ONLY = """\
+[powernap]
+interval = 0.1s
+settle = 0
+wall = no
+
+[monitor.work]
+type = process
+regex = powernap-test-busy
+
+[stage.1]
+after = 1s
+action = powersave
+
+[tweak.nmi]
+type = nmi_watchdog
+"""
+
+
+def test_reload_during_powersave_keeps_unchanged_tweaks(tmp_path):
+    """Not a dry run (fake root: files only, no command ever runs): the tweak really stays applied."""
+    root = make_root(tmp_path)
+    conf = root / "etc/powernap/powernap.conf"
+    conf.write_text(POWERSAVE_ONLY)
+    d = Daemon(root, str(tmp_path / "powernapd.log"), dry_run=False)
+    try:
+        d.wait_for(lambda s: s["state"] == "napping", "powersave")
+        assert (root / NMI).read_text() == "0"
+        conf.write_text(POWERSAVE_ONLY.replace("interval = 0.1s", "interval = 0.2s"))
+        assert d.ask("reload") == {"reloaded": True, "errors": []}
+        status = d.ask("status")
+        assert status["state"] == "napping" and status["stage"]["index"] == 1 and status["powersave"]["active"]
+        assert status["powersave"]["tweaks"] == [{"name": "nmi", "status": "unchanged", "detail": "already applied"}]
+        assert (root / NMI).read_text() == "0"
+        names = [name for name, _fields in d.events()]
+        assert names == ["start", "powersave-apply", "powersave-reload", "reload"]
+        assert dict(d.events())["powersave-reload"] == "tweaks=unchanged=1"
+        # Taking the tweak out of the config restores it at once, still without leaving powersave.
+        conf.write_text(POWERSAVE_ONLY.replace("[tweak.nmi]\ntype = nmi_watchdog\n", ""))
+        assert d.ask("reload") == {"reloaded": True, "errors": []}
+        assert (root / NMI).read_text() == "1\n"
+        assert d.ask("status")["state"] == "napping"
+    finally:
+        assert d.stop() == 0
+    assert not (root / "run/powernap/powersave.json").exists()
+
+
+CUSTOM_DENIED_LIST = """\
+[deny.this-kernel]
+kernel = 6.1.*
+actions = command
+reason = the custom script wedges this kernel
+"""
+
+
+def test_now_custom_without_a_command_fails_and_changes_nothing(daemon, capsys):
+    from powernap.cli import main as cli_main
+
+    napping = daemon.wait_for(lambda s: s["state"] == "napping", "powersave")
+    with pytest.raises(ControlError, match="action custom has no command"):
+        daemon.ask("now", action="custom")
+    assert cli_main(["--root", str(daemon.root), "now", "custom"]) == 1
+    assert "action custom has no command" in capsys.readouterr().err
+    status = daemon.ask("status")
+    assert status["state"] == "napping" and status["stage"]["since"] == pytest.approx(napping["stage"]["since"])
+    names = [name for name, _fields in daemon.events()]
+    assert "now" not in names and "powersave-restore" not in names and "action-failed" not in names
+
+
+def test_a_hardware_deny_of_custom_is_honoured(tmp_path):
+    """hwinfo, the hardware lists and the daemon use one name; the old list name 'command' means the same."""
+    root = make_root(tmp_path)
+    (root / "proc/sys/kernel/osrelease").write_text("6.1.0-18-amd64\n")
+    (root / "etc/powernap/hardware.d").mkdir()
+    (root / "etc/powernap/hardware.d/10-custom.conf").write_text(CUSTOM_DENIED_LIST)
+    (root / "etc/powernap/powernap.conf").write_text(CONFIG + "[actions]\ncustom_command = /bin/true\n")
+    d = Daemon(root, str(tmp_path / "powernapd.log"))
+    try:
+        status = d.wait_for(lambda s: True, "the daemon")
+        assert status["verdict"]["denied"]["custom"] == "the custom script wedges this kernel"
+        assert "custom" not in status["verdict"]["allowed_actions"]
+        with pytest.raises(ControlError, match="custom is not allowed on this host: the custom script wedges"):
+            d.ask("now", action="custom")
+    finally:
+        assert d.stop() == 0
+    assert "action-start" not in [name for name, _fields in d.events()]
+
+
+GRACE_CONFIG = """\
+[powernap]
+interval = 0.1s
+settle = 0
+wall = yes
+
+[monitor.work]
+type = process
+regex = powernap-test-busy
+
+[stage.1]
+after = 2h
+warn = 2h
+action = suspend
+
+[actions]
+suspend_command = /bin/false
+wall_command = tee -a {wall}
+"""
+
+
+def test_sigterm_during_grace_cancels_the_wall_warning(tmp_path):
+    """Not a dry run, so the wall command really runs (tee into a file; suspend is /bin/false, 2h away)."""
+    root = make_root(tmp_path)
+    wall = tmp_path / "wall.txt"
+    (root / "etc/powernap/powernap.conf").write_text(GRACE_CONFIG.format(wall=wall))
+    d = Daemon(root, str(tmp_path / "powernapd.log"), dry_run=False)
+    try:
+        d.wait_for(lambda s: s["state"] == "grace", "the grace warning")
+        deadline = time.monotonic() + 10
+        while "will suspend" not in (wall.read_text() if wall.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        assert d.stop() == 0
+    lines = wall.read_text().splitlines()
+    assert len(lines) == 2 and "will suspend in 7200 seconds" in lines[0], lines
+    assert lines[1].startswith("powernap: suspend of ") and lines[1].endswith(" cancelled (daemon stopping).")
+    names = [name for name, _fields in d.events()]
+    assert names == ["start", "warn", "cancel", "stop"]
+    assert dict(d.events())["cancel"] == 'stage=1 action=suspend reason="daemon stopping"'
+
+
+def test_status_text_into_a_closed_pipe_and_explain_while_held_awake(daemon):
+    """`powernap status | head -1` ends quietly; a busy host gets no "Next: stage 1 in 0s"."""
+    (daemon.root / "proc/4242").mkdir()
+    (daemon.root / "proc/4242/cmdline").write_bytes(b"powernap-test-busy\0")
+    daemon.wait_for(lambda s: s["monitors"][0]["active"], "the busy process")
+    explain = daemon.ask("explain")["lines"]
+    nxt = [line for line in explain if line.startswith("Next:")]
+    assert nxt == [
+        "Next: nothing while work keeps the host awake; then stage 1 (powersave) once it has been idle for 1s."
+    ]
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    try:
+        result = subprocess.run(
+            [sys.executable, os.path.join(ENGINE, "bin", "powernap"), "--root", str(daemon.root), "status"],
+            stdout=write_fd,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write_fd)
+    assert result.returncode == 141 and result.stderr == ""

@@ -120,7 +120,7 @@ reason = second pattern matches
     assert errors == []
     verdict = hardware.evaluate(facts, lists, info)
     assert [entry.name for entry in verdict.matched] == ["dell-nvidia", "any-of"]
-    assert not verdict.allows("hibernate") and verdict.allows("poweroff") and not verdict.allows("command")
+    assert not verdict.allows("hibernate") and verdict.allows("poweroff") and not verdict.allows("custom")
     assert verdict.reason("hibernate") == "both match"
 
 
@@ -242,13 +242,13 @@ def test_hwinfo_report_and_text(tmp_path):
     report = hardware.hwinfo_report(root, [good, bad])
     json.dumps(report)  # --json must serialise
     assert report["platform"]["kind"] == "vm" and report["facts"]["sys_vendor"] == "QEMU"
-    assert report["verdict"]["allowed_actions"] == ["powersave", "suspend", "poweroff", "command"]
+    assert report["verdict"]["allowed_actions"] == ["powersave", "suspend", "poweroff", "custom"]
     assert report["verdict"]["decided_by"]["suspend"] == ["allow.qemu (%s:1)" % good]
     assert "cpu_governor" in report["verdict"]["denied"]
     assert report["errors"] and report["errors"][0].startswith(bad + ":1:")
     text = hardware.format_hwinfo(report)
     assert "Platform: vm (kvm)" in text
-    assert "allowed actions: powersave, suspend, poweroff, command" in text
+    assert "allowed actions: powersave, suspend, poweroff, custom" in text
     assert "hibernate" in text and "platform default" in text
     assert "allowed explicitly: suspend [allow.qemu" in text
     assert "List errors:" in text

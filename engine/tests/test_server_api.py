@@ -272,3 +272,68 @@ def _post(url, message):
     request = urllib.request.Request(url, data=body, method="POST")
     with urllib.request.urlopen(request, timeout=5) as reply:
         return json.loads(reply.read())
+
+
+def test_a_failing_policy_step_or_handler_is_isolated_and_counted(tmp_path, monkeypatch, caplog):
+    # Issue 13 item 1: no single input or policy tick may stop the daemon.
+    from powernap.server.cluster import ClusterPolicy
+
+    def broken_tick(self, now):
+        raise ValueError("could not convert string to float: 'x'")
+
+    monkeypatch.setattr(ClusterPolicy, "tick", broken_tick)
+    port = free_port()
+    config = server_config(
+        tmp_path, "listen = 127.0.0.1\nport = %d\n[group.web]\nhosts = h1\n[cluster.web]\ngroup = web\n" % port
+    )
+    handle = Running(config)
+    try:
+        wait_until(lambda: handle.server.errors >= 3, what="failing ticks")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(
+                P.encode(SECRET.encode(), {"kind": "report", "from": "h1", "host": "h1", "state": "awake"}),
+                ("127.0.0.1", port),
+            )
+        wait_until(lambda: handle.server.registry.get("h1").engine, what="the report despite the failing policy")
+        status = get(handle.url + "/v1/status")
+        assert status["errors"] >= 3 and handle.thread.is_alive()
+        tracebacks = [r for r in caplog.records if r.exc_info and "cluster web failed" in r.getMessage()]
+        assert len(tracebacks) == 1  # once a minute, not once a tick
+    finally:
+        handle.stop()
+
+
+def test_a_full_disk_keeps_the_server_running_and_shows_in_status(tmp_path, monkeypatch):
+    # Issue 13 item 2: ENOSPC on save must not kill the daemon; it is retried and shown in /v1/status.
+    import errno
+
+    from powernap.server.registry import RegistryStore
+
+    real_write = RegistryStore.write_snapshot
+    disk = {"full": True}
+
+    def write_snapshot(self, data):
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, data)
+
+    monkeypatch.setattr(RegistryStore, "write_snapshot", write_snapshot)
+    port = free_port()
+    config = server_config(tmp_path, "listen = 127.0.0.1\nport = %d\n" % port)
+    handle = Running(config)  # its first save at start fails already: noted, not fatal
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(
+                P.encode(SECRET.encode(), {"kind": "report", "from": "h1", "host": "h1", "state": "awake"}),
+                ("127.0.0.1", port),
+            )
+        status = wait_until(
+            lambda: (lambda s: s if "save" in s["registry"]["problems"] else None)(get(handle.url + "/v1/status")),
+            what="the failed save in /v1/status",
+        )
+        assert "No space left" in status["registry"]["problems"]["save"] and not status["registry"]["ok"]
+        disk["full"] = False
+        wait_until(lambda: get(handle.url + "/v1/status")["registry"]["ok"], seconds=10, what="the retried save")
+        assert json.loads((tmp_path / "registry.json").read_text())["hosts"][0]["name"] == "h1"
+    finally:
+        handle.stop()

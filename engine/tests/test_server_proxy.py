@@ -95,6 +95,7 @@ def test_ipv6_neighbour_solicitation_wakes():
 
 def test_awake_unknown_and_held_hosts_are_not_woken():
     proxy, _registry, record, woken = make_proxy()
+    record.last_seen = 1.0  # its engine reported once: "unknown" means it went quiet, maybe up
     for state in ("awake", "napping", "unknown"):
         record.state = state
         assert proxy.on_frame(arp_request(CLIENT_MAC, CLIENT_IP, SLEEPER_IP), 0.0) is None
@@ -104,12 +105,48 @@ def test_awake_unknown_and_held_hosts_are_not_woken():
     assert woken == []
 
 
-def test_a_frame_from_the_sleepers_mac_confirms_it_is_up():
-    proxy, _registry, record, _woken = make_proxy()
+def test_a_static_host_that_never_reported_is_woken_from_the_start():
+    # Issue 13 item 4: a [host.X] with a MAC stays "unknown" until its engine reports; it must be wakeable.
+    proxy, _registry, record, woken = make_proxy()
+    record.state = "unknown"
+    assert record.last_seen is None
+    assert proxy.on_frame(arp_request(CLIENT_MAC, CLIENT_IP, SLEEPER_IP), 0.0) == "woke"
+    assert woken[0][0] == "h2"
+
+
+def test_waking_unreported_hosts_can_be_turned_off():
+    proxy, _registry, record, woken = make_proxy(wake_unreported=False)
+    record.state = "unknown"
+    assert proxy.on_frame(arp_request(CLIENT_MAC, CLIENT_IP, SLEEPER_IP), 0.0) is None
+    assert woken == []
+
+
+def test_a_frame_from_the_sleepers_mac_is_a_hint_that_triggers_a_probe_not_a_state_change():
+    # Issue 13 item 5: anyone can forge a sleeper's source MAC; the frame must not mark it awake.
+    probed = []
+    proxy, _registry, record, _woken = make_proxy(probe=probed.append)
     proxy.on_frame(arp_request(CLIENT_MAC, CLIENT_IP, SLEEPER_IP), 0.0)
     assert record.state == "waking"
-    proxy.on_frame(arp_request(SLEEPER_MAC, SLEEPER_IP, SLEEPER_IP), 3.0)  # its gratuitous ARP on resume
-    assert record.state == "awake" and record.last_seen == 3.0
+    proxy.on_frame(arp_request(SLEEPER_MAC, SLEEPER_IP, SLEEPER_IP), 3.0)  # its gratuitous ARP, or a forgery
+    assert record.state == "waking" and record.last_seen is None
+    assert probed == [record] and proxy.counts["hint"] == 1
+    record.state = "asleep"
+    proxy.on_frame(arp_request(SLEEPER_MAC, SLEEPER_IP, "198.18.0.99"), 4.0)
+    assert record.state == "asleep"
+
+
+def test_tcp_probe_counts_an_answer_or_a_refusal_as_up():
+    import socket
+
+    from powernap.server.proxy import tcp_probe
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        assert "accepted" in tcp_probe(["127.0.0.1"], [(port, port)], timeout=1.0)
+    assert "refused" in tcp_probe(["127.0.0.1"], [(port, port)], timeout=1.0)
+    assert tcp_probe([], [(22, 22)]) == ""
 
 
 def test_global_rate_limit_queues_and_never_loses_a_wake():

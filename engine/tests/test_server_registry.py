@@ -4,6 +4,7 @@ wake confirmation, IPMI escalation and engine commands."""
 import json
 import os
 
+import pytest
 from server_fakes import SECRET, Sent, server_config
 
 from powernap.clock import FakeClock
@@ -14,13 +15,14 @@ from powernap.server.registry import Registry, atomic_write
 
 def report(host, state, ts, event="heartbeat", **extra):
     message = {
+        "v": 1,
         "kind": "report",
         "from": host,
         "host": host,
         "state": state,
         "event": event,
         "ts": ts,
-        "nonce": "n%f" % ts,
+        "nonce": "%016x" % int(ts * 1000),
         "interval": 30.0,
         "macs": ["52:54:00:00:00:01"],
         "ips": ["198.18.0.11"],
@@ -82,12 +84,16 @@ def test_save_is_lazy_for_heartbeats_and_immediate_for_state_changes(tmp_path):
     registry = Registry(str(tmp_path / "r.json"), save_every=10.0)
     registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
     assert registry.save_if_due(1.0)  # new host: a state change
+    registry.wait_saved()  # the snapshot is written by a background thread
     registry.accept_report(report("h1", "awake", 2.0), None, 2.0)
     assert not registry.save_if_due(2.0)
     assert registry.save_if_due(12.0)
+    registry.wait_saved()
     registry.accept_report(report("h1", "grace", 12.5, event="warn"), None, 12.5)
     assert not registry.save_if_due(12.5)  # a burst of state changes costs one write per second
     assert registry.save_if_due(13.0)
+    registry.wait_saved()
+    assert Registry(registry.path).load() == 1
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -167,3 +173,131 @@ def test_poweroff_without_an_engine_uses_ipmi_soft(tmp_path):
     fleet.nap(record, "poweroff", "test")
     fleet.tick()
     assert sent.ipmi == [("10.9.9.3", "soft")] and record.state == "off"
+
+
+# -- issue 13: persistence that survives crashes, corruption and a full disk; bounded growth ------
+def test_journaled_reports_survive_without_a_snapshot_and_a_torn_line_is_skipped(tmp_path):
+    path = str(tmp_path / "r.json")
+    registry = Registry(path)
+    registry.save(0.0)
+    registry.accept_report(report("h1", "suspending", 10.0, event="action-start"), ("198.18.0.11", 4000), 10.0)
+    registry.accept_report(report("h2", "awake", 11.0), None, 11.0)
+    assert registry.commit()
+    with open(path + ".journal", "ab") as journal:
+        journal.write(b'{"seq": 99, "report": {"kind": "rep')  # kill -9 in the middle of a write
+    again = Registry(path)
+    assert again.load() == 2
+    assert again.get("h1").state == "suspending" and again.get("h1").addr == ["198.18.0.11", 4000]
+    assert "1 unreadable entries skipped" in again.problems["load"]
+    assert again.replay == {"h1": 10.0, "h2": 11.0}
+    again.save(20.0)  # the snapshot takes the journal in: it is emptied
+    assert not os.path.exists(path + ".journal")
+    third = Registry(path)
+    assert third.load() == 2 and third.problems == {}
+
+
+def test_a_journal_entry_is_applied_once_even_if_a_crash_hits_between_snapshot_and_compaction(tmp_path):
+    path = str(tmp_path / "r.json")
+    registry = Registry(path)
+    registry.accept_report(report("h1", "awake", 10.0), None, 10.0)
+    registry.commit()
+    with open(path + ".journal", "rb") as handle:
+        journal = handle.read()
+    registry.save(12.0)
+    with open(path + ".journal", "wb") as handle:
+        handle.write(journal)  # as if compaction never happened
+    again = Registry(path)
+    again.load()
+    assert again.store.unsaved == []  # the snapshot's seq says the entry is in already
+
+
+def test_a_corrupt_snapshot_is_kept_aside(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text('{"schema": 1, "hosts": [')
+    registry = Registry(str(path))
+    assert registry.load() == 0
+    kept = [p for p in os.listdir(tmp_path) if p.startswith("r.json.corrupt-")]
+    assert len(kept) == 1 and "unreadable" in registry.problems["load"] and not path.exists()
+
+
+def test_a_full_disk_is_retried_and_reported_not_fatal(tmp_path, monkeypatch):
+    import errno
+
+    registry = Registry(str(tmp_path / "r.json"))
+    registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
+
+    def full(data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(registry.store, "write_snapshot", full)
+    assert registry.save_if_due(2.0)
+    registry.wait_saved()
+    assert "No space left" in registry.problems["save"] and registry.save_failures == 1
+    assert not registry.save_if_due(3.0)  # retried after SAVE_RETRY, not on every tick
+    monkeypatch.undo()
+    assert registry.save_if_due(8.0)
+    registry.wait_saved()
+    assert "save" not in registry.problems and Registry(registry.path).load() == 1
+
+
+def test_the_journal_refusing_a_write_means_no_ack(tmp_path, monkeypatch):
+    registry = Registry(str(tmp_path / "r.json"))
+    registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
+
+    def full(entries):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry.store, "append", full)
+    assert not registry.commit() and "not acknowledged" in registry.problems["journal"]
+
+
+def test_host_cap_and_registration(tmp_path):
+    from powernap.server.registry import Refused
+
+    registry = Registry(None, max_hosts=2)
+    registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
+    registry.accept_report(report("h2", "awake", 1.0), None, 1.0)
+    with pytest.raises(Refused, match="max_hosts"):
+        registry.accept_report(report("h3", "awake", 1.0), None, 1.0)
+    registry.accept_report(report("h1", "awake", 2.0), None, 2.0)  # known hosts keep reporting
+    closed = Registry(None, register=False)
+    closed.define("known")
+    closed.accept_report(report("known", "awake", 1.0), None, 1.0)
+    with pytest.raises(Refused, match="registration is off"):
+        closed.accept_report(report("stranger", "awake", 1.0), None, 1.0)
+    assert len(registry) == 2 and len(closed) == 1
+
+
+def test_bad_saved_fields_fall_back_to_defaults(tmp_path):
+    path = tmp_path / "r.json"
+    hosts = [{"name": "h1", "wol": "x", "load": "x", "interval": 1e9, "macs": ["not-a-mac"], "cpus": True}]
+    path.write_text(json.dumps({"schema": 1, "hosts": hosts + [{"name": "../x"}, {"state": "awake"}]}))
+    registry = Registry(str(path))
+    assert registry.load() == 1
+    record = registry.get("h1")
+    assert (record.wol, record.load, record.interval, record.macs, record.cpus) == ({}, None, 30.0, [], None)
+    for field in ("wol", "load", "interval", "macs", "cpus"):
+        assert "field %r" % field in registry.problems["load"]
+
+
+def test_a_wake_lost_across_a_restart_is_resumed_by_the_wake_service(tmp_path):
+    fleet, registry, clock, sent = _fleet(tmp_path, "[host.h1]\nmac = 52:54:00:00:00:01\nbmc = 10.9.9.1\n")
+    registry.define("h1", ["52:54:00:00:00:01"], bmc="10.9.9.1", wake=["wol", "ipmi"])
+    record = registry.get("h1")
+    record.state, record.since = "waking", clock.wall() - 50  # saved by a server that then restarted
+    record.last_wake = {"time": clock.wall() - 50, "method": "wol", "cause": "proxy"}
+    fleet.tick()
+    assert sent.ipmi == [("10.9.9.1", "on")]  # it escalates as the lost wake would have
+    clock.advance(46)
+    fleet.tick()
+    assert record.state == "asleep" and "h1" not in fleet.waiting
+
+
+def test_waking_has_a_timeout_of_its_own(tmp_path):
+    registry = Registry(None, waking_timeout=100.0)
+    record = registry.define("h1", ["52:54:00:00:00:01"])
+    registry.set_state(record, "waking", "test", 0.0)
+    registry.tick(99.0)
+    assert record.state == "waking"
+    registry.tick(101.0)
+    assert record.state == "asleep"

@@ -509,3 +509,42 @@ def test_already_at_value_is_unchanged_and_not_recorded(tmp_path):
     assert result["status"] == "unchanged"
     assert powersave.pending_entries() == 0
     assert powersave.restore() == [] and tree.read("/proc/sys/kernel/nmi_watchdog") == "0\n"
+
+
+def test_reload_take_over_applies_only_the_difference(tmp_path):
+    """A reload during powersave: an unchanged services tweak is neither stopped nor started again."""
+    tree, root, runner, ctx = server(tmp_path)
+    record = default_record_path(root)
+    old = PowersaveSet(
+        [
+            make_tweak(ctx, "services", units="cups.service, smartd.service"),
+            make_tweak(ctx, "nmi_watchdog"),
+        ],
+        root,
+        record,
+        LOG,
+    )
+    assert {r["status"] for r in old.apply()} == {"applied"}
+    runner.calls.clear()
+    # The new config: services unchanged, nmi_watchdog gone, cpu_governor new; the record moves (state_dir).
+    moved = str(tmp_path / "run/elsewhere/powersave.json")
+    new = PowersaveSet(
+        [make_tweak(ctx, "services", units="cups.service, smartd.service"), make_tweak(ctx, "cpu_governor")],
+        root,
+        moved,
+        LOG,
+    )
+    results = by_name(new.take_over(old))
+    assert results["services"]["status"] == "unchanged" and results["services"]["detail"] == "already applied"
+    assert results["nmi_watchdog"]["status"] == "restored" and results["cpu_governor"]["status"] == "applied"
+    assert runner.changing_calls() == []  # no systemctl stop/start of cups or smartd
+    assert runner.units["cups.service"] == "inactive"
+    assert tree.read("/proc/sys/kernel/nmi_watchdog") == "1\n"
+    assert not old.active and new.active and not os.path.exists(record) and os.path.exists(moved)
+    # A changed option restores and re-applies that tweak; the final restore undoes everything.
+    newer = PowersaveSet([make_tweak(ctx, "services", units="cups.service")], root, moved, LOG)
+    results = by_name(newer.take_over(new))
+    assert results["services"]["status"] == "applied" and results["cpu_governor"]["status"] == "restored"
+    assert runner.units["smartd.service"] == "active" and runner.units["cups.service"] == "inactive"
+    assert {r["status"] for r in newer.restore()} == {"restored"}
+    assert runner.units["cups.service"] == "active" and not os.path.exists(moved)

@@ -1,6 +1,7 @@
 # Copyright: (c) 2026, powernap.fleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Action plugin for powernap.fleet.nap: engine on the host or IPMI from the controller, then confirm down."""
+"""Action plugin for powernap.fleet.nap: engine on the host, or the BMC (Redfish, IPMI) from the controller,
+then confirm down."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import time
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
 
 from ansible_collections.powernap.fleet.plugins.action.wake import PowerActionBase
-from ansible_collections.powernap.fleet.plugins.module_utils import probe
-from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, check_hosts
-from ansible_collections.powernap.fleet.plugins.module_utils.ipmi import IpmiDriver
+from ansible_collections.powernap.fleet.plugins.module_utils import probe, wake
+from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC, check_hosts
 from ansible_collections.powernap.fleet.plugins.module_utils.power import OFF, PowerError, PowerSettingError
 from ansible_collections.powernap.fleet.plugins.modules.nap import DOWN_STATES, argument_spec, read_machine_id
 
@@ -39,27 +39,22 @@ class ActionModule(PowerActionBase):
 
         via = params["via"]
         answers = probe.tcp_probe(params["address"], params["ssh_port"], min(3.0, params["timeout"])) == probe.UP
+        # The host's BMC protocol, Redfish before IPMI (as wake's auto); None without a BMC.
+        self._protocol = via if via in wake.BMC_METHODS else wake.auto_method(params, False)
         if via == "auto":
-            via = "ipmi" if not answers and state in ("poweroff", "awake") and params.get("bmc_host") else "engine"
+            via = self._protocol if not answers and state in ("poweroff", "awake") and self._protocol else "engine"
         result["via"] = via
-        if via == "ipmi":
-            self._via_ipmi(params, result, task_vars, answers)
+        if via in wake.BMC_METHODS:
+            self._via_bmc(params, result, task_vars, answers)
         else:
             self._via_engine(params, result, task_vars, answers)
 
     def _bmc(self, params):
-        if not params.get("bmc_host"):
-            raise PowerSettingError("via=ipmi needs a BMC (bmc_host or powernap_bmc_host)")
-        return IpmiDriver(
-            params["bmc_host"],
-            params.get("bmc_user"),
-            params.get("bmc_password"),
-            params.get("bmc_port"),
-            params.get("bmc_kg"),
-            params.get("bmc_privilege"),
-            timeout=params["bmc_timeout"],
-            deadline=self._deadline,
-        )
+        bmc = self._protocol and wake.bmc_driver(params, self._protocol, params["bmc_timeout"], deadline=self._deadline)
+        if not bmc:
+            where = "redfish_host or bmc_host" if self._protocol == "redfish" else "bmc_host or powernap_bmc_host"
+            raise PowerSettingError("via=%s needs a BMC (%s)" % (self._protocol or "ipmi", where))
+        return bmc
 
     def _refuse_if_controller(self, params, task_vars, answers):
         """A host at one of the controller's own addresses (127.x, ::1, a port-forwarded VM) is refused only
@@ -84,11 +79,19 @@ class ActionModule(PowerActionBase):
         if controller_id and machine_id == controller_id:
             raise AnsibleError("refusing to nap %s: it is the controller itself (same machine-id)" % params["address"])
 
-    def _via_ipmi(self, params, result, task_vars, answers):
+    def _via_bmc(self, params, result, task_vars, answers):
         state = params["state"]
         if state not in ("poweroff", "awake"):
-            raise PowerSettingError("IPMI can only power off or on; %s needs via=engine" % state)
+            raise PowerSettingError("a BMC can only power off or on; %s needs via=engine" % state)
         bmc = self._bmc(params)
+        try:
+            self._bmc_power(bmc, params, result, task_vars, answers)
+        finally:
+            if hasattr(bmc, "close"):
+                bmc.close()  # a Redfish session: BMCs have few slots
+
+    def _bmc_power(self, bmc, params, result, task_vars, answers):
+        state = params["state"]
         check = self._task.check_mode
         before = bmc.power_query()
         result["bmc_power"] = before
@@ -113,7 +116,7 @@ class ActionModule(PowerActionBase):
         reserve = min(params["bmc_timeout"], params["timeout"] / 3.0) if params["force"] else 0.0
         result["bmc_power"] = self._wait_bmc_off(bmc, self._deadline - reserve)
         if params["force"] and result["bmc_power"] != OFF:
-            bmc.chassis_control("off")
+            bmc.set_state("off")
             result["action"] = "shutdown+off"
             result["bmc_power"] = self._wait_bmc_off(bmc, self._deadline)
         result["confirmed_down"] = result["bmc_power"] == OFF
@@ -151,7 +154,7 @@ class ActionModule(PowerActionBase):
 
     def _bmc_confirms_off(self, params, result):
         """Whether the BMC (if any) reports power off; records bmc_power."""
-        if not params.get("bmc_host"):
+        if not self._protocol:
             return False
         try:
             result["bmc_power"] = self._bmc(params).power_query()
@@ -161,7 +164,7 @@ class ActionModule(PowerActionBase):
         return result["bmc_power"] == OFF
 
     def _via_engine(self, params, result, task_vars, answers):
-        module_args = {k: v for k, v in params.items() if v is not None and k not in BMC_SPEC}
+        module_args = {k: v for k, v in params.items() if v is not None and k not in BMC_SPEC and k not in REDFISH_SPEC}
         controller_id = read_machine_id()
         if controller_id:
             module_args["protect_machine_ids"] = list(module_args.get("protect_machine_ids") or []) + [controller_id]
@@ -220,7 +223,7 @@ class ActionModule(PowerActionBase):
         result["confirmed_down"] = True
         if dropped:
             result["msg"] = "connection dropped as the host went down (expected)"
-        if params["state"] == "poweroff" and params.get("bmc_host"):
+        if params["state"] == "poweroff" and self._protocol:
             result["bmc_power"] = self._wait_bmc_off(self._bmc(params), deadline)
             result["confirmed_down"] = result["bmc_power"] == OFF
             if not result["confirmed_down"]:

@@ -4,13 +4,21 @@
 
 power_info is in the ``power`` action group so that one ``module_defaults`` block serves wake, nap and
 power_info; without this plugin those defaults (BMC user, password, Kg) would be copied to every managed
-host with the module.  The facts are gathered on the host; the BMC options are checked here and dropped.
+host with the module.  The facts are gathered on the host; the BMC options are checked here and dropped,
+and with ``bmc_query`` the BMC (Redfish or IPMI) is asked for its power state from here.
 """
 
 from __future__ import annotations
 
 from ansible_collections.powernap.fleet.plugins.action.wake import PowerActionBase
-from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, check_hosts
+from ansible_collections.powernap.fleet.plugins.module_utils import wake
+from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC, check_hosts
+from ansible_collections.powernap.fleet.plugins.module_utils.power import UNKNOWN, PowerError
+from ansible_collections.powernap.fleet.plugins.module_utils.redfish import POWER_STATES
+
+# Options that never leave the controller.
+CONTROLLER_SPEC = dict(BMC_SPEC, **REDFISH_SPEC)
+CONTROLLER_SPEC["bmc_query"] = {"type": "bool", "default": False}
 
 MODULE = "powernap.fleet.power_info"
 
@@ -21,13 +29,38 @@ class ActionModule(PowerActionBase):
 
     def _run_power(self, result, task_vars, start):
         args = dict(self._task.args)
-        bmc_args = {key: args.pop(key) for key in list(args) if key in BMC_SPEC}
+        bmc_args = {key: args.pop(key) for key in list(args) if key in CONTROLLER_SPEC}
         # Filled from the inventory like wake/nap (so inventory secrets are masked too), then checked here.
         filled = self._filled(bmc_args, task_vars)
-        bmc = self._validated({key: filled[key] for key in BMC_SPEC if filled.get(key) is not None}, BMC_SPEC)
-        bmc_host = bmc.get("bmc_host")
-        check_hosts({"bmc_host": bmc_host})
+        bmc = self._validated(
+            {key: filled[key] for key in CONTROLLER_SPEC if filled.get(key) is not None}, CONTROLLER_SPEC
+        )
+        protocol = wake.auto_method(bmc, False)
+        if protocol == "ipmi":
+            check_hosts({"bmc_host": bmc.get("bmc_host")})
         module_result = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
         result.update(module_result)
         if isinstance(result.get("bmc"), dict):
-            result["bmc"]["configured"] = bool(bmc_host)
+            result["bmc"]["configured"] = protocol is not None
+            if protocol:
+                result["bmc"]["protocol"] = protocol
+            if bmc["bmc_query"] and protocol:
+                result["bmc"].update(self._query(bmc, protocol))
+
+    @staticmethod
+    def _query(options, protocol):
+        """The BMC's own view of the power state: ``power`` (on/off), and Redfish's ``power_state``.
+
+        A BMC that cannot be asked is reported in ``error``; the task does not fail for it."""
+        driver = None
+        try:
+            driver = wake.bmc_driver(options, protocol, options["bmc_timeout"])
+            if protocol == "redfish":
+                state = driver.raw_power_state()
+                return {"power_state": state, "power": POWER_STATES.get(state, UNKNOWN)}
+            return {"power": driver.power_query()}
+        except PowerError as exc:
+            return {"error": str(exc), "error_kind": exc.kind}
+        finally:
+            if driver is not None and hasattr(driver, "close"):
+                driver.close()

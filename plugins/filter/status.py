@@ -71,8 +71,13 @@ def status_row(host, result):
     return (host, _state(engine), human_duration(engine.get("idle_seconds")), _next_action(engine), verdict)
 
 
+def _one_line(cell):
+    """A cell on one line: a command's multi-line error (systemctl's, say) must not break the table."""
+    return " ".join(to_text(cell).split())
+
+
 def _table(headers, rows):
-    rows = [tuple(headers)] + list(rows)
+    rows = [tuple(_one_line(cell) for cell in row) for row in [tuple(headers)] + list(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     lines = []
     for index, row in enumerate(rows):

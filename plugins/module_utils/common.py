@@ -16,6 +16,14 @@ BMC_SPEC = {
     "bmc_timeout": {"type": "float", "default": 15.0},
 }
 
+# Mirrors doc_fragments/redfish.py (credentials are BMC_SPEC's bmc_user/bmc_password).
+REDFISH_SPEC = {
+    "redfish_host": {"type": "str"},
+    "redfish_system_id": {"type": "str"},
+    "redfish_validate_certs": {"type": "bool", "default": True},
+    "redfish_ca_path": {"type": "path"},
+}
+
 # Mirrors doc_fragments/wol.py.
 WOL_SPEC = {
     "mac": {"type": "str"},
@@ -39,13 +47,19 @@ INVENTORY_VARS = {
     "bmc_password": "powernap_bmc_password",
     "bmc_kg": "powernap_bmc_kg",
     "bmc_privilege": "powernap_bmc_privilege",
+    "redfish_host": "powernap_redfish_host",
+    "redfish_system_id": "powernap_redfish_system_id",
+    "redfish_validate_certs": "powernap_redfish_validate_certs",
+    "redfish_ca_path": "powernap_redfish_ca_path",
     "broadcast": "powernap_wol_broadcast",
     "port": "powernap_wol_port",
     "interface": "powernap_wol_interface",
     "relay": "powernap_relay",
 }
 
-SECRET_OPTIONS = frozenset(name for spec in (BMC_SPEC, WOL_SPEC) for name, opt in spec.items() if opt.get("no_log"))
+SECRET_OPTIONS = frozenset(
+    name for spec in (BMC_SPEC, REDFISH_SPEC, WOL_SPEC) for name, opt in spec.items() if opt.get("no_log")
+)
 
 
 # RFC 1123 host name labels (underscores allowed: common in internal DNS), after IDNA encoding.

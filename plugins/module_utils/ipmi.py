@@ -161,11 +161,7 @@ class IpmiDriver(PowerDriver):
         return (self.command_factory, self.host, self.port, self.user, self.password, self.kg)
 
     def _call(self, what, func, *args, **kwargs):
-        limit = self.timeout
-        if self.deadline is not None:
-            limit = min(limit, self.deadline - self.clock())
-            if limit <= 0:
-                raise PowerConnectionError("%s not attempted: the task's timeout has passed" % what, self.target)
+        limit = self.call_limit(what)
         try:
             return call_with_deadline(func, limit, what, args, kwargs)
         except Exception as exc:

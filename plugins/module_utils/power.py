@@ -86,6 +86,20 @@ class PowerDriver:
     def power_query(self):
         return UNKNOWN
 
+    # Set by drivers that talk to a BMC: ``timeout`` bounds each call, ``deadline`` (a ``clock()`` value)
+    # all of them together, so a task's overall timeout holds however many calls it makes.
+    timeout = 15.0
+    deadline = None
+
+    def call_limit(self, what):
+        """Seconds the next call may take: the per-call timeout, cut to what is left before the deadline."""
+        limit = self.timeout
+        if self.deadline is not None:
+            limit = min(limit, self.deadline - self.clock())
+            if limit <= 0:
+                raise PowerConnectionError("%s not attempted: the task's timeout has passed" % what, self.target)
+        return limit
+
 
 def call_with_deadline(func, deadline, what="operation", args=(), kwargs=None):
     """Run ``func(*args, **kwargs)`` in a daemon thread and give up after ``deadline`` seconds.

@@ -15,9 +15,12 @@ from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, probe
 from ansible_collections.powernap.fleet.plugins.module_utils.common import invalid_host
 from ansible_collections.powernap.fleet.plugins.module_utils.ipmi import IpmiDriver
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError, backoff_delays
+from ansible_collections.powernap.fleet.plugins.module_utils.redfish import RedfishDriver
 from ansible_collections.powernap.fleet.plugins.module_utils.wol import WolPacket, send_packets
 
-METHODS = ("auto", "wol", "ipmi")
+METHODS = ("auto", "wol", "ipmi", "redfish")
+# The BMC protocols, and how ``woken_by`` names a WoL wake that a BMC completed.
+BMC_METHODS = ("redfish", "ipmi")
 TARGET_OPTIONS = (
     "name",
     "address",
@@ -36,7 +39,67 @@ TARGET_OPTIONS = (
     "bmc_password",
     "bmc_kg",
     "bmc_privilege",
+    "redfish_host",
+    "redfish_system_id",
+    "redfish_validate_certs",
+    "redfish_ca_path",
 )
+
+
+def redfish_endpoint(options):
+    """The Redfish base URL (or name) to use for these options, or None when the host has no Redfish BMC.
+
+    ``redfish_host`` names it; else a ``bmc_host`` given as an http(s) URL means Redfish; with
+    ``method: redfish`` a plain ``bmc_host`` is taken as the Redfish service's name.
+    """
+    if options.get("redfish_host"):
+        return options["redfish_host"]
+    bmc_host = options.get("bmc_host") or ""
+    if bmc_host.lower().startswith(("https://", "http://")) or (options.get("method") == "redfish" and bmc_host):
+        return bmc_host
+    return None
+
+
+def bmc_driver(options, method, timeout, deadline=None, clock=time.monotonic):
+    """The BMC driver of ``method`` (redfish or ipmi) for these options, or None when none is configured."""
+    if method == "redfish":
+        endpoint = redfish_endpoint(options)
+        if not endpoint:
+            return None
+        return RedfishDriver(
+            endpoint,
+            options.get("bmc_user"),
+            options.get("bmc_password"),
+            system_id=options.get("redfish_system_id"),
+            validate_certs=options.get("redfish_validate_certs") is not False,
+            ca_path=options.get("redfish_ca_path"),
+            timeout=timeout,
+            clock=clock,
+            deadline=deadline,
+        )
+    bmc_host = options.get("bmc_host")
+    if not bmc_host or bmc_host.lower().startswith(("https://", "http://")):
+        return None
+    return IpmiDriver(
+        bmc_host,
+        options.get("bmc_user"),
+        options.get("bmc_password"),
+        options.get("bmc_port") or 623,
+        options.get("bmc_kg"),
+        options.get("bmc_privilege"),
+        timeout=timeout,
+        clock=clock,
+        deadline=deadline,
+    )
+
+
+def auto_method(options, has_mac):
+    """``method: auto``: Redfish > IPMI > Wake-on-LAN, the first the options give the means for."""
+    if redfish_endpoint(options):
+        return "redfish"
+    if options.get("bmc_host"):
+        return "ipmi"
+    return "wol" if has_mac else None
 
 
 class Target:
@@ -50,7 +113,7 @@ class Target:
         self.address = merged.get("address")
         self.ssh_port = int(merged.get("ssh_port") or 22)
         self.packet = None
-        self.ipmi = None
+        self.bmc = None  # the BMC driver (Redfish or IPMI), when one is configured
         self.method = None
         self.result = {"name": self.name, "changed": False, "failed": False, "method": None, "woken_by": None}
         self.start = None
@@ -64,14 +127,14 @@ class Target:
     def done(self):
         return self.result["failed"] or self.result.get("confirmed") is not None
 
-    def prepare(self, ipmi_timeout, deadline=None, clock=time.monotonic):
+    def prepare(self, bmc_timeout, deadline=None, clock=time.monotonic):
         """Build the packet / BMC driver and pick the method; setting errors fail this target only.
 
         ``deadline`` (a monotonic clock value) bounds all BMC calls together: the task's hard timeout."""
         opts = self.options
         method = opts.get("method") or "auto"
         if method not in METHODS:
-            return self.fail("unknown method %r (expected auto, wol or ipmi)" % method, "setting")
+            return self.fail("unknown method %r (expected %s)" % (method, ", ".join(METHODS)), "setting")
         if self.address is not None and invalid_host(self.address):
             return self.fail("address: %s" % invalid_host(self.address), "setting")
         try:
@@ -85,48 +148,55 @@ class Target:
                     opts.get("source"),
                     opts.get("transport") or "udp",
                 )
-            # A WoL-only wake uses the BMC only to escalate: without pyghmi it goes without escalation.
-            if opts.get("bmc_host") and (method != "wol" or ipmi.HAS_PYGHMI):
-                self.ipmi = IpmiDriver(
-                    opts["bmc_host"],
-                    opts.get("bmc_user"),
-                    opts.get("bmc_password"),
-                    opts.get("bmc_port") or 623,
-                    opts.get("bmc_kg"),
-                    opts.get("bmc_privilege"),
-                    timeout=ipmi_timeout,
-                    clock=clock,
-                    deadline=deadline,
-                )
+            if method == "auto":
+                method = auto_method(opts, self.packet is not None)
+            # The BMC this target can be powered on through: its method's, or for Wake-on-LAN the one that
+            # escalation would use (Redfish before IPMI).
+            bmc_method = method if method in BMC_METHODS else auto_method(opts, False)
+            # A WoL-only wake uses the BMC only to escalate: without pyghmi (say, on a relay) it goes without.
+            if method == "wol" and bmc_method == "ipmi" and not ipmi.HAS_PYGHMI:
+                bmc_method = None
+            if bmc_method:
+                self.bmc = bmc_driver(opts, bmc_method, bmc_timeout, deadline=deadline, clock=clock)
         except PowerError as exc:
             return self.fail(exc)
-        if method == "auto":
-            method = "ipmi" if self.ipmi else "wol"
+        if method is None:
+            return self.fail(
+                "no MAC address known for %s and no BMC (set mac, bmc_host or redfish_host)" % self.name, "setting"
+            )
         if method == "wol" and not self.packet:
             return self.fail("no MAC address known for %s (set mac or powernap_mac)" % self.name, "setting")
-        if method == "ipmi" and not self.ipmi:
-            return self.fail("no BMC known for %s (set bmc_host or powernap_bmc_host)" % self.name, "setting")
+        if method in BMC_METHODS and not self.bmc:
+            where = "redfish_host or bmc_host" if method == "redfish" else "bmc_host or powernap_bmc_host"
+            return self.fail("no BMC known for %s to use %s (set %s)" % (self.name, method, where), "setting")
         self.method = method
         self.result["method"] = method
         return None
 
 
-def _ipmi_power_on(target, check_mode, force_request=False):
-    """Power on through the BMC.  A machine the BMC reports on but that does not answer is suspended:
-    it gets a magic packet too when a MAC is known (and ``force_request`` sends chassis power-on anyway)."""
+def _bmc_power_on(target, check_mode, force_request=False, bmc_wait=0.0):
+    """Power on through the BMC (Redfish or IPMI).  A machine the BMC reports on but that does not answer is
+    suspended: it gets a magic packet too when a MAC is known.  ``force_request`` (escalation) sends IPMI's
+    chassis power-on even when the BMC says on; Redfish refuses On for a system that is on, so there the
+    request is sent only when the system is off.  Over Redfish the reset is asynchronous (the service
+    answers before the system changes), so the task waits up to ``bmc_wait`` seconds for PowerState On:
+    the confirmation community.general's redfish_command leaves out."""
+    bmc = target.bmc
     try:
-        if force_request:
+        if force_request and bmc.name == "ipmi":
             if not check_mode:
-                target.ipmi.chassis_control("on")
-            target.result.update(changed=True, woken_by="ipmi", bmc_power="on")
+                bmc.chassis_control("on")
+            target.result.update(changed=True, woken_by=bmc.name, bmc_power="on")
             return None
-        outcome = target.ipmi.set_state("on", check_mode=check_mode)
+        outcome = bmc.set_state("on", wait_timeout=bmc_wait if bmc.name == "redfish" else 0.0, check_mode=check_mode)
     except PowerError as exc:
         return target.fail(exc)
     target.result["bmc_power"] = outcome["after"]
     if outcome["changed"]:
-        target.result.update(changed=True, woken_by="ipmi")
+        target.result.update(changed=True, woken_by=bmc.name)
         return None
+    if force_request:
+        return None  # escalation: the BMC says on, so the magic packet already sent is all there is to do
     if not target.address:
         # Nothing to probe: the BMC's "on" is all there is to know, so the host counts as up (ipmi_power's view).
         target.result.update(confirmed=True, msg="already on (the BMC reports power on)")
@@ -154,7 +224,7 @@ def wake_targets(
     probe_timeout=2.0,
     skip_if_up=True,
     concurrency=64,
-    ipmi_timeout=15.0,
+    bmc_timeout=15.0,
     check_mode=False,
     clock=time.monotonic,
     sleep=time.sleep,
@@ -164,7 +234,7 @@ def wake_targets(
     items = [Target(t, defaults or {}) for t in targets]
     for item in items:
         item.start = start
-        item.prepare(ipmi_timeout, deadline=start + timeout, clock=clock)
+        item.prepare(bmc_timeout, deadline=start + timeout, clock=clock)
     live = [t for t in items if not t.result["failed"]]
 
     def remaining(cap):
@@ -183,11 +253,13 @@ def wake_targets(
                 item.result.update(confirmed=True, msg="already up", elapsed=0.0)
         live = [t for t in live if not t.done]
 
-    # 2. BMC targets, in parallel: every pyghmi call has its own hard deadline.
-    ipmi_items = [t for t in live if t.method == "ipmi"]
-    followups = probe.parallel_map(lambda t: _ipmi_power_on(t, check_mode), ipmi_items, concurrency)
+    # 2. BMC targets (Redfish and IPMI), in parallel: every BMC call has its own hard deadline.
+    bmc_items = [t for t in live if t.method in BMC_METHODS]
+    followups = probe.parallel_map(
+        lambda t: _bmc_power_on(t, check_mode, bmc_wait=remaining(timeout)), bmc_items, concurrency
+    )
     wol_items = [t for t in live if t.method == "wol"] + [
-        t for t, followup in zip(ipmi_items, followups) if followup == "wol"
+        t for t, followup in zip(bmc_items, followups) if followup == "wol"
     ]
 
     # 3. Magic packets, all targets per round.
@@ -199,13 +271,15 @@ def wake_targets(
                 item.fail(errors[id(item.packet)])
     for item in wol_items:
         if not item.result["failed"]:
-            item.result.update(changed=True, woken_by="wol" if not item.result.get("woken_by") else "wol+ipmi")
+            woken_by = item.result.get("woken_by")
+            item.result.update(changed=True, woken_by="wol+%s" % woken_by if woken_by else "wol")
     if check_mode:
         for item in items:
             if not item.result["failed"] and not item.done:
                 item.result["changed"] = True
                 item.result["msg"] = "would wake by %s" % (item.result["woken_by"] or item.method)
             item.result.setdefault("elapsed", round(clock() - start, 3))
+        _close_sessions(items, concurrency)
         return [t.result for t in items]
 
     # 4. Confirmation (and escalation of silent WoL targets to their BMC): a target is confirmed only
@@ -216,14 +290,14 @@ def wake_targets(
                 probe_method, target.address, target.ssh_port, remaining(probe_timeout), target.options.get("interface")
             )
         try:
-            return probe.UP if target.ipmi.power_query() == "on" else probe.DOWN
+            return probe.UP if target.bmc.power_query() == "on" else probe.DOWN
         except PowerError:
             return probe.UNKNOWN
 
     pending = [
-        t for t in items if not t.done and (t.address or (t.ipmi is not None and t.result["woken_by"] == "ipmi"))
+        t for t in items if not t.done and (t.address or (t.bmc is not None and t.result["woken_by"] in BMC_METHODS))
     ]
-    escalating = [t for t in pending if escalate and t.ipmi is not None and t.result["woken_by"] == "wol"]
+    escalating = [t for t in pending if escalate and t.bmc is not None and t.result["woken_by"] == "wol"]
     if not wait:
         # Without wait, confirm only what escalation needs, and only until escalate_after.
         pending = escalating
@@ -238,10 +312,12 @@ def wake_targets(
             late = [t for t in pending if not t.done and t in escalating and not t.result.get("escalated")]
             for item in late:
                 item.result["escalated"] = True
-            probe.parallel_map(lambda t: _ipmi_power_on(t, False, force_request=True), late, concurrency)
+            probe.parallel_map(
+                lambda t: _bmc_power_on(t, False, force_request=True, bmc_wait=remaining(timeout)), late, concurrency
+            )
             for item in late:
                 if not item.result["failed"]:
-                    item.result["woken_by"] = "wol+ipmi"
+                    item.result["woken_by"] = "wol+%s" % item.bmc.name
         pending = [t for t in pending if not t.done]
         if not wait:
             pending = [t for t in pending if not t.result.get("escalated")]
@@ -249,7 +325,7 @@ def wake_targets(
             sleep(min(next(delays), max(0.0, timeout - (clock() - start))))
     for item in items:
         if wait and not item.done:
-            if item.address or item.result["woken_by"] == "ipmi":
+            if item.address or item.result["woken_by"] in BMC_METHODS:
                 how = probe_method if item.address else "BMC power state"
                 item.result["confirmed"] = False
                 item.fail("Timed out waiting for %s to answer (%s) after %.0f s" % (item.name, how, timeout), "timeout")
@@ -257,7 +333,14 @@ def wake_targets(
                 item.result["confirmed"] = None
                 item.result["msg"] = "sent; not confirmed (no address known to probe)"
         item.result.setdefault("elapsed", round(clock() - start, 3))
+    _close_sessions(items, concurrency)
     return [t.result for t in items]
+
+
+def _close_sessions(items, concurrency):
+    """Log out of every Redfish session the run opened (BMCs have few session slots)."""
+    sessions = [t.bmc for t in items if t.bmc is not None and hasattr(t.bmc, "close")]
+    probe.parallel_map(lambda bmc: bmc.close(), sessions, concurrency)
 
 
 def summarize(results):
@@ -268,6 +351,7 @@ def summarize(results):
         "failed": sum(1 for r in results if r.get("failed")),
         "already_up": sum(1 for r in results if r.get("msg") == "already up"),
         "confirmed": sum(1 for r in results if r.get("confirmed")),
-        "by_wol": sum(1 for r in results if r.get("woken_by") in ("wol", "wol+ipmi")),
+        "by_wol": sum(1 for r in results if r.get("woken_by") in ("wol", "wol+ipmi", "wol+redfish")),
         "by_ipmi": sum(1 for r in results if r.get("woken_by") in ("ipmi", "wol+ipmi")),
+        "by_redfish": sum(1 for r in results if r.get("woken_by") in ("redfish", "wol+redfish")),
     }

@@ -21,6 +21,7 @@ author:
   - powernap.fleet maintainers (@powernap-fleet)
 extends_documentation_fragment:
   - powernap.fleet.bmc
+  - powernap.fleet.redfish
 attributes:
   check_mode:
     support: full
@@ -43,16 +44,19 @@ options:
     description:
       - V(powersave) applies the engine's reversible powersave tweaks (the host stays up).
       - V(suspend), V(hibernate), V(hybrid) (hybrid sleep) and V(poweroff) take the host down.
-      - V(awake) leaves powersave and cancels a pending nap (C(powernap wake)); with O(via=ipmi) it powers the host on.
+      - V(awake) leaves powersave and cancels a pending nap (C(powernap wake)); with O(via=ipmi) or O(via=redfish) it
+        powers the host on.
     type: str
     required: true
     choices: [powersave, suspend, hibernate, hybrid, poweroff, awake]
   via:
     description:
-      - V(engine) asks the host's powernap engine; V(ipmi) uses the BMC (only O(state=poweroff) and O(state=awake)).
-      - V(auto) uses the engine when the host answers, else the BMC for V(poweroff).
+      - V(engine) asks the host's powernap engine; V(ipmi) and V(redfish) use the BMC over that protocol
+        (only O(state=poweroff) and O(state=awake)).
+      - V(auto) uses the engine when the host answers, else the BMC for V(poweroff) and V(awake); Redfish when
+        O(redfish_host) is set or O(bmc_host) is an V(https://) or V(http://) URL, else IPMI.
     type: str
-    choices: [engine, ipmi, auto]
+    choices: [engine, ipmi, redfish, auto]
     default: auto
   wake_at:
     description:
@@ -77,8 +81,8 @@ options:
     default: 120
   force:
     description:
-      - With O(via=ipmi) and O(state=poweroff), power off hard when the soft (ACPI) power-off is refused or the
-        machine is still on at O(timeout).
+      - With O(via=ipmi) or O(via=redfish) and O(state=poweroff), power off hard when the soft (ACPI) power-off
+        is refused or the machine is still on at O(timeout).
     type: bool
     default: false
   address:
@@ -100,6 +104,7 @@ options:
 requirements:
   - the powernap engine on the target (installed by the powernap.fleet.powernap role) for O(via=engine)
   - pyghmi on the controller for O(via=ipmi)
+  - sushy on the controller for O(via=redfish)
 seealso:
   - module: powernap.fleet.wake
   - module: powernap.fleet.power_info
@@ -135,12 +140,12 @@ state:
   type: str
   sample: suspend
 via:
-  description: V(engine) or V(ipmi), the path actually used.
+  description: V(engine), V(ipmi) or V(redfish), the path actually used.
   returned: when the options are valid and the host is not the controller
   type: str
   sample: engine
 action:
-  description: Engine action run (C(powernap now ACTION)), or IPMI request sent.
+  description: Engine action run (C(powernap now ACTION)), or the BMC request sent.
   returned: when something was or would be done
   type: str
   sample: suspend
@@ -163,7 +168,7 @@ confirmed_down:
   sample: true
 bmc_power:
   description: The power state the BMC last reported, V(on) or V(off).
-  returned: when the BMC was asked (O(via=ipmi), an unreachable host, or confirming O(state=poweroff))
+  returned: when the BMC was asked (O(via=ipmi) or O(via=redfish), an unreachable host, or confirming O(state=poweroff))
   type: str
   sample: "off"
 error:
@@ -195,7 +200,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC
+from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC
 from ansible_collections.powernap.fleet.plugins.module_utils.engine import (
     ENGINE_ACTIONS,
     NOT_INSTALLED,
@@ -217,7 +222,7 @@ def argument_spec():
             "required": True,
             "choices": ["powersave", "suspend", "hibernate", "hybrid", "poweroff", "awake"],
         },
-        "via": {"type": "str", "default": "auto", "choices": ["engine", "ipmi", "auto"]},
+        "via": {"type": "str", "default": "auto", "choices": ["engine", "ipmi", "redfish", "auto"]},
         "wake_at": {"type": "str"},
         "wake_after": {"type": "str"},
         "delay": {"type": "int", "default": 2},
@@ -228,6 +233,7 @@ def argument_spec():
         "protect_machine_ids": {"type": "list", "elements": "str", "default": []},
     }
     spec.update(BMC_SPEC)
+    spec.update(REDFISH_SPEC)
     return spec
 
 
@@ -305,8 +311,10 @@ def main():
         result["machine_id"] = machine_id
     if machine_id and machine_id in params["protect_machine_ids"]:
         module.fail_json(msg="refusing to nap the controller itself (machine-id %s)" % machine_id, **result)
-    if params["via"] == "ipmi":
-        module.fail_json(msg="via=ipmi is handled on the controller by the action plugin, not on the host", **result)
+    if params["via"] in ("ipmi", "redfish"):
+        module.fail_json(
+            msg="via=%s is handled on the controller by the action plugin, not on the host" % params["via"], **result
+        )
     try:
         alarm = wake_epoch(params["wake_at"], params["wake_after"], time.time())
     except ValueError as exc:

@@ -18,7 +18,17 @@ author:
   - powernap.fleet maintainers (@powernap-fleet)
 extends_documentation_fragment:
   - powernap.fleet.bmc
+  - powernap.fleet.redfish
 options:
+  bmc_query:
+    description:
+      - Ask the host's BMC for its power state, from the controller, and report it in RV(bmc.power) (and, over
+        Redfish, the service's own PowerState in RV(bmc.power_state)).
+      - The BMC is reached over Redfish when O(redfish_host) is set or O(bmc_host) is an V(https://) or V(http://)
+        URL, else over IPMI (as O(powernap.fleet.wake#module:method=auto) does). O(bmc_timeout) bounds each call.
+      - A BMC that cannot be asked does not fail the task; RV(bmc.error) says why.
+    type: bool
+    default: false
   server_url:
     description:
       - Base URL of the segment's fleet server API, for example C(http://nas1.example.net:7490).
@@ -52,8 +62,9 @@ attributes:
     description: The action plugin keeps the BMC options on the controller.
 notes:
   - The BMC options are accepted so that C(module_defaults) for C(group/powernap.fleet.power) apply. The action
-    plugin checks them on the controller and never sends them to the managed host; the BMC is not contacted.
-    RV(bmc.configured) tells whether O(bmc_host) (or the inventory variable C(powernap_bmc_host)) is set.
+    plugin checks them on the controller and never sends them to the managed host; the BMC is contacted only with
+    O(bmc_query=true), and then from the controller. RV(bmc.configured) tells whether a BMC is known (O(bmc_host),
+    O(redfish_host) or their inventory variables).
   - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. With
     C(read_auth = yes) on the server the read is refused and RV(server.error) says so.
 requirements:
@@ -126,10 +137,31 @@ bmc:
       type: bool
       returned: always
     configured:
-      description: O(bmc_host) was given, or the host's inventory sets C(powernap_bmc_host).
+      description: O(bmc_host) or O(redfish_host) was given, or the host's inventory sets C(powernap_bmc_host) or
+        C(powernap_redfish_host).
       type: bool
       returned: always
-  sample: {"present": true, "configured": true}
+    protocol:
+      description: How the BMC is reached; V(redfish) or V(ipmi).
+      type: str
+      returned: when a BMC is configured
+    power:
+      description: The power state the BMC reports; V(on), V(off) or V(unknown).
+      type: str
+      returned: with O(bmc_query=true), when the BMC answered
+    power_state:
+      description: The Redfish C(PowerState) as the service reports it (C(On), C(Off), C(PoweringOn), ...).
+      type: str
+      returned: with O(bmc_query=true) over Redfish, when the service answered
+    error:
+      description: Why the BMC could not be asked.
+      type: str
+      returned: with O(bmc_query=true), when the BMC could not be asked
+    error_kind:
+      description: Failure class; V(auth), V(connection), V(setting) or V(fatal).
+      type: str
+      returned: with O(bmc_query=true), when the BMC could not be asked
+  sample: {"present": true, "configured": true, "protocol": "redfish", "power": "on", "power_state": "On"}
 engine:
   description: The powernap engine's state, from C(powernap status --json).
   returned: always
@@ -281,7 +313,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC
+from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC
 from ansible_collections.powernap.fleet.plugins.module_utils.engine import EngineCli, find_engine
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError
 
@@ -440,7 +472,9 @@ def server_view(base, host, timeout):
 
 def main():
     argument_spec = dict(BMC_SPEC)
+    argument_spec.update(REDFISH_SPEC)
     argument_spec.update(
+        bmc_query={"type": "bool", "default": False},
         server_url={"type": "str"},
         server_host={"type": "str"},
         server_timeout={"type": "float", "default": 5.0},

@@ -4,11 +4,12 @@
 
 DOCUMENTATION = r"""
 module: wake
-short_description: Wake hosts by Wake-on-LAN or IPMI and confirm they are up
+short_description: Wake hosts by Wake-on-LAN, IPMI or Redfish and confirm they are up
 version_added: 0.1.0
 description:
   - Wakes the targeted host (per-host form, e.g. C(ansible fileservers -m powernap.fleet.wake)) or a list of
-    hosts in one task (batch form, O(targets)) by Wake-on-LAN magic packet or IPMI power-on.
+    hosts in one task (batch form, O(targets)) by Wake-on-LAN magic packet, IPMI power-on or Redfish
+    C(ComputerSystem.Reset).
   - The action plugin runs the work on the controller, or on O(relay) when the target sits on another L2
     segment, and fills unset options from the target's inventory variables (C(powernap_mac),
     C(powernap_bmc_host), C(powernap_bmc_user), ...), so no C(delegate_to) is needed.
@@ -23,6 +24,7 @@ author:
 extends_documentation_fragment:
   - powernap.fleet.wol
   - powernap.fleet.bmc
+  - powernap.fleet.redfish
 attributes:
   check_mode:
     support: full
@@ -43,11 +45,14 @@ attributes:
 options:
   method:
     description:
-      - V(wol) sends a magic packet; V(ipmi) powers on through the BMC.
-      - V(auto) uses IPMI when a BMC is known, else Wake-on-LAN. When the BMC reports the machine on but it
-        does not answer (asleep), a magic packet is sent as well.
+      - V(wol) sends a magic packet; V(ipmi) powers on through the BMC over IPMI; V(redfish) through the
+        BMC's Redfish service (O(redfish_host), else O(bmc_host)), waiting until the system reports C(On).
+      - V(auto) takes the first the options give the means for, in this order; Redfish when O(redfish_host)
+        is set or O(bmc_host) is an V(https://) or V(http://) URL; IPMI when O(bmc_host) is set; else
+        Wake-on-LAN. When the BMC reports the machine on but it does not answer (asleep), a magic packet is
+        sent as well.
     type: str
-    choices: [auto, wol, ipmi]
+    choices: [auto, wol, ipmi, redfish]
     default: auto
   address:
     description:
@@ -87,7 +92,7 @@ options:
   escalate:
     description:
       - When a host woken by Wake-on-LAN has not answered after O(escalate_after) seconds and a BMC is known,
-        power it on through IPMI.
+        power it on through the BMC (Redfish when it has a Redfish service, else IPMI).
     type: bool
     default: true
   escalate_after:
@@ -114,7 +119,8 @@ options:
       - Each item is an inventory host name (its C(powernap_*) variables, C(ansible_host) and C(ansible_port)
         are used) or a dictionary with any of the keys C(name), C(address), C(ssh_port), C(method), C(mac),
         C(secureon), C(broadcast), C(port), C(interface), C(source), C(transport), C(bmc_host), C(bmc_port),
-        C(bmc_user), C(bmc_password), C(bmc_kg), C(bmc_privilege); unset keys take the task's options.
+        C(bmc_user), C(bmc_password), C(bmc_kg), C(bmc_privilege), C(redfish_host), C(redfish_system_id),
+        C(redfish_validate_certs), C(redfish_ca_path); unset keys take the task's options.
     type: list
     elements: raw
   concurrency:
@@ -124,11 +130,13 @@ options:
     default: 64
 requirements:
   - pyghmi (for IPMI)
+  - sushy (for Redfish)
   - paramiko (optional, for the SSH handshake confirmation; a banner check is used without it)
 seealso:
   - module: powernap.fleet.nap
   - module: community.general.wakeonlan
   - module: community.general.ipmi_power
+  - module: community.general.redfish_command
 """
 
 EXAMPLES = r"""
@@ -152,6 +160,15 @@ EXAMPLES = r"""
   powernap.fleet.wake:
     method: ipmi
 
+- name: Power a host on through its BMC's Redfish service, trusting the BMCs' private CA
+  powernap.fleet.wake:
+    method: redfish
+    redfish_host: https://bmc-db1.example.net
+    redfish_ca_path: /etc/pki/bmc-ca.pem
+    bmc_user: admin
+    bmc_password: "{{ vault_bmc_password }}"
+    wait: true
+
 - name: Wake a whole rack in one task and confirm by SSH handshake
   powernap.fleet.wake:
     targets: "{{ groups['rack1'] }}"
@@ -167,7 +184,9 @@ method:
   type: str
   sample: wol
 woken_by:
-  description: What actually woke the host; V(wol), V(ipmi), V(wol+ipmi) (escalated or asleep host), or null.
+  description:
+    - What actually woke the host; V(wol), V(ipmi), V(redfish), V(wol+ipmi) or V(wol+redfish) (escalated or asleep
+      host), or null.
   returned: per-host form, when the options are valid
   type: str
   sample: wol
@@ -184,7 +203,9 @@ state_before:
   type: str
   sample: down
 bmc_power:
-  description: The power state the BMC reported (or was asked for), V(on) or V(off).
+  description:
+    - The power state the BMC reported (or was asked for), V(on) or V(off).
+    - Over Redfish, the state the service reported once the reset took effect (the task waits for it).
   returned: per-host form, when the BMC was asked
   type: str
   sample: "on"
@@ -194,7 +215,8 @@ suspended:
   type: bool
   sample: true
 escalated:
-  description: True when the host did not answer a magic packet within O(escalate_after) and was powered on by IPMI.
+  description:
+    - True when the host did not answer a magic packet within O(escalate_after) and was powered on by its BMC.
   returned: per-host form, when that happened
   type: bool
   sample: true
@@ -256,7 +278,7 @@ results:
       type: bool
       returned: when that happened
     escalated:
-      description: Powered on by IPMI after the magic packet went unanswered.
+      description: Powered on by its BMC after the magic packet went unanswered.
       type: bool
       returned: when that happened
     msg:
@@ -278,18 +300,19 @@ summary:
   description: Counts over all targets.
   returned: batch form
   type: dict
-  sample: {"total": 3, "changed": 2, "failed": 0, "already_up": 1, "confirmed": 3, "by_wol": 2, "by_ipmi": 0}
+  sample: {"total": 3, "changed": 2, "failed": 0, "already_up": 1, "confirmed": 3, "by_wol": 2, "by_ipmi": 0,
+           "by_redfish": 0}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, wake
-from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, WOL_SPEC
+from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, redfish, wake
+from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC, WOL_SPEC
 
 
 def argument_spec():
     spec = {
-        "method": {"type": "str", "default": "auto", "choices": ["auto", "wol", "ipmi"]},
+        "method": {"type": "str", "default": "auto", "choices": list(wake.METHODS)},
         "address": {"type": "str"},
         "ssh_port": {"type": "int", "default": 22},
         "relay": {"type": "str"},
@@ -305,6 +328,7 @@ def argument_spec():
     }
     spec.update(WOL_SPEC)
     spec.update(BMC_SPEC)
+    spec.update(REDFISH_SPEC)
     return spec
 
 
@@ -331,7 +355,7 @@ def run(params, check_mode):
         probe_method=params["probe"],
         probe_timeout=params["probe_timeout"],
         concurrency=max(1, params["concurrency"]),
-        ipmi_timeout=params["bmc_timeout"],
+        bmc_timeout=params["bmc_timeout"],
         check_mode=check_mode,
     )
     summary = wake.summarize(results)
@@ -352,6 +376,20 @@ def run(params, check_mode):
     return result
 
 
+def required_libraries(params):
+    """The libraries (pyghmi, sushy) that the BMCs these parameters name need and that are missing."""
+    libraries = {"ipmi": ("pyghmi", ipmi.HAS_PYGHMI), "redfish": ("sushy", redfish.HAS_SUSHY)}
+    missing = set()
+    for item in [params] + [t for t in (params.get("targets") or []) if isinstance(t, dict)]:
+        options = dict(params, **{k: v for k, v in item.items() if v is not None})
+        method = options.get("method") or "auto"
+        # Wake-on-LAN targets use their BMC too, to escalate.
+        protocol = method if method in wake.BMC_METHODS else wake.auto_method(options, False)
+        if protocol in libraries and not libraries[protocol][1]:
+            missing.add(libraries[protocol][0])
+    return sorted(missing)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -359,11 +397,12 @@ def main():
         mutually_exclusive=[("targets", "address")],
     )
     params = module.params
-    needs_ipmi = params.get("bmc_host") or any(
-        isinstance(t, dict) and t.get("bmc_host") for t in (params.get("targets") or [])
-    )
-    if needs_ipmi and params["method"] != "wol" and not ipmi.HAS_PYGHMI:
-        module.fail_json(msg=missing_required_lib("pyghmi"), exception=str(ipmi.PYGHMI_IMPORT_ERROR))
+    for needed in required_libraries(params):
+        library, error = {
+            "ipmi": ("pyghmi", ipmi.PYGHMI_IMPORT_ERROR),
+            "redfish": ("sushy", redfish.SUSHY_IMPORT_ERROR),
+        }[needed]
+        module.fail_json(msg=missing_required_lib(library), exception=str(error))
     try:
         result = run(params, module.check_mode)
     except ValueError as exc:

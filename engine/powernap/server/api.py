@@ -63,7 +63,10 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
     if method == "POST":
         if parts[1:] == ["report"]:
             message = _verify(app, body, "report")
-            return app.accept_report(message, None)
+            try:
+                return app.accept_report(message, None)
+            except ProtocolError as exc:  # a valid report the registry will not take (unregistered, cap)
+                raise ApiError(403, str(exc)) from None
         message = _verify(app, body, "request")
         if parts[1:] == ["wake"]:
             return _found(
@@ -136,6 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, answer)
         except ApiError as exc:
             self._reply(exc.status, {"error": str(exc)})
+        except Exception:  # one request must never cost more than its own answer
+            app.log.exception("API %s %s failed", method, self.path[:200])
+            self._reply(500, {"error": "internal error (logged)"})
 
     def do_GET(self) -> None:
         self._serve("GET")

@@ -15,7 +15,6 @@ needed = max(min_awake, ceil(load / capacity) + headroom, external demand)
   plus N, until the demand's ttl ends.
 """
 
-import json
 import math
 import re
 import threading
@@ -29,16 +28,22 @@ _ACTIVE_RE = re.compile(r"Active connections:\s*(\d+)")
 
 
 def parse_load(text: str, json_key: str = "") -> float:
-    """A load figure from a status page; ValueError when there is none."""
+    """A load figure from a status page; ValueError when there is none (NaN and infinity are none)."""
     match = _ACTIVE_RE.search(text)
     if match:
         return float(match.group(1))
     if json_key:
-        value: Any = json.loads(text)
+        value: Any = P.loads_strict(text)
         for part in json_key.split("."):
             value = value[part] if isinstance(value, dict) else value[int(part)]
-        return float(value)
-    return float(text.strip())
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError("the value at %s is not a number" % json_key)
+        load = float(value)
+    else:
+        load = float(text.strip())
+    if not math.isfinite(load) or load < 0:
+        raise ValueError("load %r is not a finite, non-negative number" % text[:40])
+    return load
 
 
 class UrlLoad:
@@ -63,7 +68,7 @@ class UrlLoad:
                 with urllib.request.urlopen(self.url, timeout=5) as reply:
                     self.value = parse_load(reply.read(65536).decode("utf-8", "replace"), self.json_key)
                     self.at = self.clock.wall()
-            except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            except Exception as exc:  # whatever fails, the poller lives on (the value ages out in current())
                 self.log.debug("status URL %s: %s", self.url, exc)
             self._stop.wait(URL_POLL)
 

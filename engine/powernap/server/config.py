@@ -4,24 +4,31 @@ Sections (each declared once below, so ``powerwaked check-config`` and the
 docs come from the same table): ``[powerwaked]``, ``[proxy]``, ``[ipmi]``,
 ``[host.NAME]``, ``[group.NAME]``, ``[ups.NAME]``, ``[schedule.NAME]``,
 ``[cluster.NAME]``.  The file holds the fleet secret and BMC passwords:
-keep it mode 0600 (the daemon warns when others can read it).
+keep it mode 0600 (the daemon warns when its group or others can read it;
+a ``secret_file`` they can read is refused).  Every value has a declared
+type, so nothing unchecked reaches the wake code; errors carry FILE:LINE
+and never show a secret option's value.
 """
 
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple, Type
+from urllib.parse import urlsplit
 
 from .. import ini
 from ..errors import ConfigError
-from ..magic_packet import parse_mac
+from ..magic_packet import parse_secureon
 from ..monitors.oncalendar import CalendarEvent
 from ..options import (
     Boolean,
     Choice,
     Declared,
     Duration,
+    HostAddress,
     Integer,
+    IpAddress,
     ListOf,
+    Mac,
     Number,
     Option,
     OptionType,
@@ -35,22 +42,50 @@ NAP_ACTIONS = ("suspend", "hibernate", "hybrid-sleep", "suspend-then-hibernate",
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
-class Mac(OptionType):
-    def parse(self, text: str) -> str:
-        from ..magic_packet import format_mac
-
-        return format_mac(parse_mac(text.strip()))
-
-    def describe(self) -> str:
-        return "MAC address"
-
-
 class Calendar(OptionType):
     def parse(self, text: str) -> CalendarEvent:
-        return CalendarEvent(text.strip())
+        try:
+            return CalendarEvent(text.strip())
+        except (ValueError, KeyError, IndexError) as exc:
+            raise ValueError("bad calendar expression: %s" % exc) from None
 
     def describe(self) -> str:
         return "systemd OnCalendar expression (e.g. Mon..Fri 07:00)"
+
+
+class SecureOn(OptionType):
+    """A SecureOn password: 4 or 6 bytes, written a.b.c.d or as hex pairs (checked here, not at wake time)."""
+
+    def parse(self, text: str) -> str:
+        text = text.strip()
+        if text:
+            parse_secureon(text)  # its message never quotes the password
+        return text
+
+    def describe(self) -> str:
+        return "SecureOn password (a.b.c.d or 4/6 hex pairs)"
+
+
+class HttpUrl(OptionType):
+    def parse(self, text: str) -> str:
+        text = text.strip()
+        if text:
+            parts = urlsplit(text)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("%r is not an http:// or https:// URL" % text[:200])
+        return text
+
+    def describe(self) -> str:
+        return "http(s) URL"
+
+
+def _path(nonempty: bool = False) -> String:
+    return String(nonempty=nonempty, max_length=4096, pattern=r"/[^\0]*", form="an absolute path")
+
+
+_INTERFACE = String(max_length=15, pattern=r"[A-Za-z0-9_.:@-]+", form="a network interface name")
+_USER = String(max_length=64, pattern=r"[^\s-][^\s]*", form="a user name (no spaces, not starting with -)")
+_NAMES = ListOf(String(nonempty=True, max_length=253, pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*", form="a name"))
 
 
 class ServerSection(Declared):
@@ -61,19 +96,20 @@ class ServerSection(Declared):
     OPTIONS = (
         Option("secret", String(), default="", secret=True,
                doc="The fleet's shared secret (the engines' [server] token)."),
-        Option("secret_file", String(), default="", doc="Read the secret from this file instead (first line)."),
-        Option("listen", String(nonempty=True), default="0.0.0.0", doc="Address for reports (UDP) and the API (TCP)."),
+        Option("secret_file", _path(), default="",
+               doc="Read the secret from this file instead (first line); refused unless only its owner can read it."),
+        Option("listen", IpAddress(), default="0.0.0.0", doc="Address for reports (UDP) and the API (TCP)."),
         Option("port", Integer(1, 65535), default=DEFAULT_PORT, doc="Port for reports (UDP) and the HTTP API (TCP)."),
-        Option("state_file", String(nonempty=True), default="/var/lib/powerwaked/registry.json",
+        Option("state_file", _path(nonempty=True), default="/var/lib/powerwaked/registry.json",
                doc="Where the registry is kept across restarts (written atomically)."),
         Option("save_every", Duration(minimum=1), default=10.0, doc="Write heartbeat-only changes at most this often."),
         Option("stale_factor", Number(minimum=1.5), default=3.0,
                doc="An up host is 'unknown' after this many missed heartbeat intervals."),
         Option("max_skew", Duration(minimum=5), default=120.0,
                doc="Reject messages whose timestamp is further than this from the server clock."),
-        Option("interface", String(), default="",
+        Option("interface", _INTERFACE, default="",
                doc="The segment's network interface: the sleep proxy listens here and wakes leave by it."),
-        Option("broadcast", String(nonempty=True), default="255.255.255.255", doc="Destination of UDP magic packets."),
+        Option("broadcast", IpAddress(), default="255.255.255.255", doc="Destination of UDP magic packets."),
         Option("wol_port", Integer(1, 65535), default=9, doc="UDP port of magic packets."),
         Option("wol_transport", Choice("udp", "raw", "both"), default="udp",
                doc="udp (broadcast), raw (ethertype 0x0842 frame, needs interface) or both."),
@@ -83,6 +119,10 @@ class ServerSection(Declared):
                doc="Require a signed request for the API's GET endpoints too (default: reads are open)."),
         Option("announce", Boolean(), default=True, doc="Announce _powerwaked._udp by multicast DNS."),
         Option("command_retries", Integer(0, 10), default=3, doc="Resend an unacknowledged command this often."),
+        Option("max_hosts", Integer(1, 100000), default=4096,
+               doc="At most this many hosts in the registry; reports for further new hosts are refused."),
+        Option("register", Boolean(), default=True,
+               doc="Accept reports from hosts the config does not name ([host.NAME] or a group); no: refuse them."),
     )  # fmt: skip
 
 
@@ -101,6 +141,10 @@ class ProxySection(Declared):
         Option("answer_arp", Boolean(), default=False,
                doc="ARP SPOOFING: answer who-has for sleepers with our MAC and wake only for TCP SYNs to 'ports'."),
         Option("ports", PortRanges(), default=((22, 22),), doc="With answer_arp: the TCP ports that wake a sleeper."),
+        Option("wake_unreported", Boolean(), default=True,
+               doc="Wake a host with a known MAC whose engine never reported (state unknown from the start)."),
+        Option("probe_ports", PortRanges(), default=((22, 22),),
+               doc="A frame from a sleeper's MAC is only a hint: a TCP probe to these ports confirms it is up."),
     )  # fmt: skip
 
 
@@ -110,7 +154,7 @@ class IpmiSection(Declared):
     KIND = "powerwaked"
     TYPE = "ipmi"
     OPTIONS = (
-        Option("user", String(), default="", doc="BMC user."),
+        Option("user", _USER, default="", doc="BMC user."),
         Option("password", String(), default="", secret=True, doc="BMC password (never logged)."),
         Option("port", Integer(1, 65535), default=623, doc="BMC UDP port."),
         Option("cipher", Integer(0, 17), default=3, doc="Cipher suite (ipmitool -C)."),
@@ -126,15 +170,15 @@ class HostSection(Declared):
     KIND = "powerwaked"
     TYPE = "host"
     OPTIONS = (
-        Option("mac", ListOf(Mac()), default=(), doc="MAC address(es) for Wake-on-LAN."),
-        Option("ip", ListOf(String(nonempty=True)), default=(), doc="Addresses the sleep proxy watches for."),
-        Option("groups", ListOf(String(nonempty=True)), default=(), doc="Groups this host belongs to."),
+        Option("mac", ListOf(Mac(), max_items=32), default=(), doc="MAC address(es) for Wake-on-LAN."),
+        Option("ip", ListOf(IpAddress(), max_items=64), default=(), doc="Addresses the sleep proxy watches for."),
+        Option("groups", _NAMES, default=(), doc="Groups this host belongs to."),
         Option("wake", ListOf(Choice("wol", "ipmi")), default=("wol", "ipmi"),
                doc="Wake methods in order; ipmi is the escalation when WoL is not confirmed."),
-        Option("secureon", String(), default="", secret=True, doc="SecureOn password of the host's NIC."),
-        Option("bmc", String(), default="", doc="BMC address (IPMI)."),
+        Option("secureon", SecureOn(), default="", secret=True, doc="SecureOn password of the host's NIC."),
+        Option("bmc", HostAddress(), default="", doc="BMC address (IPMI)."),
         Option("bmc_port", Integer(1, 65535), default=None, doc="BMC port (default: [ipmi] port)."),
-        Option("bmc_user", String(), default="", doc="BMC user (default: [ipmi] user)."),
+        Option("bmc_user", _USER, default="", doc="BMC user (default: [ipmi] user)."),
         Option("bmc_password", String(), default="", secret=True, doc="BMC password (default: [ipmi] password)."),
     )  # fmt: skip
 
@@ -145,7 +189,7 @@ class GroupSection(Declared):
     KIND = "powerwaked"
     TYPE = "group"
     OPTIONS = (
-        Option("hosts", ListOf(String(nonempty=True)), default=(), doc="Member hosts."),
+        Option("hosts", _NAMES, default=(), doc="Member hosts."),
         Option("nap_action", Choice(*NAP_ACTIONS), default="suspend", doc="What 'nap' means for this group."),
     )
 
@@ -156,12 +200,13 @@ class UpsSection(Declared):
     KIND = "powerwaked"
     TYPE = "ups"
     OPTIONS = (
-        Option("ups", String(nonempty=True), required=True, doc="UPS name in upsd."),
-        Option("host", String(nonempty=True), default="127.0.0.1", doc="upsd host."),
+        Option("ups", String(nonempty=True, max_length=64, pattern=r"[A-Za-z0-9_.-]+", form="a NUT UPS name"),
+               required=True, doc="UPS name in upsd."),
+        Option("host", HostAddress(), default="127.0.0.1", doc="upsd host."),
         Option("port", Integer(1, 65535), default=3493, doc="upsd port."),
-        Option("username", String(), default="", doc="upsd user (if reading needs a login)."),
+        Option("username", _USER, default="", doc="upsd user (if reading needs a login)."),
         Option("password", String(), default="", secret=True, doc="upsd password."),
-        Option("groups", ListOf(String(nonempty=True), nonempty=True), required=True,
+        Option("groups", ListOf(_NAMES.item, nonempty=True), required=True,
                doc="Groups to shed, least important first; they come back in reverse order."),
         Option("action", Choice("nap", "poweroff"), default="nap",
                doc="nap (the group's nap_action) or poweroff."),
@@ -182,7 +227,7 @@ class ScheduleSection(Declared):
     KIND = "powerwaked"
     TYPE = "schedule"
     OPTIONS = (
-        Option("groups", ListOf(String(nonempty=True), nonempty=True), required=True, doc="Groups it applies to."),
+        Option("groups", ListOf(_NAMES.item, nonempty=True), required=True, doc="Groups it applies to."),
         Option("wake", Calendar(), default=None, doc="When to wake the groups (OnCalendar, e.g. Mon..Fri 07:00)."),
         Option("nap", Calendar(), default=None, doc="From when on idle hosts are napped (e.g. Mon..Fri 20:00)."),
         Option("idle", Duration(), default=600.0, doc="After 'nap', nap a host once it reports this much idle time."),
@@ -195,14 +240,15 @@ class ClusterSection(Declared):
     KIND = "powerwaked"
     TYPE = "cluster"
     OPTIONS = (
-        Option("group", String(nonempty=True), required=True, doc="The group behind the load balancer."),
+        Option("group", _NAMES.item, required=True, doc="The group behind the load balancer."),
         Option("min_awake", Integer(0, 100000), default=1, doc="Never fewer awake hosts than this."),
         Option("capacity", Number(minimum=0.01), default=0.7,
                doc="Load one host may carry (reported load per CPU, or status URL units per host)."),
         Option("source", Choice("reports", "url"), default="reports",
                doc="reports: the engines' load; url: a number from 'url'."),
-        Option("url", String(), default="", doc="Status URL giving the group's total load (plain number or JSON)."),
-        Option("json_key", String(), default="", doc="With a JSON status page: the key holding the number."),
+        Option("url", HttpUrl(), default="", doc="Status URL giving the group's total load (plain number or JSON)."),
+        Option("json_key", String(max_length=256, pattern=r"[^\s]+", form="a dotted key (no spaces)"), default="",
+               doc="With a JSON status page: the key holding the number."),
         Option("low_for", Duration(), default=600.0, doc="Load must stay low this long before a host is napped."),
         Option("step", Duration(), default=300.0, doc="At most one nap per this interval."),
         Option("headroom", Integer(0, 1000), default=0, doc="Extra hosts kept awake above the computed need."),
@@ -280,10 +326,17 @@ def load_config(paths: List[str]) -> Tuple[ServerConfig, List[ConfigError]]:
             errors.append(section.error("bad name %r (use letters, digits, _ . -)" % name))
             continue
 
-        def on_error(key: str, message: str, section: Any = section) -> None:
+        failed: List[str] = []
+
+        def on_error(key: str, message: str, section: Any = section, failed: List[str] = failed) -> None:
+            failed.append(key)
             errors.append(section.error(message, key))
 
         values = cls.parse_options(section.texts(), on_error)
+        if any(opt.required and opt.name not in values for opt in cls.OPTIONS):
+            continue  # reported; the later checks must not trip over the missing value
+        for opt in cls.OPTIONS:
+            values.setdefault(opt.name, opt.default)  # a bad value was reported: check the rest with the default
         if kind in NAMED:
             config.named[kind][name] = values
         else:
@@ -293,17 +346,32 @@ def load_config(paths: List[str]) -> Tuple[ServerConfig, List[ConfigError]]:
 
 
 def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
-    def where(name: str, key: Optional[str] = None) -> ConfigError:
+    def where(name: str, key: Optional[str] = None) -> Any:
         section = doc.get(name)
-        return section.error if section is not None else (lambda message, key=None: ConfigError(message))
+        if section is not None:
+            return section.error
+        first = config.files[0] if config.files else DEFAULT_CONFIG
+        return lambda message, key=None: ConfigError("[%s] %s" % (name, message), first, 1)
 
     secret_file = config.server["secret_file"]
     if secret_file:
         try:
             with open(secret_file, encoding="utf-8") as handle:
-                config.server["secret"] = handle.readline().strip()
-        except OSError as exc:
-            errors.append(where("powerwaked")("cannot read secret_file: %s" % exc, "secret_file"))
+                readable = others_can_read(handle.fileno())
+                line = handle.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"  # never the content
+            errors.append(where("powerwaked")("cannot read secret_file %s: %s" % (secret_file, reason), "secret_file"))
+        else:
+            if readable:
+                # Refused, not warned: like ssh with a private key, a loud stop that the role's 0600 never hits.
+                errors.append(
+                    where("powerwaked")(
+                        "secret_file %s is readable by its group or others: chmod 0600 it" % secret_file, "secret_file"
+                    )
+                )
+            else:
+                config.server["secret"] = line
     if not config.server["secret"]:
         errors.append(where("powerwaked")("a fleet secret is required (secret or secret_file)", "secret"))
     elif len(config.server["secret"]) < 16:
@@ -332,9 +400,14 @@ def config_files(main: str) -> List[str]:
     return ini.config_files(main, os.path.join(os.path.dirname(main), "powerwaked.d"))
 
 
+def others_can_read(fd: int) -> bool:
+    """True when anyone but the owner may read the open file (group or others read bit)."""
+    return bool(os.fstat(fd).st_mode & 0o044)
+
+
 def insecure_mode(path: str) -> bool:
-    """True when others than the owner's group may read the file holding the secret."""
+    """True when a config file (it may hold secrets inline) is readable by its group or by others."""
     try:
-        return bool(os.stat(path).st_mode & 0o004)
+        return bool(os.stat(path).st_mode & 0o044)
     except OSError:
         return False

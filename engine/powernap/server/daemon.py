@@ -12,6 +12,7 @@ Run: ``python3 -m powernap.server.daemon [--config FILE] [--check-config]``.
 
 import argparse
 import logging
+import queue
 import selectors
 import signal
 import socket
@@ -29,13 +30,15 @@ from .api import ApiServer
 from .cluster import ClusterPolicy, UrlLoad
 from .config import DEFAULT_CONFIG, ServerConfig, config_files, insecure_mode, load_config
 from .fleet import Fleet
-from .proxy import RawListener, SleepProxy
-from .registry import Registry
+from .proxy import RawListener, SleepProxy, tcp_probe
+from .registry import Refused, Registry
 from .schedule import SchedulePolicy, earliest
 from .ups import UpsPolicy, UpsPoller
 from .wake import WolSender, interface_mac
 
 TICK = 0.25
+PROBE_EVERY = 5.0  # seconds between confirmation probes of one host
+MAX_PROBES = 16  # probes running at once
 
 
 class Server:
@@ -53,13 +56,18 @@ class Server:
         self.want_api = api
         opts = config.server
         self.read_auth = bool(opts["read_auth"])
-        self.endpoint = P.Endpoint(config.secret.encode("utf-8"), float(opts["max_skew"]), clock=self.clock.wall)
+        self.endpoint = _Endpoint(config.secret.encode("utf-8"), float(opts["max_skew"]), clock=self.clock.wall)
         self.registry = Registry(
             str(opts["state_file"]),
             float(opts["stale_factor"]),
             float(opts["save_every"]),
             log=self.log.getChild("registry"),
+            max_hosts=int(opts["max_hosts"]),
+            register=bool(opts["register"]),
+            # Longer than any wake the wake service is still resolving (WoL, then IPMI, each confirmed).
+            waking_timeout=2 * float(opts["confirm_timeout"]) + float(config.ipmi["timeout"]) + 30.0,
         )
+        self.endpoint.registry = self.registry
         self.members = config.group_members()
         self.wol = WolSender(opts["interface"], opts["broadcast"], opts["wol_port"], opts["wol_transport"])
         self.fleet = Fleet(
@@ -76,6 +84,13 @@ class Server:
         self.url_loads: List[UrlLoad] = []
         self.reports = 0
         self.rejected = 0
+        self.refused = 0  # valid reports the registry would not take (unregistered host, host cap)
+        self.errors = 0  # inputs or ticks that raised: logged with a traceback, the daemon goes on
+        self.insecure_files: List[str] = []
+        self._refusals_logged: Dict[str, float] = {}
+        self._failures_logged: Dict[str, float] = {}
+        self._probes: Dict[str, float] = {}  # host -> when it was last probed after a hint
+        self._probe_results: queue.SimpleQueue[Tuple[str, str, str]] = queue.SimpleQueue()
         self.started = self.clock.wall()
         self._selector = selectors.DefaultSelector()
         self._stopping = False
@@ -87,6 +102,9 @@ class Server:
         opts = self.config.server
         now = self.clock.wall()
         loaded = self.registry.load()
+        if self.registry.problems:
+            self.log.error("registry: started with what could be read; see /v1/status 'registry'")
+        self.endpoint.guard.restore(self.registry.replay)
         for name, host in self.config.hosts.items():
             self.registry.define(name, host["mac"], host["ip"], host["groups"], host["bmc"] or None, host["wake"])
         for group, names in self.members.items():
@@ -111,6 +129,12 @@ class Server:
             poller = UpsPoller(ups_opts, self.log.getChild("ups"))
             poller.start()
             self.ups.append((UpsPolicy(name, ups_opts, self.fleet, self.members, self.log.getChild("ups")), poller))
+        holds = {policy.hold for policy, _poller in self.ups}
+        for record in self.registry:
+            if record.hold and record.hold not in holds:
+                # Its policy left the config: a hold nothing will ever lift would keep the host down for good.
+                self.log.warning("host %s: releasing hold %r (no such policy any more)", record.name, record.hold)
+                record.hold = None
         for name, sched_opts in self.config.named["schedule"].items():
             self.schedules.append(
                 SchedulePolicy(name, sched_opts, self.fleet, self.members, self.log.getChild("schedule"), now)
@@ -152,6 +176,8 @@ class Server:
             proxy_mac=own,
             send_frame=self.raw.send,
             now=now,
+            wake_unreported=proxy_opts["wake_unreported"],
+            probe=self.probe,
         )
         self.registry.listeners.append(self._on_state_change)
         for fd in self.raw.fds():
@@ -172,7 +198,7 @@ class Server:
                     break
                 for key, _mask in self._selector.select(max(0.0, next_tick - time.monotonic())):
                     with self.lock:
-                        key.data(key.fd)
+                        self._isolated("input", key.data, key.fd)
                 if time.monotonic() >= next_tick:
                     with self.lock:
                         self.tick()
@@ -181,19 +207,78 @@ class Server:
             self.shutdown()
         return 0
 
+    def _isolated(self, what: str, function: Any, *args: Any) -> None:
+        """Run one handler or policy step; whatever it raises is logged and counted, never fatal.
+
+        The traceback is logged once a minute per kind of step (``what``): a step that fails on
+        every tick must not flood the journal.
+        """
+        try:
+            function(*args)
+        except Exception as exc:
+            self.errors += 1
+            now = time.monotonic()
+            if now - self._failures_logged.get(what, float("-inf")) >= 60.0:
+                self._failures_logged[what] = now
+                self.log.exception("%s failed (the server goes on; %d failures so far)", what, self.errors)
+            else:
+                self.log.debug("%s failed again: %s", what, exc)
+
     def tick(self) -> None:
         now = self.clock.wall()
-        self.registry.tick(now)
+        self._isolated("registry tick", self.registry.tick, now)
+        self._isolated("probe results", self._apply_probes, now)
         if self.proxy is not None:
-            self.proxy.tick(now)
-        self.fleet.tick()
+            self._isolated("proxy tick", self.proxy.tick, now)
+        self._isolated("wake service tick", self.fleet.tick)
         for policy, poller in self.ups:
-            policy.observe(poller.latest, now)
+            self._isolated("UPS %s" % policy.name, policy.observe, poller.latest, now)
         for schedule in self.schedules:
-            schedule.tick(now)
+            self._isolated("schedule %s" % schedule.name, schedule.tick, now)
         for cluster in self.clusters.values():
-            cluster.tick(now)
-        self.registry.save_if_due(now)
+            self._isolated("cluster %s" % cluster.name, cluster.tick, now)
+        self._isolated("replay state", self._prune_replay, now)
+        self._isolated("registry save", self.registry.save_if_due, now)
+
+    # -- confirmation probes ------------------------------------------------------------------
+    def probe(self, record: Any) -> None:
+        """Check in the background whether a host is up (a hint came, or a wake waits for confirmation)."""
+        now = self.clock.wall()
+        if not record.ips or now - self._probes.get(record.name, float("-inf")) < PROBE_EVERY:
+            return
+        if sum(1 for t in threading.enumerate() if t.name.startswith("probe-")) >= MAX_PROBES:
+            return
+        self._probes[record.name] = now
+        name, ips, ports = record.name, list(record.ips)[:4], self.config.proxy["probe_ports"]
+
+        def run() -> None:
+            try:
+                self._probe_results.put((name, tcp_probe(ips, ports), ""))
+            except OSError as exc:
+                self._probe_results.put((name, "", str(exc)))
+
+        threading.Thread(target=run, name="probe-" + name, daemon=True).start()
+
+    def _apply_probes(self, now: float) -> None:
+        while True:
+            try:
+                name, answer, error = self._probe_results.get_nowait()
+            except queue.Empty:
+                break
+            record = self.registry.get(name)
+            if record is not None and answer:
+                self.registry.seen(record, now, "probe: %s" % answer)
+            elif error:
+                self.log.debug("probe of %s: %s", name, error)
+        for record in self.registry:
+            if record.state == P.WAKING:
+                self.probe(record)  # a woken host without an engine is confirmed this way
+        if len(self._probes) > 4 * MAX_PROBES:
+            self._probes = {n: t for n, t in self._probes.items() if now - t < PROBE_EVERY}
+
+    def _prune_replay(self, now: float) -> None:
+        self.endpoint.guard.prune(now)
+        self.registry.prune_replay(now, self.endpoint.guard.max_skew)
 
     def shutdown(self) -> None:
         with self.lock:
@@ -212,6 +297,7 @@ class Server:
                 self.raw = None
             self.wol.close()
             if self.udp is not None:
+                self.registry.wait_saved()
                 self.registry.save(self.clock.wall())
                 self.udp.close()
                 self.udp = None
@@ -258,40 +344,73 @@ class Server:
             self.udp.sendto(data, address)
 
     def _on_udp(self, fd: int) -> None:
-        for _index in range(256):
-            try:
-                data, sender = self.udp.recvfrom(P.MAX_MESSAGE + 1)
-            except (BlockingIOError, InterruptedError):
-                return
-            try:
-                message = self.endpoint.accept(data)
-            except P.ProtocolError as exc:
-                self.rejected += 1
-                self.log.debug("rejected a message from %s: %s", sender[0], exc)
-                continue
-            if message["kind"] == "report":
-                self.accept_report(message, sender)
-                ack = P.encode(self.endpoint.secret, {"kind": "ack", "from": P.SERVER_NAME, "re": message["nonce"]})
+        """Drain the report socket; each datagram is handled on its own, acks go out once journaled."""
+        acks: List[Tuple[bytes, Tuple[str, int]]] = []
+        try:
+            for _index in range(256):
                 try:
-                    self.udp.sendto(ack, sender)
-                except OSError as exc:
-                    self.log.debug("ack to %s failed: %s", sender[0], exc)
-            elif message["kind"] == "command-ack":
-                self.fleet.on_command_ack(message)
+                    data, sender = self.udp.recvfrom(P.MAX_MESSAGE + 1)
+                except (BlockingIOError, InterruptedError):
+                    return
+                self._isolated("a UDP message", self._on_datagram, data, sender, acks)
+        finally:
+            # Save (journal, fsync) before the ack: an acknowledged report survives kill -9.
+            if not self.registry.pending or self.registry.commit():
+                for ack, address in acks:
+                    try:
+                        self.udp.sendto(ack, address)
+                    except OSError as exc:
+                        self.log.debug("ack to %s failed: %s", address[0], exc)
+
+    def _on_datagram(self, data: bytes, sender: Tuple[str, int], acks: List[Tuple[bytes, Tuple[str, int]]]) -> None:
+        try:
+            message = self.endpoint.accept(data)
+        except P.ProtocolError as exc:
+            self.rejected += 1
+            self.log.debug("rejected a message from %s: %s", sender[0], exc)
+            return
+        if message["kind"] == "report":
+            try:
+                self.accept_report(message, sender, commit=False)
+            except Refused as exc:
+                return self._refuse(exc, message)
+            ack = P.encode(self.endpoint.secret, {"kind": "ack", "from": P.SERVER_NAME, "re": message["nonce"]})
+            acks.append((ack, sender))
+        elif message["kind"] == "command-ack":
+            self.registry.note_sender(message["from"], float(message["ts"]))
+            self.fleet.on_command_ack(message)
+        else:
+            self.rejected += 1
+            self.log.debug("rejected a %s message from %s: not taken over UDP", message["kind"], sender[0])
+
+    def _refuse(self, exc: Exception, message: Dict[str, Any]) -> None:
+        """Count a refused report; log each refused name once an hour (a flood must not flood the log)."""
+        self.refused += 1
+        name = str(message.get("host") or message["from"])
+        now = self.clock.wall()
+        if now - self._refusals_logged.get(name, float("-inf")) >= 3600.0:
+            if len(self._refusals_logged) > 1000:
+                self._refusals_logged.clear()
+            self._refusals_logged[name] = now
+            self.log.warning("refused a report: %s", exc)
 
     def _on_raw(self, fd: int) -> None:
         now = self.clock.wall()
         for frame in self.raw.read(fd):
-            self.proxy.on_frame(frame, now)
+            self._isolated("a proxy frame", self.proxy.on_frame, frame, now)
 
     def _on_mdns(self, fd: int) -> None:
         self.mdns.on_readable()
 
     # -- the API's view (called with self.lock held) ------------------------------------------
-    def accept_report(self, message: Dict[str, Any], sender: Optional[Tuple[str, int]]) -> Dict[str, Any]:
-        self.reports += 1
+    def accept_report(
+        self, message: Dict[str, Any], sender: Optional[Tuple[str, int]], commit: bool = True
+    ) -> Dict[str, Any]:
+        """Apply a verified report; ``commit`` journals it at once (the API answers only after that)."""
         record = self.registry.accept_report(message, sender, self.clock.wall())
-        return {"host": record.name, "state": record.state}
+        self.reports += 1
+        saved = self.registry.commit() if commit else True
+        return {"host": record.name, "state": record.state, "saved": saved}
 
     def api_status(self) -> Dict[str, Any]:
         counts: Dict[str, int] = {}
@@ -304,6 +423,16 @@ class Server:
             "states": counts,
             "reports": self.reports,
             "rejected": self.rejected,
+            "refused": self.refused,
+            "errors": self.errors,
+            "registry": {
+                "ok": not self.registry.problems,
+                "problems": dict(self.registry.problems),
+                "saves": self.registry.saves,
+                "save_failures": self.registry.save_failures,
+                "max_hosts": self.registry.max_hosts,
+            },
+            "insecure_files": list(self.insecure_files),
             "proxy": dict(self.proxy.counts) if self.proxy is not None else None,
             "ups": [policy.to_dict() for policy, _poller in self.ups],
             "schedules": [schedule.to_dict() for schedule in self.schedules],
@@ -367,6 +496,19 @@ class Server:
         return cluster.demand(more, ttl, who, self.clock.wall())
 
 
+class _Endpoint(P.Endpoint):
+    """The server's receiver: API requests also persist their sender's newest time (no replay after a restart)."""
+
+    registry: Optional[Registry] = None
+
+    def accept(self, data: bytes) -> Dict[str, Any]:
+        message = super().accept(data)
+        if message["kind"] == "request" and self.registry is not None:
+            self.registry.note_sender(message["from"], float(message["ts"]))
+            self.registry.commit()
+        return message
+
+
 def _large_receive_buffer(sock: socket.socket, size: int = 4 << 20) -> None:
     """Room for a burst of reports while the loop writes the registry (FORCE needs root)."""
     try:
@@ -397,10 +539,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.check_config:
         print("%s: OK (%d hosts, %d groups)" % (args.config, len(config.hosts), len(config.group_members())))
         return 0
-    for path in config.files:
-        if insecure_mode(path):
-            log.warning("%s is readable by everyone but holds secrets: chmod 0600 it", path)
+    insecure = [path for path in config.files if insecure_mode(path)]
+    for path in insecure:
+        log.warning("%s holds secrets but its group or others can read it: chmod 0600 it", path)
     server = Server(config, log=log)
+    server.insecure_files = insecure
     try:
         server.start()
     except OSError as exc:

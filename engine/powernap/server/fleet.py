@@ -63,7 +63,7 @@ class Fleet:
                 try:
                     self.send_wol(mac, self._secureon(record))
                     sent.append("wol")
-                except WakeError as exc:
+                except (WakeError, ValueError) as exc:  # ValueError: a bad MAC must not stop the caller
                     errors.append(str(exc))
         ipmi_now = method == "ipmi" or (method == "auto" and not sent and self._ipmi_target(record) is not None)
         if ipmi_now:
@@ -209,6 +209,12 @@ class Fleet:
             record = self.registry.get(name)
             if record is not None and ok and action == "soft":
                 self.registry.set_state(record, P.OFF, "IPMI soft-off", now)
+        for record in self.registry:
+            if record.state == P.WAKING and record.name not in self.waiting:
+                # A wake in flight across a restart (or lost otherwise): resume confirming it from
+                # when it was sent, so it escalates or ends as asleep instead of waking forever.
+                sent = float((record.last_wake or {}).get("time") or record.since or now)
+                self.waiting[record.name] = {"sent": min(sent, now), "escalated": False, "method": "auto"}
         for name, wait in list(self.waiting.items()):
             record = self.registry.get(name)
             if record is None or record.up:

@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import selectors
 import socket
@@ -42,6 +43,23 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
+from ..options import (
+    Boolean,
+    Choice,
+    Declared,
+    Duration,
+    Integer,
+    IpAddress,
+    ListOf,
+    Mac,
+    MapOf,
+    Number,
+    Option,
+    OptionType,
+    Scalar,
+    String,
+    json_type,
+)
 from ..report import Reporter
 from . import DEFAULT_PORT
 
@@ -126,9 +144,9 @@ def decode(secret: bytes, data: bytes) -> Dict[str, Any]:
     if not hmac.compare_digest(signature, _mac(secret, body).encode("ascii")):
         raise ProtocolError("bad signature")
     try:
-        message = json.loads(body.decode("utf-8"))
-    except ValueError:
-        raise ProtocolError("signed body is not JSON") from None
+        message = loads_strict(body)
+    except (ValueError, RecursionError):
+        raise ProtocolError("signed body is not strict JSON") from None
     if not isinstance(message, dict) or message.get("v") != VERSION:
         raise ProtocolError("unsupported message version")
     for key, kind in (("kind", str), ("from", str), ("nonce", str)):
@@ -137,6 +155,177 @@ def decode(secret: bytes, data: bytes) -> Dict[str, Any]:
     if not isinstance(message.get("ts"), (int, float)):
         raise ProtocolError("message lacks 'ts'")
     return message
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError("non-finite number %s" % name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("non-finite number")
+    return value
+
+
+def loads_strict(data: Any) -> Any:
+    """``json.loads`` that refuses NaN, Infinity and numbers too large for a float (they become inf)."""
+    if isinstance(data, (bytes, bytearray)):
+        data = data.decode("utf-8")
+    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+# -- the declared schema of every message kind --------------------------------------------------
+# One table per kind, built from the option types every config section uses (powernap.options):
+# type, range, size and count of each field.  ``check_message`` refuses a message with an
+# unknown field or a bad value and says which field, so no handler ever sees a wrong type.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}"
+MAX_MACS = 32
+MAX_IPS = 64
+NAP_ACTIONS = tuple(_ACTION_STATES)
+ALL_STATES = STATES + (ASLEEP, OFF, WAKING, UNKNOWN)
+
+
+def _name() -> String:
+    return String(nonempty=True, max_length=253, pattern=NAME_PATTERN, form="a host or sender name")
+
+
+def _nonce() -> String:
+    return String(nonempty=True, max_length=64, pattern=r"[0-9a-fA-F]{1,64}", form="a hex nonce")
+
+
+class PeerAddress(OptionType):
+    """``[ip, port]``: where a host's reports come from (its commands go there)."""
+
+    def check(self, value: Any) -> List[Any]:
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError("must be [ip, port], not %s" % json_type(value))
+        return [IpAddress().check(value[0]), Integer(1, 65535).check(value[1])]
+
+
+class StageIndex(OptionType):
+    """A nap stage: its index, or the engine status' stage object (whose ``index`` is kept)."""
+
+    def check(self, value: Any) -> int:
+        if isinstance(value, dict):
+            value = value.get("index")
+        return Integer(0, 1000).check(value)
+
+
+WOL_MODES = MapOf(Mac(), String(max_length=16, pattern=r"[a-z]*", form="ethtool Wake-on letters"), MAX_MACS, True)
+TIME = Number(minimum=0, maximum=1e11)  # epoch seconds (before the year 5138)
+
+
+class Envelope(Declared):
+    """Fields every message carries."""
+
+    OPTIONS: Tuple[Option, ...] = (
+        Option("v", Integer(VERSION, VERSION), required=True, doc="Protocol version."),
+        Option("kind", Choice("report", "ack", "command", "command-ack", "request", "read"), required=True,
+               doc="What the message is."),
+        Option("from", _name(), required=True, doc="Sender name (a host, or powerwaked)."),
+        Option("ts", TIME, required=True, doc="Sender wall clock, epoch seconds."),
+        Option("nonce", _nonce(), required=True, doc="Random hex, unique per sender."),
+    )  # fmt: skip
+
+
+class ReportMessage(Envelope):
+    """report: engine to server."""
+
+    KIND = "message"
+    TYPE = "report"
+    OPTIONS = Envelope.OPTIONS + (
+        Option("host", _name(), doc="The host reported on (default: from)."),
+        Option("event", String(nonempty=True, max_length=64, pattern=r"[a-z][a-z0-9-]*", form="an event name"),
+               doc="Engine event that caused the report, or heartbeat."),
+        Option("state", Choice(*STATES), doc="The engine's state."),
+        Option("stage", StageIndex(), doc="Current nap stage."),
+        Option("idle_seconds", Number(0, 1e10), doc="Seconds idle."),
+        Option("next_wake", TIME, doc="Next scheduled wake (epoch)."),
+        Option("macs", ListOf(Mac(), max_items=MAX_MACS), default=(), doc="The host's MACs."),
+        Option("ips", ListOf(IpAddress(), max_items=MAX_IPS), default=(), doc="The host's addresses."),
+        Option("wol", WOL_MODES, default={}, doc="Wake-on setting per MAC."),
+        Option("load", Number(0, 1e6), doc="1-minute load average."),
+        Option("cpus", Integer(1, 65536), doc="CPU count."),
+        Option("interval", Duration(minimum=1, maximum=3600), default=30.0, doc="Seconds to the next heartbeat."),
+        Option("detail", MapOf(String(nonempty=True, max_length=64), Scalar(1024), 32), default={},
+               doc="The engine event's own fields."),
+    )  # fmt: skip
+
+
+class AckMessage(Envelope):
+    """ack: server to engine."""
+
+    KIND = "message"
+    TYPE = "ack"
+    OPTIONS = Envelope.OPTIONS + (Option("re", _nonce(), required=True, doc="The acknowledged nonce."),)
+
+
+class CommandMessage(Envelope):
+    """command: server to engine."""
+
+    KIND = "message"
+    TYPE = "command"
+    OPTIONS = Envelope.OPTIONS + (
+        Option("to", _name(), required=True, doc="The host that must carry it out."),
+        Option("id", String(max_length=300), doc="Command id."),
+        Option("command", Choice("nap", "wake-alarm"), required=True, doc="What to do."),
+        Option("action", Choice(*NAP_ACTIONS), doc="The nap action (default: the next stage)."),
+        Option("wake_at", TIME, doc="RTC wake alarm (epoch)."),
+    )  # fmt: skip
+
+
+class CommandAckMessage(Envelope):
+    """command-ack: engine to server."""
+
+    KIND = "message"
+    TYPE = "command-ack"
+    OPTIONS = Envelope.OPTIONS + (
+        Option("re", _nonce(), required=True, doc="The command's nonce."),
+        Option("id", String(max_length=300), doc="The command's id."),
+        Option("ok", Boolean(), default=False, doc="Whether it was carried out."),
+        Option("detail", Scalar(1024), doc="What happened (free text from the engine)."),
+    )  # fmt: skip
+
+
+class RequestMessage(Envelope):
+    """request: an API write (wake, nap, demand)."""
+
+    KIND = "message"
+    TYPE = "request"
+    OPTIONS = Envelope.OPTIONS + (
+        Option("host", String(nonempty=True, max_length=253, pattern=r"[A-Za-z0-9_.:-]+", form="a name, IP or MAC"),
+               doc="Target host by name, IP or MAC."),
+        Option("method", Choice("auto", "wol", "ipmi"), doc="Wake method."),
+        Option("action", Choice(*NAP_ACTIONS), doc="Nap action."),
+        Option("more", Integer(0, 10000), doc="Demand: this many more awake hosts."),
+        Option("ttl", Duration(minimum=1, maximum=7 * 86400), doc="Demand: for this long."),
+    )  # fmt: skip
+
+
+class ReadMessage(Envelope):
+    """read: an authenticated API read."""
+
+    KIND = "message"
+    TYPE = "read"
+    OPTIONS = Envelope.OPTIONS + (Option("path", String(nonempty=True, max_length=1024), required=True,
+                                         doc="The path read."),)  # fmt: skip
+
+
+MESSAGES = {cls.TYPE: cls for cls in (ReportMessage, AckMessage, CommandMessage, CommandAckMessage,
+                                      RequestMessage, ReadMessage)}  # fmt: skip
+
+
+def check_message(message: Any) -> Dict[str, Any]:
+    """Validate a decoded message against its kind's schema; ProtocolError names the bad field."""
+    kind = message.get("kind") if isinstance(message, dict) else None
+    schema = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ProtocolError("unknown message kind")
+    try:
+        return schema.check_values(message)
+    except ValueError as exc:
+        raise ProtocolError("%s: %s" % (kind, exc)) from None
 
 
 class ReplayGuard:
@@ -151,11 +340,32 @@ class ReplayGuard:
         self.max_skew = max_skew
         self.per_sender = per_sender
         self._seen: Dict[str, Tuple[Deque[Tuple[float, str]], Set[str]]] = {}
+        # Per sender, the newest ts accepted (persisted with the registry), and the floor restored
+        # at start: after a restart nothing at or below it is accepted, so a message captured
+        # before the restart cannot be replayed within the skew window.
+        self.newest: Dict[str, float] = {}
+        self.floor: Dict[str, float] = {}
+
+    def restore(self, newest: Dict[str, float]) -> None:
+        for sender, ts in newest.items():
+            if ts > self.floor.get(sender, float("-inf")):
+                self.floor[sender] = ts
+                self.newest[sender] = max(ts, self.newest.get(sender, ts))
+
+    def prune(self, now: float) -> None:
+        """Forget senders quiet for longer than the skew window: the clock check refuses their old messages."""
+        for sender, ts in list(self.newest.items()):
+            if now - ts > self.max_skew:
+                del self.newest[sender]
+                self.floor.pop(sender, None)
+                self._seen.pop(sender, None)
 
     def check(self, message: Dict[str, Any], now: float) -> None:
         ts = float(message["ts"])
-        if abs(ts - now) > self.max_skew:
+        if not math.isfinite(ts) or not abs(ts - now) <= self.max_skew:
             raise ProtocolError("timestamp %.0fs away from ours (clock skew or replay)" % (ts - now))
+        if ts <= self.floor.get(message["from"], float("-inf")):
+            raise ProtocolError("not newer than the last message accepted before the restart")
         window, nonces = self._seen.setdefault(message["from"], (collections.deque(), set()))
         nonce = message["nonce"]
         if nonce in nonces:
@@ -167,6 +377,8 @@ class ReplayGuard:
             nonces.discard(old_nonce)
         window.append((ts, nonce))
         nonces.add(nonce)
+        if ts > self.newest.get(message["from"], float("-inf")):
+            self.newest[message["from"]] = ts
 
     def senders(self) -> int:
         return len(self._seen)
@@ -181,7 +393,7 @@ class Endpoint:
         self.clock = clock
 
     def accept(self, data: bytes) -> Dict[str, Any]:
-        message = decode(self.secret, data)
+        message = check_message(decode(self.secret, data))
         self.guard.check(message, self.clock())
         return message
 
@@ -372,7 +584,8 @@ class FleetReporter(Reporter):
                 # The daemon's own state wins on heartbeats, except while a sleep action runs.
                 if self.state not in (SUSPENDING, HIBERNATING, POWERING_OFF) or status.get("state") == AWAKE:
                     self.state = str(status.get("state") or self.state)
-                self.stage = status.get("stage")
+                stage = status.get("stage")
+                self.stage = stage.get("index") if isinstance(stage, dict) else stage
         else:
             self.state = state_for_event(event, self.state)
             if name in ("powersave-apply", "action-start", "warn"):
@@ -390,7 +603,11 @@ class FleetReporter(Reporter):
             "state": self.state,
             "stage": self.stage,
             "interval": self.heartbeat,
-            "detail": {k: v for k, v in event.items() if k not in ("event", "time") and _plain(v)},
+            "detail": {
+                k: v[:1024] if isinstance(v, str) else v
+                for k, v in list(event.items())[:32]
+                if k not in ("event", "time") and _plain(v)
+            },
         }
         message.update(self._facts)
         for key in ("idle_seconds", "next_wake"):
@@ -498,7 +715,7 @@ class FleetReporter(Reporter):
             "re": message["nonce"],
             "id": message.get("id"),
             "ok": ok,
-            "detail": detail,
+            "detail": detail[:1024],
         }
         try:
             self._sock.sendto(encode(self.secret, reply), sender)
@@ -556,4 +773,6 @@ def set_rtc_alarm(root: Any, epoch: float) -> None:
 
 
 def _plain(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
+    if isinstance(value, float):
+        return math.isfinite(value)  # the server refuses NaN and Infinity
+    return value is None or isinstance(value, (str, int, bool))

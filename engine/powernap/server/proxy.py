@@ -14,8 +14,13 @@ those requests on a raw socket and sends the sleeper's magic packet:
   ``::``), ARP replies, and requests from our own MACs or ``ignore_macs``
   (gateways re-ARP their neighbours every few minutes),
 * hosts on ``hold`` (a UPS policy keeps them down) are never woken,
-* any frame from a sleeper's own MAC proves it is up (confirmation);
-  the wake service escalates to IPMI when that proof does not come.
+* a host with a known MAC whose engine never reported (``unknown`` from
+  the start, e.g. a static ``[host.NAME]``) is woken too
+  (``wake_unreported``); an engine host that went quiet is not,
+* a frame from a sleeper's own MAC is only a *hint* (anyone can forge a
+  source MAC): it triggers a confirmation probe (``tcp_probe``, a TCP
+  connect the host must answer) and never changes the state by itself;
+  the wake service escalates to IPMI when no confirmation comes.
 
 Optional and off by default, because it is ARP spoofing: ``answer_arp``
 answers who-has for a sleeper with the proxy's MAC, so the client's TCP SYN
@@ -28,6 +33,7 @@ so tests feed bytes and a fake clock; ``RawListener`` is the socket side.
 """
 
 import collections
+import errno
 import socket
 import struct
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
@@ -153,6 +159,8 @@ class SleepProxy:
         proxy_mac: str = "",
         send_frame: Optional[Callable[[bytes], Any]] = None,
         now: float = 0.0,
+        wake_unreported: bool = True,
+        probe: Optional[Callable[[Any], Any]] = None,
     ):
         self.registry = registry
         self.wake = wake
@@ -164,6 +172,8 @@ class SleepProxy:
         self.ports = tuple(ports)
         self.proxy_mac = proxy_mac
         self.send_frame = send_frame
+        self.wake_unreported = wake_unreported
+        self.probe = probe  # called with a record when a frame hints that a sleeper is up
         self.last_wake: Dict[str, float] = {}
         self.pending: Deque[Tuple[str, str]] = collections.deque()
         self.counts: Dict[str, int] = collections.Counter()
@@ -183,8 +193,10 @@ class SleepProxy:
     def _decide(self, frame: Frame, now: float) -> Optional[str]:
         sender = self.registry.by_mac(frame.src_mac)
         if sender is not None and not sender.up and frame.src_mac not in self.own_macs:
-            # A sleeper that speaks is awake: the confirmation the wake service waits for.
-            self.registry.seen(sender, now, "frame from %s" % frame.src_mac)
+            # A sleeper that speaks may be awake, or someone forged its MAC: probe, do not believe.
+            self.counts["hint"] += 1
+            if self.probe is not None:
+                self.probe(sender)
         if frame.kind not in ("who-has", "ns", "syn"):
             return None
         if frame.src_mac in self.own_macs or frame.src_mac in self.ignore_macs:
@@ -194,8 +206,10 @@ class SleepProxy:
         if frame.sender_ip == frame.target_ip:
             return "gratuitous"
         target = self.registry.by_ip(frame.target_ip)
-        if target is None or target.up or target.state == "unknown":
+        if target is None or target.up:
             return None
+        if target.state == "unknown" and not (self.wake_unreported and target.last_seen is None and target.macs):
+            return None  # an engine host that went quiet may be up: waking it on every ARP helps nobody
         if target.hold:
             return "held"
         if target.state == "waking":
@@ -250,6 +264,30 @@ class SleepProxy:
         for ip in record.ips:
             if ":" not in ip:
                 self.send_frame(build_arp(2, record.mac, ip, "ff:ff:ff:ff:ff:ff", ip))
+
+
+def tcp_probe(ips: Iterable[str], ports: Iterable[Tuple[int, int]], timeout: float = 1.0, limit: int = 8) -> str:
+    """Connect to a host's addresses and ports; the first that answers (accepts or refuses) proves it is up.
+
+    Returns what answered (``"198.18.0.12:22 accepted"``) or "" when nothing did.
+    At most ``limit`` connects of ``timeout`` seconds each: the probe is bounded.
+    """
+    tried = 0
+    for ip in ips:
+        for low, high in ports:
+            for port in range(low, min(high, low + limit) + 1):
+                if tried >= limit:
+                    return ""
+                tried += 1
+                family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+                with socket.socket(family, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(timeout)
+                    code = sock.connect_ex((ip, port))
+                if code == 0:
+                    return "%s:%d accepted" % (ip, port)
+                if code == errno.ECONNREFUSED:
+                    return "%s:%d refused (the host answered)" % (ip, port)
+    return ""
 
 
 class RawListener:

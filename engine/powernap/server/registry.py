@@ -8,23 +8,83 @@ heartbeat intervals becomes ``unknown``; a host that said it is suspending or
 powering off and then went quiet becomes ``asleep`` / ``off`` (quiet is what
 a sleeping host is, so it is never marked unknown).
 
-The registry is saved as JSON, written to a temporary file, fsynced and
-renamed over the old one, so a crash leaves either the old or the new file.
-Heartbeats only mark it dirty; ``save_if_due`` writes them at most every
-``save_every`` seconds, and state changes within a second (policies that
-put hosts on hold write at once).
+Persistence lives in one small class, ``RegistryStore`` (issue 18 swaps it
+for SQLite): a snapshot (JSON, written to a temporary file, fsynced and
+renamed, so a crash leaves the old or the new file) plus an append-only
+journal of the reports accepted since.  A report is journaled (fsync) before
+its ack goes out, so an acknowledged report survives ``kill -9``; the
+snapshot is written by a background thread (``save_if_due``), never on the
+packet path.  State changes reach the snapshot within a second, heartbeats
+every ``save_every``.  A snapshot that cannot be read is kept aside
+(``*.corrupt-TIME``) and the server starts with what can be read; a save
+that fails (ENOSPC) is retried and shown in ``/v1/status``.  Every value
+read back is validated against the same declared types as the wire
+messages (``RecordSchema``).
 """
 
 import json
 import os
 import tempfile
+import threading
+import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from ..options import (
+    Boolean,
+    Choice,
+    Declared,
+    Duration,
+    HostAddress,
+    Integer,
+    ListOf,
+    MapOf,
+    Option,
+    Scalar,
+    String,
+)
 from . import protocol as P
 
 SCHEMA = 1
 QUIET_TO_ASLEEP = 20.0  # seconds after "suspending" without a word before we call the host asleep
 URGENT_SAVE = 1.0  # state changes reach the disk within this; a burst of them costs one write
+SAVE_RETRY = 5.0  # after a failed save (a full disk), try again this much later
+JOURNAL_LIMIT = 20000  # entries; beyond this a snapshot is written at once (it empties the journal)
+
+
+class Refused(P.ProtocolError):
+    """A valid report the registry will not take (unknown host, host cap reached)."""
+
+
+class RecordSchema(Declared):
+    """A saved host record: the same field types as the wire messages it comes from."""
+
+    REPORT = P.ReportMessage
+    OPTIONS = (
+        Option("name", REPORT.option("host").type, required=True, doc="Host name."),
+        Option("state", Choice(*P.ALL_STATES), default=P.UNKNOWN, doc="Registry state."),
+        Option("stage", REPORT.option("stage").type, doc="Nap stage."),
+        Option("since", P.TIME, default=0.0, doc="When the state began."),
+        Option("last_seen", P.TIME, doc="Last report or proof of life."),
+        Option("last_ts", P.TIME, default=0.0, doc="Sender time of the newest report."),
+        Option("last_event", REPORT.option("event").type, doc="Event of the newest report."),
+        Option("macs", REPORT.option("macs").type, default=(), doc="MACs."),
+        Option("ips", REPORT.option("ips").type, default=(), doc="Addresses."),
+        Option("wol", P.WOL_MODES, default={}, doc="Wake-on per MAC."),
+        Option("wake", ListOf(Choice("wol", "ipmi"), max_items=2), default=("wol",), doc="Wake methods."),
+        Option("bmc", HostAddress(), doc="BMC address."),
+        Option("groups", ListOf(String(nonempty=True, max_length=253), max_items=256), default=(), doc="Groups."),
+        Option("next_wake", P.TIME, doc="Next scheduled wake."),
+        Option("idle_seconds", REPORT.option("idle_seconds").type, doc="Idle seconds."),
+        Option("load", REPORT.option("load").type, doc="Load."),
+        Option("cpus", REPORT.option("cpus").type, doc="CPUs."),
+        Option("interval", Duration(minimum=1, maximum=3600), default=30.0, doc="Heartbeat interval."),
+        Option("addr", P.PeerAddress(), doc="Where reports come from."),
+        Option("engine", Boolean(), default=False, doc="An engine reports for it."),
+        Option("hold", String(max_length=256), doc="Policy hold."),
+        Option("wakes", Integer(0), default=0, doc="Wakes sent."),
+        Option("last_wake", MapOf(String(max_length=64), Scalar(1024), 16), doc="The last wake."),
+        Option("static", Boolean(), default=False, doc="From the server config."),
+    )
 
 
 class HostRecord:
@@ -75,30 +135,162 @@ class HostRecord:
         return self.state in P.UP_STATES
 
     def to_dict(self) -> Dict[str, Any]:
-        return {field: getattr(self, field) for field in self.FIELDS}
+        """A copy (lists and maps too): a snapshot is serialised on another thread while this record changes."""
+        return {field: _copy(getattr(self, field)) for field in self.FIELDS}
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "HostRecord":
-        record = cls(str(data["name"]))
-        for field in cls.FIELDS:
-            if field in data and field != "name":
-                setattr(record, field, data[field])
+    def from_dict(cls, data: Any, problems: Optional[List[str]] = None) -> "HostRecord":
+        """A record from saved JSON, every field validated; a bad field keeps its default (and is noted)."""
+        if not isinstance(data, dict):
+            raise ValueError("a host record must be an object")
+        name = RecordSchema.option("name").type.check(data.get("name"))
+        record = cls(name)
+        for field, value in data.items():
+            opt = RecordSchema.option(field) if isinstance(field, str) else None
+            if opt is None or field == "name":
+                continue
+            try:
+                checked = None if value is None and opt.default is None else opt.type.check(value)
+            except ValueError as exc:
+                if problems is not None:
+                    problems.append("host %s: field %r: %s (default used)" % (name, field, exc))
+                continue
+            setattr(record, field, list(checked) if isinstance(checked, tuple) else checked)
         return record
 
 
-class Registry:
-    def __init__(self, path: Optional[str] = None, stale_factor: float = 3.0, save_every: float = 10.0, log=None):
+class RegistryStore:
+    """The registry on disk: a JSON snapshot plus a journal of what was accepted since (one home of the format).
+
+    Journal entries carry a sequence number; the snapshot records the last one
+    it includes, so entries are replayed once, whatever moment a crash hits.
+    """
+
+    def __init__(self, path: str, log: Any = None):
         self.path = path
+        self.journal_path = path + ".journal"
+        self.log = log
+        self.seq = 0  # the last journal sequence number handed out
+        self.unsaved: List[Dict[str, Any]] = []  # journaled entries not yet in a snapshot
+
+    def read(self, problems: List[str]) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
+        """The snapshot (None when missing or unreadable: then it is moved aside) and the journal after it."""
+        snapshot: Optional[Dict[str, Any]] = None
+        if os.path.exists(self.path):
+            try:
+                with open(self.path, "rb") as handle:
+                    snapshot = P.loads_strict(handle.read())
+                if not isinstance(snapshot, dict) or snapshot.get("schema") != SCHEMA:
+                    raise ValueError("not a registry of schema %d" % SCHEMA)
+            except (OSError, ValueError, RecursionError) as exc:
+                aside = "%s.corrupt-%d" % (self.path, int(time.time()))
+                try:
+                    os.replace(self.path, aside)
+                    where = "kept as %s" % aside
+                except OSError as move_exc:
+                    where = "could not be moved aside: %s" % move_exc
+                problems.append("registry %s unreadable (%s), %s" % (self.path, str(exc)[:200], where))
+                snapshot = None
+        done = snapshot.get("seq", 0) if snapshot is not None else 0
+        done = done if isinstance(done, int) and not isinstance(done, bool) else 0
+        self.seq = done
+        entries: List[Dict[str, Any]] = []
+        try:
+            with open(self.journal_path, "rb") as handle:
+                lines = handle.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        except OSError as exc:
+            problems.append("registry journal %s unreadable: %s" % (self.journal_path, exc))
+            lines = []
+        bad = 0
+        for line in lines:
+            try:
+                entry = P.loads_strict(line)
+                seq = entry["seq"]
+                if not isinstance(seq, int) or isinstance(seq, bool):
+                    raise ValueError("bad seq")
+            except (ValueError, KeyError, TypeError, RecursionError):
+                bad += 1  # a torn last line after a crash, or damage: skip it, keep the rest
+                continue
+            self.seq = max(self.seq, seq)
+            if seq > done:
+                entries.append(entry)
+        if bad:
+            problems.append("registry journal %s: %d unreadable entries skipped" % (self.journal_path, bad))
+        self.unsaved = list(entries)
+        return snapshot, entries
+
+    def append(self, entries: List[Dict[str, Any]]) -> None:
+        """Journal entries durably (one write and one fsync for the batch); OSError when the disk refuses."""
+        if not entries:
+            return
+        lines = []
+        for entry in entries:
+            self.seq += 1
+            entry["seq"] = self.seq
+            lines.append(json.dumps(entry, separators=(",", ":"), allow_nan=False))
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            data = ("\n".join(lines) + "\n").encode("utf-8")
+            if os.write(fd, data) != len(data):
+                raise OSError("short write to %s" % self.journal_path)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.unsaved.extend(entries)
+
+    def write_snapshot(self, data: Dict[str, Any]) -> None:
+        """Write a snapshot (``data["seq"]`` says which journal entries it includes); OSError on failure."""
+        atomic_write(self.path, json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+
+    def compact(self, upto: int) -> None:
+        """After a snapshot including entries up to ``upto``: rewrite the journal with the later ones only."""
+        self.unsaved = [entry for entry in self.unsaved if entry["seq"] > upto]
+        if not self.unsaved:
+            try:
+                os.unlink(self.journal_path)
+            except FileNotFoundError:
+                pass
+            return
+        text = "".join(json.dumps(e, separators=(",", ":"), allow_nan=False) + "\n" for e in self.unsaved)
+        atomic_write(self.journal_path, text.encode("utf-8"))
+
+
+class Registry:
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        stale_factor: float = 3.0,
+        save_every: float = 10.0,
+        log=None,
+        max_hosts: int = 100000,
+        register: bool = True,
+        waking_timeout: float = 300.0,
+    ):
+        self.path = path
+        self.store = RegistryStore(path, log) if path else None
         self.stale_factor = stale_factor
         self.save_every = save_every
         self.log = log
+        self.max_hosts = max_hosts
+        self.register = register  # accept reports from hosts the config does not name
+        self.waking_timeout = waking_timeout  # a wake nobody resolved (e.g. across a restart) ends as asleep
         self.hosts: Dict[str, HostRecord] = {}
         self._by_ip: Dict[str, str] = {}
         self._by_mac: Dict[str, str] = {}
         self._dirty = False
         self._urgent = False
         self._saved_at = 0.0
+        self._retry_at = 0.0
         self.listeners: List[Any] = []  # callables(record, old_state, cause) told of every state change
+        self.replay: Dict[str, float] = {}  # per sender, the newest accepted ts (the replay guard's persisted part)
+        self.pending: List[Dict[str, Any]] = []  # accepted, not yet journaled (``commit`` writes them)
+        self.problems: Dict[str, str] = {}  # load / save / journal trouble, shown in /v1/status
+        self.saves = 0
+        self.save_failures = 0
+        self._writer: Optional[threading.Thread] = None
+        self._written: Optional[Tuple[int, float, Optional[str]]] = None  # (seq, when, error) from the writer
 
     # -- lookup -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[HostRecord]:
@@ -160,9 +352,28 @@ class Registry:
         self._dirty = True
         return record
 
-    def accept_report(self, message: Dict[str, Any], sender: Optional[Tuple[str, int]], now: float) -> HostRecord:
-        """Apply one verified engine report."""
+    def admit(self, name: str) -> None:
+        """Refuse a report for a host we may not take: not registered, or the host cap is reached."""
+        if name in self.hosts:
+            return
+        if not self.register:
+            raise Refused("host %s is not in the config and registration is off" % name)
+        if len(self.hosts) >= self.max_hosts:
+            raise Refused("host %s refused: the registry holds max_hosts = %d hosts" % (name, self.max_hosts))
+
+    def accept_report(
+        self, message: Dict[str, Any], sender: Optional[Tuple[str, int]], now: float, journal: bool = True
+    ) -> HostRecord:
+        """Apply one verified, schema-checked engine report (``journal``: queue it for ``commit``)."""
         name = str(message.get("host") or message["from"])
+        self.admit(name)
+        record = self._apply(name, message, sender, now)
+        self._note_replay(message["from"], float(message["ts"]))
+        if journal and self.store is not None:
+            self.pending.append({"report": message, "sender": list(sender) if sender else None, "at": now})
+        return record
+
+    def _apply(self, name: str, message: Dict[str, Any], sender: Optional[Tuple[str, int]], now: float) -> HostRecord:
         record = self.hosts.get(name)
         if record is None:
             record = self.hosts[name] = HostRecord(name)
@@ -179,14 +390,14 @@ class Registry:
         for key in ("next_wake", "idle_seconds", "load", "cpus"):
             if key in message:
                 setattr(record, key, message[key])
-        if isinstance(message.get("interval"), (int, float)) and message["interval"] > 0:
+        if "interval" in message:
             record.interval = float(message["interval"])
-        if isinstance(message.get("macs"), list):
-            record.macs = _merge(record.macs if record.static else [], [str(m).lower() for m in message["macs"]])
-            record.wol = {str(k).lower(): v for k, v in (message.get("wol") or {}).items()}
-        if isinstance(message.get("ips"), list):
-            record.ips = _merge(record.ips if record.static else [], [str(ip) for ip in message["ips"]])
-        if sender is not None and sender[0] not in record.ips:
+        if "macs" in message:
+            record.macs = _merge(record.macs if record.static else [], list(message["macs"]))
+            record.wol = dict(message.get("wol") or {})
+        if "ips" in message:
+            record.ips = _merge(record.ips if record.static else [], list(message["ips"]))
+        if sender is not None and sender[0] not in record.ips and len(record.ips) < P.MAX_IPS:
             record.ips.append(sender[0])
         self._index(record)
         state = str(message.get("state") or P.AWAKE)
@@ -197,6 +408,40 @@ class Registry:
         self.set_state(record, state, "report %s" % message.get("event"), now)
         self._dirty = True
         return record
+
+    def note_sender(self, sender: str, ts: float) -> None:
+        """Remember the time of an accepted message that is not a report (journaled with the next commit)."""
+        self._note_replay(sender, ts)
+        if self.store is not None:
+            self.pending.append({"sender_ts": [sender, ts]})
+
+    def _note_replay(self, sender: str, ts: float) -> None:
+        if ts > self.replay.get(sender, float("-inf")):
+            self.replay[sender] = ts
+
+    def prune_replay(self, now: float, window: float) -> None:
+        """Senders quiet for longer than the clock-skew window need no replay floor any more."""
+        for sender, ts in list(self.replay.items()):
+            if now - ts > window:
+                del self.replay[sender]
+
+    def commit(self) -> bool:
+        """Journal what was accepted since the last commit (before acks go out); False when the disk refuses."""
+        if self.store is None or not self.pending:
+            self.pending = []
+            return True
+        entries, self.pending = self.pending, []
+        try:
+            self.store.append(entries)
+        except OSError as exc:
+            self.problems["journal"] = "cannot journal accepted reports (not acknowledged): %s" % exc
+            if self.log is not None:
+                self.log.error("registry: cannot journal %d accepted reports: %s", len(entries), exc)
+            return False
+        self.problems.pop("journal", None)
+        if len(self.store.unsaved) > JOURNAL_LIMIT:
+            self._urgent = True
+        return True
 
     def set_state(self, record: HostRecord, state: str, cause: str, now: float) -> None:
         if record.state == state:
@@ -212,53 +457,171 @@ class Registry:
             listener(record, old, cause)
 
     def seen(self, record: HostRecord, now: float, cause: str) -> None:
-        """Proof of life without a report (a frame from its MAC, a TCP answer)."""
+        """Proof of life without a report (a confirmed probe, a TCP answer)."""
         record.last_seen = now
         if not record.up:
             self.set_state(record, P.AWAKE, cause, now)
 
     def tick(self, now: float) -> None:
-        """Time-based conclusions: quiet sleepers are asleep/off, quiet up hosts unknown."""
+        """Time-based conclusions: quiet sleepers are asleep/off, quiet up hosts unknown, stuck wakes end."""
         for record in list(self.hosts.values()):
             quiet = now - (record.last_seen or record.since or 0.0)
             if record.state in (P.SUSPENDING, P.HIBERNATING) and quiet > QUIET_TO_ASLEEP:
                 self.set_state(record, P.ASLEEP, "quiet after %s" % record.state, now)
             elif record.state == P.POWERING_OFF and quiet > QUIET_TO_ASLEEP:
                 self.set_state(record, P.OFF, "quiet after powering off", now)
+            elif record.state == P.WAKING and now - record.since > self.waking_timeout:
+                # The wake service resolves its own wakes; this catches any it lost (a restart).
+                self.set_state(record, P.ASLEEP, "wake not confirmed within %ds" % self.waking_timeout, now)
             elif record.up and record.engine and quiet > self.stale_factor * record.interval:
                 self.set_state(record, P.UNKNOWN, "no report for %ds" % quiet, now)
 
     # -- persistence ------------------------------------------------------------------------
-    def save(self, now: float) -> None:
-        if not self.path:
-            return
-        data = {"schema": SCHEMA, "saved": now, "hosts": [r.to_dict() for r in self.hosts.values()]}
-        atomic_write(self.path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
-        self._dirty = False
-        self._urgent = False
-        self._saved_at = now
+    def snapshot(self, now: float) -> Dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "saved": now,
+            "seq": self.store.seq if self.store is not None else 0,
+            "replay": dict(self.replay),
+            "hosts": [r.to_dict() for r in self.hosts.values()],
+        }
 
-    def save_if_due(self, now: float) -> bool:
-        """State changes are written within URGENT_SAVE seconds, heartbeats within save_every."""
-        since = now - self._saved_at
-        if (self._urgent and since >= URGENT_SAVE) or (self._dirty and since >= self.save_every):
-            self.save(now)
+    def save(self, now: float) -> bool:
+        """Write a snapshot now, on this thread (start-up, shutdown, tests); False (and noted) on failure."""
+        if self.store is None:
             return True
-        return False
+        if self._writer is not None and self._writer.is_alive():
+            self._writer.join()  # an older snapshot must never land after this one
+        self._collect(now)
+        self.commit()
+        data = self.snapshot(now)
+        try:
+            self.store.write_snapshot(data)
+        except OSError as exc:
+            self._save_failed(now, str(exc))
+            return False
+        self._save_done(data["seq"], now)
+        return True
+
+    def save_if_due(self, now: float, background: bool = True) -> bool:
+        """State changes are written within URGENT_SAVE seconds, heartbeats within save_every.
+
+        The snapshot is taken here (under the caller's lock); serialising and
+        writing it happen on a background thread, off the packet path.
+        """
+        self._collect(now)
+        if self.store is None or (self._writer is not None and self._writer.is_alive()) or now < self._retry_at:
+            return False
+        since = now - self._saved_at
+        if not ((self._urgent and since >= URGENT_SAVE) or (self._dirty and since >= self.save_every)):
+            return False
+        if not background:
+            return self.save(now)
+        self.commit()
+        data = self.snapshot(now)
+        self._dirty = self._urgent = False  # changes from now on mark it again
+
+        def write() -> None:
+            try:
+                self.store.write_snapshot(data)
+                self._written = (data["seq"], now, None)
+            except Exception as exc:  # OSError (a full disk) above all; whatever it is, the loop hears of it
+                self._written = (data["seq"], now, str(exc) or type(exc).__name__)
+
+        self._writer = threading.Thread(target=write, name="registry-save", daemon=True)
+        self._writer.start()
+        return True
+
+    def wait_saved(self, timeout: float = 10.0) -> None:
+        """Let a background write finish (shutdown, tests)."""
+        if self._writer is not None:
+            self._writer.join(timeout)
+        self._collect(time.time())
+
+    def _collect(self, now: float) -> None:
+        written, self._written = self._written, None
+        if written is None:
+            return
+        seq, when, error = written
+        if error is None:
+            self._save_done(seq, when, background=True)
+        else:
+            self._dirty = self._urgent = True  # what it held is still unsaved: retry soon
+            self._save_failed(when, error)
+
+    def _save_done(self, seq: int, now: float, background: bool = False) -> None:
+        if not background:  # a background snapshot was taken earlier: changes since then stay due
+            self._dirty = self._urgent = False
+        self._saved_at = now
+        self._retry_at = 0.0
+        self.saves += 1
+        self.problems.pop("save", None)
+        try:
+            self.store.compact(seq)
+        except OSError as exc:
+            self.problems["journal"] = "cannot compact the journal: %s" % exc
+
+    def _save_failed(self, now: float, error: str) -> None:
+        self.save_failures += 1
+        self._retry_at = now + SAVE_RETRY
+        self.problems["save"] = "saving %s failed (retrying every %ds): %s" % (self.path, SAVE_RETRY, error)
+        if self.log is not None:
+            self.log.error("registry: %s", self.problems["save"])
 
     def load(self) -> int:
-        """Read the saved registry (a missing file is an empty registry); returns the host count."""
-        if not self.path or not os.path.exists(self.path):
+        """Read the snapshot and replay the journal; what cannot be read is noted, never fatal. Returns the count."""
+        if self.store is None:
             return 0
-        with open(self.path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        if data.get("schema") != SCHEMA:
-            raise ValueError("%s: unknown registry schema %r" % (self.path, data.get("schema")))
-        for item in data.get("hosts", ()):
-            record = HostRecord.from_dict(item)
-            self.hosts[record.name] = record
+        problems: List[str] = []
+        snapshot, entries = self.store.read(problems)
+        if snapshot is not None:
+            replay = snapshot.get("replay")
+            if isinstance(replay, dict):
+                for sender, ts in replay.items():
+                    if isinstance(sender, str) and isinstance(ts, (int, float)) and not isinstance(ts, bool):
+                        self.replay[sender] = float(ts)
+            items = snapshot.get("hosts")
+            for item in items if isinstance(items, list) else ():
+                try:
+                    record = HostRecord.from_dict(item, problems)
+                except ValueError as exc:
+                    problems.append("a saved host record was dropped: %s" % str(exc)[:200])
+                    continue
+                self.hosts[record.name] = record
         self._reindex()
+        for entry in entries:
+            self._replay_entry(entry, problems)
+        self.pending = []
+        for problem in problems[:20]:  # a registry full of bad records must not flood the log
+            if self.log is not None:
+                self.log.error("registry: %s", problem)
+        if len(problems) > 20 and self.log is not None:
+            self.log.error("registry: %d more problems not shown", len(problems) - 20)
+        if problems:
+            self.problems["load"] = "; ".join(problems)[:2000]
         return len(self.hosts)
+
+    def _replay_entry(self, entry: Dict[str, Any], problems: List[str]) -> None:
+        if "sender_ts" in entry:
+            try:
+                sender, ts = entry["sender_ts"]
+                if isinstance(sender, str) and isinstance(ts, (int, float)) and not isinstance(ts, bool):
+                    self.replay[sender] = max(float(ts), self.replay.get(sender, float("-inf")))
+            except (TypeError, ValueError):
+                problems.append("a journal entry was dropped (bad sender_ts)")
+            return
+        try:
+            message = P.check_message(entry.get("report"))
+            sender = entry.get("sender")
+            address = tuple(P.PeerAddress().check(sender)) if sender is not None else None
+            at = P.TIME.check(entry.get("at"))
+            name = str(message.get("host") or message["from"])
+            if name not in self.hosts:
+                self.admit(name)
+            self._apply(name, message, address, at)
+            self._note_replay(message["from"], float(message["ts"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append("a journal entry was dropped: %s" % str(exc)[:200])
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -284,6 +647,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
 
 
 def _merge(first: List[Any], second: List[Any]) -> List[Any]:

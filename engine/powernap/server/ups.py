@@ -57,6 +57,8 @@ def read_ups(host: str, port: int, ups: str, username: str, password: str, timeo
         charge = float(values["battery.charge"]) if values.get("battery.charge") else None
     except ValueError:
         charge = None
+    if charge is not None and not 0.0 <= charge <= 100.0:
+        charge = None  # NaN, infinity or nonsense: as if the UPS did not report a charge
     return str(values["ups.status"]).split(), charge, "ok"
 
 
@@ -76,9 +78,13 @@ class UpsPoller:
     def _run(self) -> None:
         opts = self.opts
         while not self._stop.is_set():
-            self.latest = read_ups(
-                opts["host"], opts["port"], opts["ups"], opts["username"], opts["password"], opts["timeout"]
-            )
+            try:
+                self.latest = read_ups(
+                    opts["host"], opts["port"], opts["ups"], opts["username"], opts["password"], opts["timeout"]
+                )
+            except Exception as exc:  # a dead poller would leave the last reading standing forever
+                self.log.warning("UPS poll failed: %s", exc)
+                self.latest = (None, None, "poll failed: %s" % type(exc).__name__)
             self._stop.wait(opts["poll"])
 
     def close(self) -> None:

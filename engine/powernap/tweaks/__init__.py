@@ -14,9 +14,10 @@ from .base import (
     common_options,
     platform_denies,
 )
-from .powersave import DEFAULT_RECORD_PATH, PowersaveSet, check_wol_guard, default_record_path
+from .powersave import DEFAULT_RECORD_PATH, PowersaveSet, check_wol_guard, default_record_path, recover_leftovers
 
 __all__ = [
+    "recover_leftovers",
     "DEFAULT_RECORD_PATH",
     "CommandChange",
     "CommandResult",

@@ -129,6 +129,35 @@ class PowersaveSet:
         self._record = record
         return self.restore()
 
+    def take_over(self, old: "PowersaveSet") -> List[Dict[str, str]]:
+        """Reload during powersave: only the difference.
+
+        Tweaks ``old`` applied that this set has with the same type and options
+        (and still allows) stay as they are, so a ``services`` tweak is not
+        stopped and started again; the others are restored; new ones are
+        applied.  The record moves here (a new ``state_dir`` included).
+        """
+        if old._record is None:
+            return []
+        mine = {tweak.name: tweak for tweak in self.tweaks}
+        theirs = {tweak.name: tweak for tweak in old.tweaks}
+        self.power_source = old.power_source
+        results = []
+        for name in reversed(old._tweak_names_in_record()):
+            new, was = mine.get(name), theirs.get(name)
+            same = new is not None and was is not None and type(new) is type(was) and new.options == was.options
+            if not same or self._skip_reason(new) is not None:
+                results.append(old._restore_one(name))
+        self._record, old._record = old._record, None
+        self._record["pid"] = os.getpid()
+        results.extend(self.apply(self.power_source))
+        if old.record_path != self.record_path and not self.dry_run:
+            try:
+                os.unlink(old.record_path)
+            except FileNotFoundError:
+                pass
+        return results
+
     def apply(self, power_source: Optional[str] = None) -> List[Dict[str, str]]:
         """Apply every tweak that is enabled, allowed and fits the power source."""
         results: List[Dict[str, str]] = []
@@ -411,6 +440,11 @@ class PowersaveSet:
             os.unlink(self.record_path)
         except FileNotFoundError:
             pass
+
+
+def recover_leftovers(root: SysRoot, record_path: str, log: logging.Logger, dry_run: bool = False):
+    """Undo a crashed run's powersave from its record alone: no tweak, no config needed."""
+    return PowersaveSet([], root, record_path, log, dry_run=dry_run).recover()
 
 
 def _result(name: str, status: str, detail: str) -> Dict[str, str]:

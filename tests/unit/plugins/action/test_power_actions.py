@@ -91,7 +91,7 @@ def test_power_info_keeps_bmc_options_on_the_controller():
     (call,) = action._execute_module.call_args_list
     sent = call.kwargs["module_args"]
     assert sent == {"server_timeout": 2.0}
-    assert result["bmc"] == {"present": False, "configured": True}
+    assert result["bmc"] == {"present": False, "configured": True, "protocol": "ipmi"}
     assert SECRET not in json.dumps(result)
 
 

@@ -81,3 +81,21 @@ def test_verdict_names_each_reason_once():
     hostvars = {"h": {"r": {"engine": engine, "verdict": {"denied": denied}}}}
     row = status_table(["h"], hostvars, "r")[2]
     assert row.endswith("denied: hibernate, hybrid-sleep (no swap); poweroff (nas)")
+
+
+def test_multi_line_texts_stay_on_their_row():
+    hostvars = {
+        "nas": {
+            "info": {
+                "engine": {"present": True, "running": True, "state": "awake", "idle_seconds": 5},
+                "verdict": {"denied": {"suspend": "systemctl said:\nFailed to connect to bus\n  (no systemd)"}},
+            }
+        },
+        "web1": {"info": {"failed": True, "msg": "systemctl failed:\nJob for x.service failed."}},
+    }
+    lines = status_table(["nas", "web1"], hostvars, "info")
+    assert len(lines) == 4
+    assert lines[2].startswith("nas") and lines[2].endswith(
+        "denied: suspend (systemctl said: Failed to connect to bus (no systemd))"
+    )
+    assert lines[3].startswith("web1") and lines[3].endswith("systemctl failed:")

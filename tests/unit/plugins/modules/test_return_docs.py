@@ -70,6 +70,8 @@ def receiver():
 
 
 class FakeBmc:
+    name = "ipmi"
+
     def __init__(self, state):
         self.state = state
 
