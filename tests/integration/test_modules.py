@@ -216,7 +216,8 @@ def test_power_info_reports_the_lab_host(lab):
     assert all(n["mac"] != lab.host("h3")["mac"] for n in info["nics"])
     assert info["engine"] == {"present": False}
     assert "verdict" not in info
-    assert info["bmc"] == {"present": False, "configured": True}  # powernap_bmc_host is in the inventory
+    # powernap_bmc_host is in the inventory; the BMC itself is asked only with bmc_query.
+    assert info["bmc"] == {"present": False, "configured": True, "protocol": "ipmi"}
 
 
 # -- with the engine installed (by the collection's own site playbook) ----------------------------------
