@@ -123,6 +123,22 @@ class ActionModule(PowerActionBase):
         if not result["confirmed_down"]:
             raise PowerError("Timed out waiting for the BMC to report power off after %ds" % params["timeout"])
 
+    def _pipelining(self, value):
+        """Set the connection's pipelining (when it has the option); returns the value it had.
+
+        The nap module schedules the host's sleep seconds after it returns, so nothing may follow it over
+        the connection: without pipelining, Ansible removes the module's temporary directory with one more
+        command, which hangs on a host that has just gone to sleep.  Pipelining needs no such directory.
+        """
+        if value is None:
+            return None
+        try:
+            original = self._connection.get_option("pipelining")
+            self._connection.set_option("pipelining", value)
+        except (KeyError, AnsibleError):
+            return None
+        return original
+
     def _wait_bmc_off(self, bmc, until):
         """Poll the BMC until it reports power off or ``until`` passes; the last state seen."""
         state = bmc.power_query()
@@ -156,10 +172,13 @@ class ActionModule(PowerActionBase):
             # Not even TCP answers: do not wait out an SSH timeout (or a stale multiplexed session).
             module_result = {"unreachable": True, "msg": "no answer on %s:%s" % (params["address"], params["ssh_port"])}
         else:
+            original = self._pipelining(True)
             try:
                 module_result = self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
             except AnsibleConnectionFailure as exc:
                 module_result = {"unreachable": True, "msg": str(exc)}
+            finally:
+                self._pipelining(original)
         module_result.pop("invocation", None)
         if module_result.get("unreachable"):
             if answers:
@@ -170,7 +189,7 @@ class ActionModule(PowerActionBase):
             # Never reached: nothing was done. Success only when the BMC confirms the host is down.
             if params["state"] in DOWN_STATES and self._bmc_confirms_off(params, result):
                 result.pop("bmc_error", None)
-                result.update(confirmed_down=True, msg="already off (unreachable, and the BMC reports power off)")
+                result.update(confirmed_down=True, msg="already down (unreachable, and the BMC reports power off)")
                 return
             why = result.pop("bmc_error", None) or (
                 "the BMC reports power %s" % result["bmc_power"] if result.get("bmc_power") else "no BMC to ask"

@@ -15,6 +15,8 @@ description:
     connection, or a host whose C(/etc/machine-id) is the controller's); other hosts at a loopback address (a
     port-forwarded VM) are napped like any other.
   - A host that cannot be reached counts as down only when its BMC reports power off (then C(changed=false)).
+  - Over the engine the module runs pipelined where the connection allows it, because nothing may follow it over
+    the connection once the host is about to sleep.
 author:
   - powernap.fleet maintainers (@powernap-fleet)
 extends_documentation_fragment:

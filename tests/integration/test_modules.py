@@ -6,6 +6,7 @@ byte for byte with the standard magic packet.
 """
 
 import json
+import re
 import struct
 import time
 
@@ -49,6 +50,8 @@ def module(lab, pattern, name, args, check=True, timeout=240):
         if " | " in line and "=> " in line:
             host = line.split(" | ")[0].strip()
             results[host] = json.loads(line.split("=> ", 1)[1])
+            if "FAILED!" in line.split("=> ", 1)[0]:
+                results[host].setdefault("failed", True)  # the oneline callback drops the key
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert results, proc.stdout + proc.stderr
@@ -182,6 +185,28 @@ def test_unreachable_bmc_fails_within_the_deadline(lab):
     assert elapsed < 30
 
 
+def test_timeout_is_a_hard_limit_over_the_bmc_timeout(lab):
+    """The issue's case: timeout=1 with bmc_timeout=4 against a BMC that never answers took 4 s."""
+    started = time.monotonic()
+    result = module(
+        lab,
+        "localhost",
+        "wake",
+        {
+            "method": "ipmi",
+            "bmc_host": "198.19.0.99",
+            "bmc_user": "admin",
+            "bmc_password": "x",
+            "timeout": 1,
+            "bmc_timeout": 4,
+        },
+        check=False,
+    )["localhost"]
+    assert result["failed"] is True and result["error"] == "connection"
+    assert result["elapsed"] < 1.5, result
+    assert time.monotonic() - started < 30
+
+
 def test_power_info_reports_the_lab_host(lab):
     lab.exec("h3", "test ! -e /usr/local/bin/powernap")  # h3 never gets the engine in this file
     info = module(lab, "h3", "power_info", {})["h3"]
@@ -191,7 +216,8 @@ def test_power_info_reports_the_lab_host(lab):
     assert all(n["mac"] != lab.host("h3")["mac"] for n in info["nics"])
     assert info["engine"] == {"present": False}
     assert "verdict" not in info
-    assert info["bmc"] == {"present": False, "configured": True}  # powernap_bmc_host is in the inventory
+    # powernap_bmc_host is in the inventory; the BMC itself is asked only with bmc_query.
+    assert info["bmc"] == {"present": False, "configured": True, "protocol": "ipmi"}
 
 
 # -- with the engine installed (by the collection's own site playbook) ----------------------------------
@@ -246,8 +272,10 @@ def test_power_info_reports_the_engine_facts(engine_lab):
     assert engine["state"] in ("awake", "grace", "napping")
     assert isinstance(engine["idle_seconds"], (int, float)) and isinstance(engine["version"], str)
     assert isinstance(engine["powersave"], dict)
-    # platform comes from the engine's own view: the lab config declares the hosts physical.
-    assert info["platform"] == "physical"
+    # The engine's own view: the detected platform, and the verdict that the lab's platform override allows.
+    assert info["platform"] == "container" and info["virt"] == "systemd-nspawn"
+    status = json.loads(lab.exec("h1", ["powernap", "status", "--json"]).stdout)
+    assert engine["version"] == status["version"] and info["verdict"] == status["verdict"]
     assert isinstance(info["verdict"]["allowed_actions"], list) and "suspend" in info["verdict"]["allowed_actions"]
     lab.exec("h1", "systemctl stop powernapd")
     try:
@@ -274,9 +302,10 @@ def test_power_info_never_ships_bmc_credentials_to_the_host(engine_lab):
     assert proc.returncode == 0, proc.stdout[-4000:]
     with open(book + ".out", encoding="utf-8") as handle:
         info = json.load(handle)
-    sent = info["invocation"]["module_args"]
-    assert not [key for key in sent if key.startswith("bmc_")], sent
     assert info["bmc"]["configured"] is True
+    # -vvv shows the arguments the module received on the host: no BMC option among them.
+    assert '"module_args"' in proc.stdout
+    assert '"bmc_user": "admin"' not in proc.stdout and "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" not in proc.stdout
     assert secret not in proc.stdout + proc.stderr
 
 
@@ -291,6 +320,7 @@ def test_hwlist_module_validates_changes_and_removes_only_on_request(engine_lab)
     lab = engine_lab
     entry = {"name": "itest-s3", "match": {"kernel": "*"}, "actions": ["suspend"], "reason": "itest"}
     path = "/etc/powernap/hardware.d/itest.conf"
+    lab.exec("h1", ["rm", "-f", path])
     first = module(lab, "h1", "hwlist", {"name": "itest", "entries": [entry]})["h1"]
     assert first["changed"] is True and first["entries"] == ["deny.itest-s3"]
     assert "suspend" in first["verdict"]["denied"]
@@ -329,15 +359,20 @@ def test_hwlists_playbook_pushes_the_fleet_list(engine_lab):
 def test_nap_and_wake_playbooks_round_trip(engine_lab, lab_reset):
     lab = engine_lab
     proc = playbook(lab, "nap", "-e", "powernap_hosts=h2", "-e", "powernap_nap_timeout=90")
-    assert "confirmed_down" in proc.stdout
+    # The playbook's summary table: HOST OUTCOME VIA ACTION CONFIRMED_DOWN ELAPSED
+    assert re.search(r"h2\s+changed\s+engine\s+suspend\s+yes\s", proc.stdout), proc.stdout[-3000:]
     lab.wait_power("h2", "suspended", timeout=30)
     assert [e for e in lab.events(host="h2", event="power") if e["to"] == "suspended"][-1]["cause"] == "engine"
-    # nap again: the host is asleep and unreachable, its BMC still says on -> not confirmed down: a failure.
-    again = playbook(lab, "nap", "-e", "powernap_hosts=h2", "-e", "powernap_nap_timeout=20", check=False)
-    assert again.returncode != 0 and "nothing confirms it is down" in again.stdout
+    # nap again: unreachable, and the lab's BMC reports a sleeping host off: down, and nothing to do.
+    again = playbook(lab, "nap", "-e", "powernap_hosts=h2", "-e", "powernap_nap_timeout=20")
+    assert re.search(r"h2\s+ok\s+engine\s+\S+\s+yes\s", again.stdout), again.stdout[-3000:]
+    # Without a BMC nothing confirms that the unreachable host is down: a failure, not a success.
+    blind = playbook(lab, "nap", "-e", "powernap_hosts=h2", "-e", "powernap_bmc_host=", check=False)
+    assert blind.returncode != 0 and "nothing confirms it is down" in blind.stdout
     proc = playbook(lab, "wake", "-e", "powernap_hosts=h2", "-e", "powernap_wake_timeout=120")
     assert lab.power_state("h2") == "on"
-    assert "'confirmed': True" in proc.stdout or '"confirmed": true' in proc.stdout
+    # HOST OUTCOME STATE_BEFORE WOKEN_BY CONFIRMED ELAPSED
+    assert re.search(r"h2\s+changed\s+down\s+\S+\s+yes\s", proc.stdout), proc.stdout[-3000:]
 
 
 def test_nap_of_an_off_host_is_success_without_change(lab_reset):

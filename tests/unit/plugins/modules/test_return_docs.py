@@ -24,7 +24,8 @@ COMMON_KEYS = {"changed", "failed", "msg", "invocation", "warnings", "deprecatio
 PATH_INFO_KEYS = {"uid", "gid", "owner", "group", "mode", "state", "size", "secontext"}
 
 
-def check_against(result, doc, where, always=True, common=COMMON_KEYS):
+def check_against(result, doc, where, always=True, common=None):
+    common = COMMON_KEYS if common is None else common
     extra = set(result) - set(doc) - common
     assert not extra, "%s returns undocumented key(s) %s: %s" % (where, sorted(extra), result)
     if always and not result.get("failed"):
