@@ -220,15 +220,3 @@ def config_errors(output, ini_text):
         where = " ".join(part for part in (section, at) if part)
         described.append("%s: %s" % (where, match.group("message")) if where else match.group("message"))
     return described
-
-
-class FilterModule:
-    """Profile inheritance, overrides and INI rendering for the powernap role."""
-
-    def filters(self):
-        return {
-            "profile_chain": profile_chain,
-            "resolve_profile": resolve_profile,
-            "to_ini": to_ini,
-            "config_errors": config_errors,
-        }
