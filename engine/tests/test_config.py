@@ -204,3 +204,18 @@ def test_bad_intervals_are_rejected(tmp_path, text):
     path = write(tmp_path, "[powernap]\ninterval = %s\n[monitor.load]\n[stage.1]\nafter=1m\naction=powersave\n" % text)
     got = messages(load_config([path])[1])
     assert len(got) == 1 and got[0].startswith("%s:2: option 'interval'" % path)
+
+
+@pytest.mark.parametrize("url", ["https://powerwaked.example.net:8443", "tcp://fleet:7490", "udp://"])
+def test_check_config_refuses_a_server_url_the_reporter_cannot_use(tmp_path, capsys, url):
+    path = write(tmp_path, GOOD + "\n[server]\nurl = %s\ntoken = t0ken\n" % url)
+    assert cli_main(["check-config", path]) == 1
+    out = capsys.readouterr().out
+    assert "option 'url'" in out and "use udp://HOST[:PORT] or http://HOST[:PORT]" in out
+    assert "t0ken" not in out
+
+
+@pytest.mark.parametrize("url", ["udp://fleet:7490", "http://fleet:7490", "fleet", ""])
+def test_check_config_takes_every_server_url_the_reporter_uses(tmp_path, url):
+    config, errors = load_config([write(tmp_path, GOOD + "\n[server]\nurl = %s\n" % url)])
+    assert errors == []

@@ -87,7 +87,7 @@ def _check_value(value, where):
     if isinstance(value, (list, tuple)):
         for item in value:
             if isinstance(item, (list, tuple, dict)) or item is None:
-                raise AnsibleFilterError("%s: list items must be plain values, not %r" % (where, item))
+                raise AnsibleFilterError("%s: list items must be plain values, not %s" % (where, type(item).__name__))
             _check_value(item, where)
         return
     raise AnsibleFilterError("%s: expected a string, number, boolean or list, not %s" % (where, type(value).__name__))
