@@ -20,6 +20,7 @@ from . import ini
 from .actions import ACTIONS, CUSTOM, POWERSAVE, ActionsSection
 from .errors import ConfigError
 from .options import Boolean, Choice, Declared, Duration, Option, String, registry
+from .server.protocol import parse_server_url
 from .sysroot import SysRoot
 
 DEFAULT_CONFIG = "/etc/powernap/powernap.conf"
@@ -126,6 +127,17 @@ class StageSection(Declared):
     )
 
 
+class ServerUrl(String):
+    """A fleet server address the reporter can use: the reporter's own parser judges it, so check-config
+    refuses exactly what the engine would refuse at run time (an https:// URL, for one)."""
+
+    def parse(self, text: str) -> str:
+        value = super().parse(text)
+        if value:
+            parse_server_url(value)
+        return value
+
+
 class ServerSection(Declared):
     """[server]: optional reporting of state changes to a powerwaked fleet server."""
 
@@ -134,7 +146,7 @@ class ServerSection(Declared):
     OPTIONS = (
         Option(
             "url",
-            String(),
+            ServerUrl(),
             default="",
             doc="Fleet server (powerwaked): udp://HOST[:PORT] (default port 7490); empty: found by DNS-SD.",
         ),

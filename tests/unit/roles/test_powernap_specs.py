@@ -68,8 +68,10 @@ def test_every_variable_is_prefixed_and_every_role_variable_used_is_declared():
             for name in files:
                 with open(os.path.join(base, name), encoding="utf-8") as handle:
                     used.update(re.findall(r"(?<![\w'])powernap_[a-z_]+", handle.read()))
-    # powernap_wol_macs is the fact the role sets for the wake side.
-    assert used - {"powernap_wol_macs"} <= set(declared), sorted(used - set(declared))
+    # powernap_wol_macs is the fact the role sets for the wake side; powernap_config_ is the prefix of the
+    # per-group override variables (powernap_config_<name>), documented under powernap_config.
+    assert used - {"powernap_wol_macs", "powernap_config_"} <= set(declared), sorted(used - set(declared))
+    assert "powernap_config_<name>" in declared["powernap_config"]["description"][1]
 
 
 def test_readme_variable_table_is_generated_from_the_specs():

@@ -1,15 +1,21 @@
 # Copyright: (c) 2026, powernap.fleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The engine release the role installs (plugins/filter/engine.py)."""
+"""The engine release the role installs, and the secret options of its tables (plugins/plugin_utils/engine.py)."""
 
 import os
 
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.powernap.fleet.plugins.filter.engine import engine_manifest
+from ansible_collections.powernap.fleet.plugins.plugin_utils.engine import (
+    MASK,
+    engine_manifest,
+    mask_secrets,
+    secret_option_names,
+)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+ENGINE_DIR = os.path.join(REPO, "engine")
 
 
 def make_engine(root):
@@ -65,3 +71,28 @@ def test_the_real_engine_ships_the_magic_packet_as_a_file():
     assert "powernap/magic_packet.py" in paths
     assert "powernap/cli.py" in paths
     assert not [p for p in paths if "__pycache__" in p or p.startswith("tests/")]
+
+
+def test_secret_options_come_from_the_engine_option_tables():
+    names = secret_option_names(ENGINE_DIR)
+    # Every option the engine's and powerwaked's tables declare secret=True, and only those.
+    assert {"token", "password", "secureon", "secret", "bmc_password"} <= names
+    assert not names & {"url", "user", "username", "bmc_user", "host", "type"}
+
+
+def test_mask_secrets_hides_every_secret_value_and_nothing_else():
+    sections = {
+        "server": {"url": "udp://10.0.0.1:7490", "token": "fleet-token"},
+        "monitor.ups": {"type": "nut", "user": "monuser", "password": "nut-pass"},
+        "monitor.wake": {"type": "wol", "secureon": "01:02:03:04:05:06"},
+        "monitor.ssh": {"type": "tcp", "ports": 22},
+        "monitor.none": None,
+        "monitor.empty": {"type": "nut", "password": ""},
+    }
+    masked = mask_secrets(sections, ENGINE_DIR)
+    assert masked["server"] == {"url": "udp://10.0.0.1:7490", "token": MASK}
+    assert masked["monitor.ups"] == {"type": "nut", "user": "monuser", "password": MASK}
+    assert masked["monitor.wake"]["secureon"] == MASK
+    assert masked["monitor.ssh"] == sections["monitor.ssh"]
+    assert masked["monitor.none"] is None and masked["monitor.empty"]["password"] == ""
+    assert sections["server"]["token"] == "fleet-token"  # the input is not changed

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.powernap.fleet.plugins.filter.profile import (
+from ansible_collections.powernap.fleet.plugins.plugin_utils.profile import (
     config_errors,
     format_value,
     profile_chain,

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The fleet tables of status.yml, wake.yml and nap.yml (plugins/filter/status.py)."""
 
-from ansible_collections.powernap.fleet.plugins.filter.status import human_duration, play_summary, status_table
+from ansible_collections.powernap.fleet.plugins.plugin_utils.status import human_duration, play_summary, status_table
 
 
 def test_human_duration():

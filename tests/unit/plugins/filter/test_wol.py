@@ -1,11 +1,12 @@
 # Copyright: (c) 2026, powernap.fleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Picking the NICs to enable Wake-on-LAN on from ethtool output (plugins/filter/wol.py)."""
+"""Picking the NICs to enable Wake-on-LAN on from ethtool output, and the SecureOn password ethtool sets
+(plugins/plugin_utils/wol.py)."""
 
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.powernap.fleet.plugins.filter.wol import wol_nics
+from ansible_collections.powernap.fleet.plugins.plugin_utils.wol import secureon_sopass, wol_nics
 
 ETHTOOL = """Settings for {name}:
 \tSupported ports: [ TP ]
@@ -52,6 +53,20 @@ def test_secureon_needs_s_support_and_the_right_password():
     assert wol_nics([result("eno1", supports="g")], FACTS, "01:02:03:04:05:06") == []
 
 
-def test_secureon_in_another_form_is_refused():
-    with pytest.raises(AnsibleFilterError, match="6-byte SecureOn"):
-        wol_nics([result("eno1")], FACTS, "192.168.1.1")
+def test_secureon_takes_every_form_the_wake_module_sends():
+    # One parser (module_utils/magic_packet.py) for the role and the wake module.
+    assert secureon_sopass("01-02-03-04-05-0A") == "01:02:03:04:05:0a"
+    assert secureon_sopass("0102030405 0a") == "01:02:03:04:05:0a"
+    assert secureon_sopass(None) == secureon_sopass("") == ""
+    # 4 bytes: ethtool cannot set it on a NIC, which then wakes on the plain magic packet.
+    assert secureon_sopass("192.168.1.1") == ""
+    nics = wol_nics([result("eno1", supports="pumbg")], FACTS, "192.168.1.1")
+    assert nics[0]["wanted"] == "g"
+
+
+@pytest.mark.parametrize("bad", ["s3cr3t-passw0rd", "300.1.1.1", "01:02:03:04:05"])
+def test_a_bad_secureon_is_refused_without_showing_it(bad):
+    with pytest.raises(AnsibleFilterError) as caught:
+        wol_nics([result("eno1")], FACTS, bad)
+    assert "powernap_secureon" in str(caught.value)
+    assert bad not in str(caught.value)

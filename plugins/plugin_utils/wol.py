@@ -7,10 +7,11 @@ import re
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_text
 
+from ansible_collections.powernap.fleet.plugins.module_utils.magic_packet import format_mac, parse_secureon
+
 _SUPPORTS_RE = re.compile(r"^\s*Supports Wake-on:\s*(\S+)", re.MULTILINE)
 _CURRENT_RE = re.compile(r"^\s*Wake-on:\s*(\S+)", re.MULTILINE)
 _SOPASS_RE = re.compile(r"^\s*SecureOn password:\s*(\S+)", re.MULTILINE)
-_SECUREON_RE = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
 MAGIC = "g"
 SECUREON = "s"
 
@@ -20,21 +21,31 @@ def _mac_of(facts, name):
     return to_text(entry.get("macaddress") or "").lower()
 
 
+def secureon_sopass(secureon):
+    """The SecureOn password as ``ethtool -s IF sopass`` takes it, or "" when the NIC cannot hold it.
+
+    Parsed by the same function as the wake module's packets (module_utils/magic_packet.py): 6 bytes
+    (MAC style or 12 hex digits) or 4 bytes (a.b.c.d or 8 hex digits).  ethtool sets only 6-byte passwords
+    on a NIC, so a 4-byte one gives "" (the NIC wakes on the plain magic packet, which the wake module
+    still sends with the 4 bytes appended).  Errors never echo the value: it is a secret.
+    """
+    if secureon is None or to_text(secureon).strip() == "":
+        return ""
+    try:
+        raw = parse_secureon(to_text(secureon))
+    except ValueError as exc:
+        raise AnsibleFilterError("powernap_secureon: %s" % exc) from None
+    return format_mac(raw) if len(raw) == 6 else ""
+
+
 def wol_nics(ethtool_results, facts=None, secureon=None):
     """NICs that support magic-packet wake, from the ``results`` of a looped ``command: ethtool IF``.
 
     Each item: ``name``, ``mac`` (from facts), ``supports`` and ``current`` (ethtool's letters), ``wanted``
-    (``g``, or ``gs`` with a SecureOn password) and ``change`` (whether ``ethtool -s IF wol ...`` must run).
+    (``g``, or ``gs`` with a 6-byte SecureOn password) and ``change`` (whether ``ethtool -s IF wol ...`` must run).
     NICs whose ethtool call failed or that do not list ``g`` under "Supports Wake-on" are left out.
     """
-    if secureon:
-        secureon = to_text(secureon).strip()
-        if not _SECUREON_RE.match(secureon):
-            raise AnsibleFilterError(
-                "powernap_secureon %r: ethtool sets a 6-byte SecureOn password written like a MAC "
-                "(xx:xx:xx:xx:xx:xx)" % secureon
-            )
-        secureon = secureon.replace("-", ":").lower()
+    secureon = secureon_sopass(secureon)
     wanted = MAGIC + SECUREON if secureon else MAGIC
     nics = []
     for result in ethtool_results or []:
@@ -62,10 +73,3 @@ def wol_nics(ethtool_results, facts=None, secureon=None):
             }
         )
     return nics
-
-
-class FilterModule:
-    """Wake-on-LAN facts for the powernap role."""
-
-    def filters(self):
-        return {"wol_nics": wol_nics}

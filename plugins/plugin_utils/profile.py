@@ -87,7 +87,7 @@ def _check_value(value, where):
     if isinstance(value, (list, tuple)):
         for item in value:
             if isinstance(item, (list, tuple, dict)) or item is None:
-                raise AnsibleFilterError("%s: list items must be plain values, not %r" % (where, item))
+                raise AnsibleFilterError("%s: list items must be plain values, not %s" % (where, type(item).__name__))
             _check_value(item, where)
         return
     raise AnsibleFilterError("%s: expected a string, number, boolean or list, not %s" % (where, type(value).__name__))
@@ -220,15 +220,3 @@ def config_errors(output, ini_text):
         where = " ".join(part for part in (section, at) if part)
         described.append("%s: %s" % (where, match.group("message")) if where else match.group("message"))
     return described
-
-
-class FilterModule:
-    """Profile inheritance, overrides and INI rendering for the powernap role."""
-
-    def filters(self):
-        return {
-            "profile_chain": profile_chain,
-            "resolve_profile": resolve_profile,
-            "to_ini": to_ini,
-            "config_errors": config_errors,
-        }

@@ -129,10 +129,3 @@ def play_summary(hosts, hostvars, var, fields):
             outcome = "changed" if result.get("changed") else "ok"
         rows.append(tuple([host, outcome] + [_cell(result.get(f)) for f in fields]))
     return _table(headers, rows)
-
-
-class FilterModule:
-    """Fleet status table for playbooks/status.yml."""
-
-    def filters(self):
-        return {"status_table": status_table, "play_summary": play_summary, "human_duration": human_duration}
