@@ -17,8 +17,7 @@ from ansible_collections.powernap.fleet.plugins.module_utils.power import UNKNOW
 from ansible_collections.powernap.fleet.plugins.module_utils.redfish import POWER_STATES
 
 # Options that never leave the controller.
-CONTROLLER_SPEC = dict(BMC_SPEC, **REDFISH_SPEC)
-CONTROLLER_SPEC["bmc_query"] = {"type": "bool", "default": False}
+CONTROLLER_SPEC = dict(BMC_SPEC, bmc_query={"type": "bool", "default": False}, **REDFISH_SPEC)
 
 MODULE = "powernap.fleet.power_info"
 
