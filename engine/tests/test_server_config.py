@@ -4,6 +4,7 @@ from powernap.server.config import load_config
 
 GOOD = """[powerwaked]
 secret = 0123456789abcdef-fleet
+listen = 198.18.0.1
 interface = br0
 wol_transport = raw
 
@@ -64,7 +65,7 @@ def test_secret_from_a_file_and_dropins_win(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("from-the-vault-0123456789\n")
     main = tmp_path / "powerwaked.conf"
-    main.write_text("[powerwaked]\nsecret_file = %s\nport = 7000\n" % secret)
+    main.write_text("[powerwaked]\nsecret_file = %s\nlisten = 127.0.0.1\nport = 7000\n" % secret)
     dropins = tmp_path / "powerwaked.d"
     dropins.mkdir()
     (dropins / "10-port.conf").write_text("[powerwaked]\nport = 7001\n")

@@ -22,20 +22,25 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__
 from ..clock import Clock
+from ..daemon import sd_notify, watchdog_interval
+from ..fleet_keys import host_key
 from ..magic_packet import format_mac
 from . import mdns
 from . import protocol as P
-from .api import ApiServer
+from .api import ApiServer, tls_context
 from .cluster import ClusterPolicy, UrlLoad
 from .config import DEFAULT_CONFIG, ServerConfig, config_files, insecure_mode, load_config
 from .fleet import Fleet
+from .netinfo import NetView
 from .proxy import RawListener, SleepProxy
 from .registry import Registry
 from .schedule import SchedulePolicy, earliest
+from .trust import ClaimFilter
 from .ups import UpsPolicy, UpsPoller
 from .wake import WolSender, interface_mac
 
 TICK = 0.25
+NET_REFRESH = 60.0  # seconds between re-reads of our addresses, gateways and links
 
 
 class Server:
@@ -45,6 +50,7 @@ class Server:
         clock: Optional[Clock] = None,
         log: Optional[logging.Logger] = None,
         api: bool = True,
+        net: Optional[NetView] = None,
     ):
         self.config = config
         self.clock = clock or Clock()
@@ -53,7 +59,9 @@ class Server:
         self.want_api = api
         opts = config.server
         self.read_auth = bool(opts["read_auth"])
-        self.endpoint = P.Endpoint(config.secret.encode("utf-8"), float(opts["max_skew"]), clock=self.clock.wall)
+        # Each host's key is derived from the master secret: a report verifies only with its sender's key.
+        self.keys = P.ServerKeys(config.secret.encode("utf-8"))
+        self.endpoint = P.Endpoint(self.keys.for_message, float(opts["max_skew"]), clock=self.clock.wall)
         self.registry = Registry(
             str(opts["state_file"]),
             float(opts["stale_factor"]),
@@ -61,6 +69,9 @@ class Server:
             log=self.log.getChild("registry"),
         )
         self.members = config.group_members()
+        self.net = net or NetView()
+        self.claims = ClaimFilter(self.registry, config.hosts, self.log.getChild("trust"))
+        self._net_refreshed = 0.0
         self.wol = WolSender(opts["interface"], opts["broadcast"], opts["wol_port"], opts["wol_transport"])
         self.fleet = Fleet(
             self.registry, config, self.clock, self.wol.send, self._send_datagram, log=self.log.getChild("fleet")
@@ -78,6 +89,7 @@ class Server:
         self.rejected = 0
         self.started = self.clock.wall()
         self._selector = selectors.DefaultSelector()
+        self._watchdog: Optional[float] = None
         self._stopping = False
         self._signal_r: Optional[socket.socket] = None
         self._signal_w: Optional[socket.socket] = None
@@ -95,6 +107,7 @@ class Server:
                 if group not in record.groups:
                     record.groups.append(group)
         self.log.info("powerwaked %s: %d hosts (%d from the saved registry)", __version__, len(self.registry), loaded)
+        self._refresh_net(time.monotonic())
         family = socket.AF_INET6 if ":" in opts["listen"] else socket.AF_INET
         self.udp = socket.socket(family, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,10 +116,12 @@ class Server:
         self.udp.setblocking(False)
         self._selector.register(self.udp, selectors.EVENT_READ, self._on_udp)
         if self.want_api:
-            self.api = ApiServer(self, opts["listen"], opts["port"])
+            tls = tls_context(opts["tls_cert"], opts["tls_key"]) if opts["tls_cert"] else None
+            self.api = ApiServer(self, opts["listen"], opts["port"], opts["max_clients"], opts["request_timeout"], tls)
             self.api.start()
         if opts["interface"] and self.config.proxy["enabled"]:
             self._start_proxy(now)
+        self._watchdog = watchdog_interval()
         for name, ups_opts in self.config.named["ups"].items():
             poller = UpsPoller(ups_opts, self.log.getChild("ups"))
             poller.start()
@@ -127,13 +142,31 @@ class Server:
         if opts["announce"]:
             try:
                 self.mdns = mdns.Responder(
-                    socket.gethostname(), opts["port"], opts["interface"], self.log.getChild("mdns")
+                    socket.gethostname(),
+                    opts["port"],
+                    opts["interface"],
+                    self.log.getChild("mdns"),
+                    on_link=self.net.on_link,
                 )
                 self._selector.register(self.mdns.sock, selectors.EVENT_READ, self._on_mdns)
             except OSError as exc:
                 self.log.warning("mDNS announce disabled: %s", exc)
                 self.mdns = None
         self.registry.save(now)
+        sd_notify("READY=1\nSTATUS=%d hosts" % len(self.registry))
+
+    def _refresh_net(self, mono: float) -> None:
+        """Re-read our addresses and the gateways: nobody may claim them, and the proxy ignores their frames."""
+        self._net_refreshed = mono
+        try:
+            self.net.refresh()
+        except (OSError, ValueError) as exc:
+            self.log.warning("cannot read the network view: %s", exc)
+            return
+        ips, macs = self.net.protected()
+        self.claims.protect(ips, macs)
+        if self.proxy is not None:
+            self.proxy.protect(self.net.own_ips, self.net.gateway_macs if self.config.proxy["ignore_gateway"] else ())
 
     def _start_proxy(self, now: float) -> None:
         opts, proxy_opts = self.config.server, self.config.proxy
@@ -152,7 +185,11 @@ class Server:
             proxy_mac=own,
             send_frame=self.raw.send,
             now=now,
+            source_wakes=proxy_opts["source_wakes"],
+            source_window=proxy_opts["source_window"],
+            log=self.log.getChild("proxy"),
         )
+        self.proxy.protect(self.net.own_ips, self.net.gateway_macs if proxy_opts["ignore_gateway"] else ())
         self.registry.listeners.append(self._on_state_change)
         for fd in self.raw.fds():
             self._selector.register(fd, selectors.EVENT_READ, self._on_raw)
@@ -166,6 +203,7 @@ class Server:
         self._install_signals()
         give_up = None if max_seconds is None else time.monotonic() + max_seconds
         next_tick = time.monotonic()
+        next_ping = time.monotonic()
         try:
             while not self._stopping:
                 if give_up is not None and time.monotonic() >= give_up:
@@ -177,15 +215,23 @@ class Server:
                     with self.lock:
                         self.tick()
                     next_tick = time.monotonic() + TICK
+                if self._watchdog is not None and time.monotonic() >= next_ping:
+                    # Pinged from the loop itself: a wedged loop (or lock) misses it and systemd restarts us.
+                    sd_notify("WATCHDOG=1\nSTATUS=%d hosts, %d reports" % (len(self.registry), self.reports))
+                    next_ping = time.monotonic() + self._watchdog
         finally:
             self.shutdown()
         return 0
 
     def tick(self) -> None:
         now = self.clock.wall()
+        if time.monotonic() - self._net_refreshed >= NET_REFRESH:
+            self._refresh_net(time.monotonic())
         self.registry.tick(now)
         if self.proxy is not None:
             self.proxy.tick(now)
+            if self.raw is not None:
+                self.raw.join_solicited(ip for record in self.registry for ip in record.ips if ":" in ip)
         self.fleet.tick()
         for policy, poller in self.ups:
             policy.observe(poller.latest, now)
@@ -196,6 +242,7 @@ class Server:
         self.registry.save_if_due(now)
 
     def shutdown(self) -> None:
+        sd_notify("STOPPING=1")
         with self.lock:
             if self.api is not None:
                 self.api.close()
@@ -270,8 +317,13 @@ class Server:
                 self.log.debug("rejected a message from %s: %s", sender[0], exc)
                 continue
             if message["kind"] == "report":
-                self.accept_report(message, sender)
-                ack = P.encode(self.endpoint.secret, {"kind": "ack", "from": P.SERVER_NAME, "re": message["nonce"]})
+                if not self.accept_report(message, sender):
+                    continue
+                ack = P.encode(
+                    self.keys.host(message["from"]),
+                    {"kind": "ack", "from": P.SERVER_NAME, "re": message["nonce"]},
+                    P.TO_ENGINE,
+                )
                 try:
                     self.udp.sendto(ack, sender)
                 except OSError as exc:
@@ -288,9 +340,21 @@ class Server:
         self.mdns.on_readable()
 
     # -- the API's view (called with self.lock held) ------------------------------------------
-    def accept_report(self, message: Dict[str, Any], sender: Optional[Tuple[str, int]]) -> Dict[str, Any]:
+    def accept_report(self, message: Dict[str, Any], sender: Optional[Tuple[str, int]]) -> Optional[Dict[str, Any]]:
+        """Apply a verified report; None (logged) when it speaks for another host than its signer."""
+        host = message["from"]
+        if message.get("host", host) != host:
+            self.rejected += 1
+            self.log.warning("host %s sent a report for %r: refused (a host reports only for itself)", host,
+                             str(message.get("host"))[:64])  # fmt: skip
+            return None
         self.reports += 1
-        record = self.registry.accept_report(message, sender, self.clock.wall())
+        claimed = self.claims.filter(host, message)
+        # The source address joins the host's addresses only where it may claim it (never the gateway's).
+        trusted = sender if sender is not None and self.claims.sender_ok(host, sender[0]) else None
+        record = self.registry.accept_report(claimed, trusted, self.clock.wall())
+        if sender is not None:
+            record.addr = [sender[0], sender[1]]  # where acks and commands go
         return {"host": record.name, "state": record.state}
 
     def api_status(self) -> Dict[str, Any]:
@@ -305,17 +369,26 @@ class Server:
             "reports": self.reports,
             "rejected": self.rejected,
             "proxy": dict(self.proxy.counts) if self.proxy is not None else None,
+            "api": self._api_counts(),
+            "refused_claims": self.claims.refused,
             "ups": [policy.to_dict() for policy, _poller in self.ups],
             "schedules": [schedule.to_dict() for schedule in self.schedules],
             "clusters": [cluster.to_dict() for cluster in self.clusters.values()],
         }
 
-    def api_hosts(self) -> List[Dict[str, Any]]:
-        return [record.to_dict() for record in sorted(self.registry, key=lambda r: r.name)]
+    def api_hosts(self, full: bool = True) -> List[Dict[str, Any]]:
+        return [_shown(record.to_dict(), full) for record in sorted(self.registry, key=lambda r: r.name)]
 
-    def api_host(self, target: str) -> Optional[Dict[str, Any]]:
-        record = self.registry.find(target)
-        return record.to_dict() if record is not None else None
+    def api_host(self, target: str, full: bool = True) -> Optional[Dict[str, Any]]:
+        # By IP or MAC only for signed readers: an open lookup would confirm addresses one by one.
+        record = self.registry.find(target) if full else self.registry.get(target)
+        return _shown(record.to_dict(), full) if record is not None else None
+
+    def _api_counts(self) -> Optional[Dict[str, int]]:
+        if self.api is None:
+            return None
+        httpd = self.api.httpd
+        return {"connections": httpd.connections(), "refused": httpd.refused, "cut_off": httpd.cut_off}
 
     def api_groups(self) -> List[Dict[str, Any]]:
         return [self._group(name) for name in sorted(self.members)]
@@ -367,6 +440,16 @@ class Server:
         return cluster.demand(more, ttl, who, self.clock.wall())
 
 
+# Record fields an unsigned reader does not get (read_auth = no): where hosts are and how to reach them.
+SENSITIVE_FIELDS = ("macs", "ips", "wol", "bmc", "addr", "last_wake")
+
+
+def _shown(record: Dict[str, Any], full: bool) -> Dict[str, Any]:
+    if full:
+        return record
+    return {key: value for key, value in record.items() if key not in SENSITIVE_FIELDS}
+
+
 def _large_receive_buffer(sock: socket.socket, size: int = 4 << 20) -> None:
     """Room for a burst of reports while the loop writes the registry (FORCE needs root)."""
     try:
@@ -383,6 +466,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="powerwaked", description="The powernap fleet server (one per L2 segment).")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="main config file (default %(default)s)")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--derive-key",
+        metavar="HOST",
+        help="print HOST's own key (its engine's [server] token), derived from the config's master secret",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--version", action="version", version="powerwaked " + __version__)
     args = parser.parse_args(argv)
@@ -394,6 +482,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(str(error), file=sys.stderr)
     if errors:
         return 1
+    if args.derive_key:
+        print(host_key(config.secret, args.derive_key))
+        return 0
     if args.check_config:
         print("%s: OK (%d hosts, %d groups)" % (args.config, len(config.hosts), len(config.group_members())))
         return 0
