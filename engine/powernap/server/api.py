@@ -180,7 +180,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _BoundedServer(ThreadingHTTPServer):
     """One thread per connection, but at most ``max_clients`` of them, each cut off after ``request_timeout``.
 
-    A connection over the limit, or one whose thread cannot start, is closed
+    One client address may hold at most ``per_client`` of them, so a single
+    slow client cannot take every slot from the others.  A connection over
+    a limit, or one whose thread cannot start, is closed
     at once (counted in ``refused``): the server never crashes for want of a
     thread.  ``service_actions`` (run by ``serve_forever`` every poll) shuts
     down connections past their deadline, so a client that sends a byte every
@@ -190,26 +192,31 @@ class _BoundedServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: Tuple[str, int], max_clients: int, request_timeout: float, tls: Any):
+    def __init__(
+        self, address: Tuple[str, int], max_clients: int, request_timeout: float, tls: Any, per_client: int = 0
+    ):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.max_clients = max_clients
+        self.per_client = per_client or max(2, max_clients // 4)
         self.request_timeout = request_timeout
         self.tls = tls
         self.slots = threading.BoundedSemaphore(max_clients)
-        self.active: Dict[int, list] = {}  # fd -> [socket, deadline]
+        self.active: Dict[int, list] = {}  # fd -> [socket, deadline, client address]
         self.active_lock = threading.Lock()
         self.refused = 0
         self.cut_off = 0
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
+        with self.active_lock:
+            mine = sum(1 for entry in self.active.values() if entry[2] == client_address[0])
+        if mine >= self.per_client or not self.slots.acquire(blocking=False):
             self.refused += 1
             self.shutdown_request(request)
             return
         fd = request.fileno()
         with self.active_lock:
-            self.active[fd] = [request, time.monotonic() + self.request_timeout]
+            self.active[fd] = [request, time.monotonic() + self.request_timeout, client_address[0]]
         try:
             threading.Thread(
                 target=self.process_request_thread, args=(request, client_address, fd), daemon=True
@@ -243,8 +250,10 @@ class _BoundedServer(ThreadingHTTPServer):
     def service_actions(self) -> None:
         now = time.monotonic()
         with self.active_lock:
-            late = [entry[0] for entry in self.active.values() if entry[1] <= now]
-        for sock in late:
+            late = [entry for entry in self.active.values() if entry[1] <= now]
+            for entry in late:
+                entry[1] = float("inf")  # cut once; its thread ends and frees the slot
+        for sock in (entry[0] for entry in late):
             self.cut_off += 1
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # its thread's next read fails and the thread ends
@@ -275,8 +284,9 @@ class ApiServer:
         max_clients: int = 32,
         request_timeout: float = 10.0,
         tls: Optional[ssl.SSLContext] = None,
+        per_client: int = 0,
     ):
-        self.httpd = _BoundedServer((address, port), max_clients, request_timeout, tls)
+        self.httpd = _BoundedServer((address, port), max_clients, request_timeout, tls, per_client)
         self.httpd.app = app  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(

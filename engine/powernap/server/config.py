@@ -94,6 +94,8 @@ class ServerSection(Declared):
         Option("tls_key", String(), default="", doc="PEM private key of tls_cert (keep it 0600)."),
         Option("max_clients", Integer(1, 1000), default=32,
                doc="API connections served at once; more are closed at once (slow clients cannot exhaust threads)."),
+        Option("max_clients_per_ip", Integer(0, 1000), default=0,
+               doc="API connections one client address may hold at once (0: a quarter of max_clients, at least 2)."),
         Option("request_timeout", Duration(minimum=1, maximum=300), default=10.0,
                doc="Longest one API connection may take in total (slow clients are cut off)."),
         Option("command_retries", Integer(0, 10), default=3, doc="Resend an unacknowledged command this often."),

@@ -117,7 +117,15 @@ class Server:
         self._selector.register(self.udp, selectors.EVENT_READ, self._on_udp)
         if self.want_api:
             tls = tls_context(opts["tls_cert"], opts["tls_key"]) if opts["tls_cert"] else None
-            self.api = ApiServer(self, opts["listen"], opts["port"], opts["max_clients"], opts["request_timeout"], tls)
+            self.api = ApiServer(
+                self,
+                opts["listen"],
+                opts["port"],
+                opts["max_clients"],
+                opts["request_timeout"],
+                tls,
+                opts["max_clients_per_ip"],
+            )
             self.api.start()
         if opts["interface"] and self.config.proxy["enabled"]:
             self._start_proxy(now)
