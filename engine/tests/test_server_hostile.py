@@ -64,7 +64,6 @@ class Powerwaked:
         # An unprivileged user cannot reach a virtualenv under /root: the system Python (the engine is stdlib only).
         python = sys.executable if user is None else "/usr/bin/python3"
         env = dict(os.environ, PYTHONPATH=ENGINE, PYTHONDONTWRITEBYTECODE="1")
-        env.pop("NOTIFY_SOCKET", None)
         self.proc = subprocess.Popen(
             [python, "-m", "powernap.server.daemon", "--config", self.config, "--log-level", "debug"],
             stdout=self.log,
@@ -340,3 +339,51 @@ def _try_status(server):
         return server.get("/v1/status")
     except (OSError, ValueError):
         return None
+
+
+# -- 10: TLS --------------------------------------------------------------------------------------
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def test_the_api_speaks_https_with_a_certificate():
+    cert, key = os.path.join(DATA, "test-tls.crt"), os.path.join(DATA, "test-tls.key")
+    server = Powerwaked("tls_cert = %s\ntls_key = %s\n" % (cert, key))
+    try:
+        https = "https://127.0.0.1:%d" % server.port
+        client = powerwake.ServerClient(https, SECRET, cafile=cert)
+        assert client.get("/v1/status")["hosts"] == 1
+        # powerwake finds the local server's URL and certificate from powerwaked.conf.
+        config = powerwake.read_server_config(server.config)
+        url, secret = powerwake.server_from_configs("", "/nonexistent", config)
+        assert url == https and secret == SECRET
+        assert powerwake.server_client(url, secret, config).get("/v1/hosts/h9")["name"] == "h9"
+        with pytest.raises((urllib.error.URLError, OSError, ValueError)):
+            server.get("/v1/status")  # plain HTTP is not spoken
+        assert server.alive()
+    finally:
+        server.stop()
+
+
+# -- 18: Type=notify with a watchdog ----------------------------------------------------------------
+def test_the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(path)
+        notify.settimeout(0.5)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # pings every 0.5 s
+        server = Powerwaked()
+        try:
+            seen = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (
+                any("READY=1" in m for m in seen) and sum("WATCHDOG=1" in m for m in seen) >= 2
+            ):
+                try:
+                    seen.append(notify.recv(4096).decode())
+                except socket.timeout:
+                    pass
+            assert any("READY=1" in m for m in seen), seen
+            assert sum("WATCHDOG=1" in m for m in seen) >= 2, seen
+        finally:
+            server.stop()

@@ -6,7 +6,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -352,3 +356,40 @@ def test_engine_distrusts_a_discovered_server_until_it_proves_the_key(monkeypatc
     finally:
         reporter.close()
         impostor.close()
+
+
+# -- IPv6 solicited-node groups, on a real interface in a network namespace of our own ---------------
+JOIN_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from powernap.server.proxy import RawListener
+listener = RawListener("pwk0", ipv6=True)
+listener.join_solicited(["fd00::12:3456", "fe80::5054:ff:fe00:1"])
+print(open("/proc/net/dev_mcast").read())
+print("--")
+listener.join_solicited(["fd00::12:3456"])
+print(open("/proc/net/dev_mcast").read())
+listener.close()
+"""
+
+
+def test_the_proxy_joins_the_sleepers_solicited_node_groups():
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.fail("needs root and iproute2 (a network namespace of its own)")
+    netns = "pwk-sn-%d" % os.getpid()
+    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=10)
+    try:
+        link = ["ip", "-n", netns, "link", "add", "pwk0", "type", "veth", "peer", "name", "pwk1"]
+        subprocess.run(link, check=True, timeout=10)
+        subprocess.run(["ip", "-n", netns, "link", "set", "pwk0", "up"], check=True, timeout=10)
+        engine = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", JOIN_SCRIPT, engine],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        joined, _sep, after = proc.stdout.partition("--")
+        assert "3333ff123456" in joined and "3333ff000001" in joined
+        assert "3333ff123456" in after and "3333ff000001" not in after  # a woken host's group is left
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=10)
