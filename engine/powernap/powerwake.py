@@ -186,6 +186,7 @@ class Resolver:
             section.get("bmc_password") or defaults.get("password", ""),
             int(section.get("bmc_port") or defaults.get("port") or 623),
             int(defaults.get("cipher") or 3),
+            str(defaults.get("privilege") or "OPERATOR").upper(),  # chassis power control needs no more
         )
 
 

@@ -393,3 +393,18 @@ def test_the_proxy_joins_the_sleepers_solicited_node_groups():
         assert "3333ff123456" in after and "3333ff000001" not in after  # a woken host's group is left
     finally:
         subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=10)
+
+
+# -- 17: least privilege on the BMC ------------------------------------------------------------------
+def test_ipmi_uses_operator_everywhere_by_default(tmp_path):
+    from powernap import powerwake
+    from powernap.server.wake import ipmi_command
+
+    config = {"host.db1": {"mac": "52:54:00:00:00:09", "bmc": "198.19.0.19"}, "ipmi": {"user": "u", "password": "p"}}
+    cli_target = powerwake.Resolver(None, config, ethers=[], arp_path="/nonexistent").resolve("db1").bmc
+    server = server_config(tmp_path, "[host.db1]\nbmc = 198.19.0.19\n")
+    fleet = Fleet(Registry(), server, FakeClock(NOW), Sent().send_wol, Sent().send_datagram, background=False)
+    registry_record = fleet.registry.define("db1", bmc="198.19.0.19", wake=["wol", "ipmi"])
+    for target in (cli_target, fleet._ipmi_target(registry_record)):
+        argv, _env = ipmi_command(target, "on")
+        assert argv[argv.index("-L") + 1] == "OPERATOR"
