@@ -408,3 +408,34 @@ def test_ipmi_uses_operator_everywhere_by_default(tmp_path):
     for target in (cli_target, fleet._ipmi_target(registry_record)):
         argv, _env = ipmi_command(target, "on")
         assert argv[argv.index("-L") + 1] == "OPERATOR"
+
+
+def test_the_daemon_protects_the_gateway_it_reads_from_proc(tmp_path):
+    from powernap.server.daemon import Server
+    from powernap.sysroot import SysRoot
+
+    root = tmp_path / "root"
+    (root / "proc/net").mkdir(parents=True)
+    (root / "proc/net/route").write_text(ROUTE)
+    (root / "proc/net/ipv6_route").write_text(ROUTE6)
+    (root / "proc/net/arp").write_text(ARP)
+    (root / "proc/net/fib_trie").write_text("Local:\n  |-- 192.0.2.9\n     /32 host LOCAL\n")
+    (root / "proc/net/if_inet6").write_text("")
+    (root / "sys/class/net/eth0").mkdir(parents=True)
+    (root / "sys/class/net/eth0/address").write_text("02:00:00:00:00:09\n")
+    port = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = server_config(tmp_path, "port = %d\n" % port)
+    server = Server(config, log=logging.getLogger("test.daemon"), api=False, net=NetView(SysRoot(str(root))))
+    server.start()
+    try:
+        claimed = {"kind": "report", "from": "h1", "host": "h1", "ts": time.time(), "nonce": "n1", "state": "awake"}
+        claimed.update(ips=["192.0.2.1", "192.0.2.9", "192.0.2.50"], macs=["02:fc:00:00:00:05", "02:00:00:00:00:09"])
+        server.accept_report(claimed, ("192.0.2.1", 4000))  # even its source address is the gateway's
+        record = server.registry.get("h1")
+        assert record.ips == ["192.0.2.50"] and record.macs == []
+        assert record.addr == ["192.0.2.1", 4000]  # acks and commands still go back where it came from
+    finally:
+        server.shutdown()
