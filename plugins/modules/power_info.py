@@ -50,8 +50,9 @@ attributes:
 notes:
   - The BMC options are accepted so that C(module_defaults) for C(group/powernap.fleet.power) apply; the module
     never contacts the BMC and never returns the credentials. RV(bmc.configured) tells whether O(bmc_host) is set.
-  - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. With
-    C(read_auth = yes) on the server the read is refused and RV(server.error) says so.
+  - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. Unsigned
+    reads need C(read_auth = no) on the server (the default is V(yes): the read is refused and RV(server.error)
+    says so); the record then carries states, not the host's addresses.
 requirements:
   - none (the powernap engine is used when installed)
 seealso:
