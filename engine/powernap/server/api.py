@@ -24,8 +24,9 @@ report is the engine's datagram, signed with its own host key::
 
 Answers are JSON objects; errors are ``{"error": "..."}`` with 400/401/404.
 The server runs in its own thread; every handler takes the daemon's lock.
-At most ``max_clients`` connections are served at once (more are closed at
-once), each within ``request_timeout`` in total, however slowly it sends;
+At most ``max_clients`` connections are served at once, ``max_clients_per_ip``
+from one address (more are closed at once), each within ``request_timeout`` in
+total, however slowly it sends;
 with ``tls_cert``/``tls_key`` it speaks HTTPS (the handshake runs in the
 connection's thread, under the same deadline).
 """
@@ -181,12 +182,12 @@ class _BoundedServer(ThreadingHTTPServer):
     """One thread per connection, but at most ``max_clients`` of them, each cut off after ``request_timeout``.
 
     One client address may hold at most ``per_client`` of them, so a single
-    slow client cannot take every slot from the others.  A connection over
-    a limit, or one whose thread cannot start, is closed
-    at once (counted in ``refused``): the server never crashes for want of a
-    thread.  ``service_actions`` (run by ``serve_forever`` every poll) shuts
-    down connections past their deadline, so a client that sends a byte every
-    few seconds cannot hold its thread.
+    slow client cannot take every slot from the others.  A connection over a
+    limit, or one whose thread cannot start, is closed at once (counted in
+    ``refused``): the server never crashes for want of a thread.
+    ``service_actions`` (run by ``serve_forever`` every poll) shuts down
+    connections past their deadline, so a client that sends a byte every few
+    seconds cannot hold its thread.
     """
 
     daemon_threads = True
