@@ -439,3 +439,13 @@ def test_the_daemon_protects_the_gateway_it_reads_from_proc(tmp_path):
         assert record.addr == ["192.0.2.1", 4000]  # acks and commands still go back where it came from
     finally:
         server.shutdown()
+
+
+def test_derive_key_prints_the_key_the_server_verifies_with(tmp_path, capsys):
+    from powernap.server.daemon import main
+
+    path = tmp_path / "powerwaked.conf"
+    path.write_text("[powerwaked]\nsecret = %s\nlisten = 127.0.0.1\n" % SECRET)
+    assert main(["--config", str(path), "--derive-key", "web1"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == key_of("web1") and SECRET not in printed
