@@ -100,11 +100,12 @@ test: deps venv
 	@echo "== make test: every stage passed"
 
 lint: venv
-	@echo "== [1/6] ruff (all Python), vermin (engine stays Python 3.9 compatible), collection build contents"
+	@echo "== [1/6] ruff (all Python), vermin (engine stays Python 3.9 compatible), collection build contents, unit sandboxing"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check --diff engine lab tools benchmarks tests plugins
 	$(BIN)/vermin --no-tips --violations --eval-annotations -t=3.9- engine/powernap
 	tools/check-build
+	tools/check-units
 
 engine-test: venv
 	@echo "== [2/6] engine unit tests"

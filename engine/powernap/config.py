@@ -126,6 +126,21 @@ class StageSection(Declared):
     )
 
 
+class ServerUrl(String):
+    """A fleet server URL, checked as the reporter will read it (so check-config and run time agree)."""
+
+    def parse(self, text: str) -> str:
+        text = super().parse(text)
+        if text:
+            from .server.protocol import parse_server_url
+
+            parse_server_url(text)
+        return text
+
+    def describe(self) -> str:
+        return "udp://, http:// or https://HOST[:PORT]"
+
+
 class ServerSection(Declared):
     """[server]: optional reporting of state changes to a powerwaked fleet server."""
 
@@ -134,16 +149,18 @@ class ServerSection(Declared):
     OPTIONS = (
         Option(
             "url",
-            String(),
+            ServerUrl(),
             default="",
-            doc="Fleet server (powerwaked): udp://HOST[:PORT] (default port 7490); empty: found by DNS-SD.",
+            doc="Fleet server (powerwaked): udp://HOST[:PORT] (default port 7490); http(s):// names the same server "
+            "(reports go to the UDP port of that number); empty: found by DNS-SD, trusted once it proves our key.",
         ),
         Option(
             "token",
             String(),
             default="",
             secret=True,
-            doc="The fleet's shared secret that signs every report; empty disables reporting.",
+            doc="This host's own key (derived from the fleet's master secret for this host name, e.g. by the role): "
+            "it signs our reports and checks the server's commands; empty disables reporting.",
         ),
         Option(
             "timeout",

@@ -5,10 +5,9 @@ import json
 import os
 
 import pytest
-from server_fakes import SECRET, Sent, server_config
+from server_fakes import Sent, engine_decode, server_config
 
 from powernap.clock import FakeClock
-from powernap.server import protocol as P
 from powernap.server.fleet import Fleet
 from powernap.server.registry import Registry, atomic_write
 
@@ -152,14 +151,16 @@ def test_nap_sends_a_signed_command_and_resends_until_acked(tmp_path):
     fleet.nap(record, "suspend", "test", wake_at=clock.wall() + 3600)
     data, address = sent.datagrams[-1]
     assert address == ("198.18.0.11", 4321)
-    command = P.decode(SECRET.encode(), data)
+    command = engine_decode(data)
     assert command["command"] == "nap" and command["action"] == "suspend" and command["to"] == "h1"
     clock.advance(2.5)
     fleet.tick()
     assert len(sent.datagrams) == 2
-    resent = P.decode(SECRET.encode(), sent.datagrams[-1][0])
+    resent = engine_decode(sent.datagrams[-1][0])
     assert resent["nonce"] != command["nonce"] and resent["id"] == command["id"]
-    fleet.on_command_ack({"re": resent["nonce"], "ok": True, "detail": "napping"})
+    fleet.on_command_ack({"re": resent["nonce"], "from": "h2", "ok": True, "detail": "napping"})
+    assert fleet.commands != {}, "another host cannot ack h1's command"
+    fleet.on_command_ack({"re": resent["nonce"], "from": "h1", "ok": True, "detail": "napping"})
     clock.advance(10)
     fleet.tick()
     assert len(sent.datagrams) == 2 and fleet.commands == {}

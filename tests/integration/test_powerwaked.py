@@ -28,18 +28,22 @@ pytestmark = pytest.mark.lab
 SEND_REPORT = r"""
 import json, socket, sys
 sys.path.insert(0, %(engine)r)
+from powernap.fleet_keys import host_key
 from powernap.server import protocol as P
 for report in json.loads(sys.argv[1]):
     report.setdefault("kind", "report")
     report["from"] = report["host"]
     report.setdefault("interval", 3600)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.sendto(P.encode(%(secret)r.encode(), report), ("127.0.0.1", %(port)d))
+        # Each host signs with its own key, derived from the master as the role does.
+        s.sendto(P.encode(host_key(%(secret)r, report["host"]).encode(), report), ("127.0.0.1", %(port)d))
 """
 
 API_GET = r"""
-import sys, urllib.request
-print(urllib.request.urlopen("http://127.0.0.1:%d" + sys.argv[1], timeout=5).read().decode())
+import json, sys
+sys.path.insert(0, %(engine)r)
+from powernap.powerwake import ServerClient
+print(json.dumps(ServerClient("http://127.0.0.1:%(port)d", %(secret)r).get(sys.argv[1])))
 """
 
 
@@ -53,6 +57,7 @@ class Powerwaked:
         lines = [
             "[powerwaked]",
             "secret = %s" % SECRET,
+            "listen = 0.0.0.0",
             "interface = eth0",
             "broadcast = %s" % lab.broadcast,
             "state_file = %s" % os.path.join(self.dir, "registry.json"),
@@ -123,7 +128,8 @@ class Powerwaked:
             return handle.read()[-4000:]
 
     def get(self, path):
-        proc = self.lab.ctl([PYTHON, "-c", API_GET % PORT, path], check=False)
+        script = API_GET % {"engine": ENGINE, "secret": SECRET, "port": PORT}
+        proc = self.lab.ctl([PYTHON, "-c", script, path], check=False)
         if proc.returncode != 0:
             raise AssertionError("API %s failed: %s" % (path, proc.stderr[-500:]))
         return json.loads(proc.stdout)
