@@ -50,7 +50,7 @@ print(json.dumps(ServerClient("http://127.0.0.1:%(port)d", %(secret)r).get(sys.a
 class Powerwaked:
     """powerwaked in the lab's controller namespace, started and stopped by pid."""
 
-    def __init__(self, lab, extra=""):
+    def __init__(self, lab, extra="", proxy=()):
         self.lab = lab
         self.dir = tempfile.mkdtemp(prefix="powerwaked-lab-")
         self.config = os.path.join(self.dir, "powerwaked.conf")
@@ -65,6 +65,7 @@ class Powerwaked:
             "announce = no",
             "[proxy]",
             "cooldown = 30s",
+            *proxy,  # a section is given once per file: a test's [proxy] options go here
             "[ipmi]",
             "user = admin",
             "timeout = 15s",
@@ -146,8 +147,8 @@ class Powerwaked:
 def powerwaked(lab_reset):
     servers = []
 
-    def make(extra=""):
-        server = Powerwaked(lab_reset, extra)
+    def make(extra="", proxy=()):
+        server = Powerwaked(lab_reset, extra, proxy)
         server.start()
         servers.append(server)
         return server
@@ -279,7 +280,7 @@ for _ in range(3):
 
 def test_gratuitous_arp_probes_and_the_gateway_do_not_wake(lab, powerwaked):
     h1, h2, h3 = lab.host("h1"), lab.host("h2"), lab.host("h3")
-    server = powerwaked("[proxy]\nignore_macs = %s\n" % h3["mac"])  # h3 plays the gateway
+    server = powerwaked(proxy=["ignore_macs = %s" % h3["mac"]])  # h3 plays the gateway
     server.report({"host": "h2", "state": "suspending", "event": "action-start"})  # report, then suspend
     lab.power("h2", "suspend")
     iface = lab.exec("h1", "ip -o link show | awk -F': ' '$2 != \"lo\" {print $2; exit}'").stdout.strip()
