@@ -197,6 +197,22 @@ def test_journaled_reports_survive_without_a_snapshot_and_a_torn_line_is_skipped
     assert third.load() == 2 and third.problems == {}
 
 
+def test_a_source_address_the_claims_check_refused_stays_refused_after_a_replayed_journal(tmp_path):
+    # Merge of issue 13's halves: the sender still gets acks and commands (addr), but an address the
+    # host may not claim (the gateway's, another host's) must not join its ips, live or from the journal.
+    path = str(tmp_path / "r.json")
+    registry = Registry(path)
+    registry.save(0.0)
+    registry.accept_report(report("h1", "awake", 10.0), ("198.18.0.1", 4000), 10.0, sender_ip_ok=False)
+    registry.accept_report(report("h2", "awake", 11.0), ("198.18.0.12", 4000), 11.0)
+    assert registry.commit()
+    assert "198.18.0.1" not in registry.get("h1").ips and registry.get("h1").addr == ["198.18.0.1", 4000]
+    again = Registry(path)
+    assert again.load() == 2 and again.problems == {}
+    assert "198.18.0.1" not in again.get("h1").ips and again.get("h1").addr == ["198.18.0.1", 4000]
+    assert "198.18.0.12" in again.get("h2").ips
+
+
 def test_a_journal_entry_is_applied_once_even_if_a_crash_hits_between_snapshot_and_compaction(tmp_path):
     path = str(tmp_path / "r.json")
     registry = Registry(path)
