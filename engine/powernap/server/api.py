@@ -22,7 +22,9 @@ report is the engine's datagram, signed with its own host key::
     POST /v1/nap                {"kind": "request", "host": NAME, "action": "suspend|poweroff|..."}
     POST /v1/groups/NAME/demand {"kind": "request", "more": N, "ttl": SECONDS}  (external schedulers)
 
-Answers are JSON objects; errors are ``{"error": "..."}`` with 400/401/404.
+Answers are JSON objects; errors are ``{"error": "..."}`` with 400/401/404, 403 for a
+report the server will not take (another host than its signer, an unregistered host, the host
+cap) and 500 when a handler fails (logged; the server goes on).
 The server runs in its own thread; every handler takes the daemon's lock.
 At most ``max_clients`` connections are served at once, ``max_clients_per_ip``
 from one address (more are closed at once), each within ``request_timeout`` in
