@@ -115,11 +115,12 @@ test: deps venv
 	@echo "== make test: every stage passed"
 
 lint: venv $(IMPORTER_STAMP)
-	@echo "== [1/6] ruff (all Python), vermin (engine stays Python 3.9 compatible), collection build contents, galaxy-importer"
+	@echo "== [1/6] ruff (all Python), vermin (engine stays Python 3.9 compatible), collection build contents, unit sandboxing, galaxy-importer"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check --diff engine lab tools benchmarks tests plugins
 	$(BIN)/vermin --no-tips --violations --eval-annotations -t=3.9- engine/powernap
 	tools/check-build
+	tools/check-units
 	tools/galaxy-import $(IMPORTER_VENV)
 
 engine-test: venv

@@ -228,7 +228,7 @@ def run_client(payload, timeout):
 
 def bench_latency(directory):
     count = 1000
-    config = write_server(directory, count, "[proxy]\nrate = 10000\nburst = 10000\nipv6 = no\n")
+    config = write_server(directory, count, "[proxy]\nrate = 10000\nburst = 10000\nipv6 = no\nsource_wakes = 0\n")
     proc = start_server(config, NS_SERVER)
     try:
         frames, macs = [], []
@@ -256,7 +256,8 @@ def bench_latency(directory):
 
 def bench_flood(directory):
     sleepers, rate, seconds = 200, 10000, 10
-    config = write_server(directory, sleepers, "[proxy]\ncooldown = 60s\nrate = 50\nburst = 50\nipv6 = no\n")
+    proxy = "[proxy]\ncooldown = 60s\nrate = 50\nburst = 50\nipv6 = no\nsource_wakes = 0\n"
+    config = write_server(directory, sleepers, proxy)
     proc = start_server(config, NS_SERVER)
     try:
         frames = []
@@ -280,9 +281,13 @@ def bench_flood(directory):
 
 def bench_registry(directory):
     hosts, period = 10000, 30.0
-    config = write_server(directory, 0, "port = 7591\n", listen="127.0.0.1", interface="")
+    # More hosts than the default max_hosts (4096): this measures the registry at 10k.
+    config = write_server(directory, 0, "port = 7591\nmax_hosts = 20000\n", listen="127.0.0.1", interface="")
     proc = start_server(config)
-    secret = SECRET.encode()
+    from powernap.fleet_keys import host_key
+    from powernap.powerwake import ServerClient
+
+    keys = {}  # each simulated host signs with its own key
     try:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -310,7 +315,8 @@ def bench_registry(directory):
                     "interval": period,
                     "idle_seconds": 10.0,
                 }
-                sock.sendto(P.encode(secret, report), ("127.0.0.1", 7591))
+                key = keys.setdefault(name, host_key(SECRET, name).encode())
+                sock.sendto(P.encode(key, report), ("127.0.0.1", 7591))
                 sent += 1
             try:
                 while True:
@@ -321,10 +327,7 @@ def bench_registry(directory):
         used = cpu_seconds(proc.pid) - before
         rss = rss_mib(proc.pid)
         time.sleep(1.0)
-        import urllib.request
-
-        with urllib.request.urlopen("http://127.0.0.1:7591/v1/status", timeout=10) as reply:
-            status = json.loads(reply.read())
+        status = ServerClient("http://127.0.0.1:7591", SECRET, timeout=10).get("/v1/status")
     finally:
         stop(proc)
     emit("registry hosts reporting", sent, "hosts", target=str(hosts), ok=sent == hosts)

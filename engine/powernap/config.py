@@ -128,14 +128,16 @@ class StageSection(Declared):
 
 
 class ServerUrl(String):
-    """A fleet server address the reporter can use: the reporter's own parser judges it, so check-config
-    refuses exactly what the engine would refuse at run time (an https:// URL, for one)."""
+    """A fleet server URL, checked as the reporter will read it (so check-config and run time agree)."""
 
     def parse(self, text: str) -> str:
-        value = super().parse(text)
-        if value:
-            parse_server_url(value)
-        return value
+        text = super().parse(text)
+        if text:
+            parse_server_url(text)
+        return text
+
+    def describe(self) -> str:
+        return "udp://, http:// or https://HOST[:PORT]"
 
 
 class ServerSection(Declared):
@@ -148,14 +150,16 @@ class ServerSection(Declared):
             "url",
             ServerUrl(),
             default="",
-            doc="Fleet server (powerwaked): udp://HOST[:PORT] (default port 7490); empty: found by DNS-SD.",
+            doc="Fleet server (powerwaked): udp://HOST[:PORT] (default port 7490); http(s):// names the same server "
+            "(reports go to the UDP port of that number); empty: found by DNS-SD, trusted once it proves our key.",
         ),
         Option(
             "token",
             String(),
             default="",
             secret=True,
-            doc="The fleet's shared secret that signs every report; empty disables reporting.",
+            doc="This host's own key (derived from the fleet's master secret for this host name, e.g. by the role): "
+            "it signs our reports and checks the server's commands; empty disables reporting.",
         ),
         Option(
             "timeout",

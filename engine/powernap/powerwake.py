@@ -15,7 +15,11 @@ can be woken by name once it is asleep and gone from the ARP table.
 ``--method auto`` sends Wake-on-LAN and, with ``--wait``, escalates to IPMI
 when the host did not come up within ``--confirm`` seconds.  IPMI needs the
 BMC and its credentials from powerwaked.conf (readable by root), or else
-the fleet server does it (a signed API request with the fleet secret).
+the fleet server does it (an API request signed with the fleet's master
+secret, from ``$POWERWAKE_SECRET`` or powerwaked.conf, for its method and
+path; an engine's own host key cannot command the fleet).  An ``https://``
+server is checked against the system CAs, ``$POWERWAKE_CAFILE``, or (for the
+local server) its own ``tls_cert``.
 ``--wait`` waits until the host accepts (or refuses) TCP on ``--port``.
 Exit status: 0 when every target was woken (and is up, with --wait),
 1 when any failed, 2 on usage errors.  (PowerNap's powerwake exited 0 on
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -181,6 +186,7 @@ class Resolver:
             section.get("bmc_password") or defaults.get("password", ""),
             int(section.get("bmc_port") or defaults.get("port") or 623),
             int(defaults.get("cipher") or 3),
+            str(defaults.get("privilege") or "OPERATOR").upper(),  # chassis power control needs no more
         )
 
 
@@ -188,29 +194,40 @@ class Resolver:
 class ServerClient:
     """The powerwaked HTTP API."""
 
-    def __init__(self, url: str, secret: str = "", timeout: float = 5.0):
+    def __init__(self, url: str, secret: str = "", timeout: float = 5.0, cafile: str = "", pinned: bool = False):
         self.url = url.rstrip("/")
         self.secret = secret
         self.timeout = timeout
+        self.context: Optional[ssl.SSLContext] = None
+        if self.url.startswith("https://"):
+            self.context = ssl.create_default_context(cafile=cafile or None)
+            # The local server's own certificate as the only CA: its name need not match 127.0.0.1.
+            self.context.check_hostname = not pinned
+
+    def _open(self, request: urllib.request.Request) -> Any:
+        with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as reply:
+            return json.loads(reply.read().decode("utf-8"))
 
     def get(self, path: str) -> Any:
         headers = {}
         if self.secret:
-            headers["Authorization"] = P.encode(self.secret.encode(), self._read(path)).decode("utf-8")
-        request = urllib.request.Request(self.url + path, headers=headers)
-        with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-            return json.loads(reply.read().decode("utf-8"))
+            signed = P.encode(self.secret.encode(), self._read(path), P.http_label("GET", path))
+            headers["Authorization"] = signed.decode("utf-8")
+        return self._open(urllib.request.Request(self.url + path, headers=headers))
 
     def _read(self, path: str) -> Dict[str, Any]:
         return {"kind": "read", "from": socket.gethostname(), "path": path}
 
     def post(self, path: str, message: Dict[str, Any]) -> Any:
-        body = P.encode(self.secret.encode(), dict(message, kind="request", **{"from": socket.gethostname()}))
+        body = P.encode(
+            self.secret.encode(),
+            dict(message, kind="request", **{"from": socket.gethostname()}),
+            P.http_label("POST", path),
+        )
         request = urllib.request.Request(
             self.url + path, data=body, method="POST", headers={"Content-Type": "application/octet-stream"}
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-            return json.loads(reply.read().decode("utf-8"))
+        return self._open(request)
 
     def host(self, name: str) -> Optional[Dict[str, Any]]:
         try:
@@ -220,23 +237,37 @@ class ServerClient:
 
 
 def server_from_configs(explicit: str, engine_config: str, server_config: Dict[str, Dict[str, str]]) -> Tuple[str, str]:
-    """(API base URL, secret) from --server / $POWERWAKE_SERVER, the engine's [server], or powerwaked.conf."""
+    """(API base URL, master secret) from --server / $POWERWAKE_SERVER, the engine's [server] url, or powerwaked.conf.
+
+    The secret is the fleet's master ($POWERWAKE_SECRET or powerwaked.conf): an engine's token is its own host
+    key, which signs its reports and nothing else.
+    """
     secret = os.environ.get("POWERWAKE_SECRET", "")
     url = explicit or os.environ.get("POWERWAKE_SERVER", "")
     doc, _errors = ini.read_files([engine_config]) if os.path.exists(engine_config) else (None, [])
     section = doc.get("server") if doc is not None else None
     if section is not None:
-        texts = section.texts()
-        secret = secret or texts.get("token", "")
-        url = url or texts.get("url", "")
+        url = url or section.texts().get("url", "")
     own = server_config.get("powerwaked", {})
     secret = secret or own.get("secret", "")
     if not url and own:
-        url = "http://127.0.0.1:%s" % (own.get("port") or DEFAULT_PORT)
+        listen = own.get("listen", "") or "127.0.0.1"
+        listen = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen, listen)
+        url = "%s://%s:%s" % ("https" if own.get("tls_cert") else "http", listen, own.get("port") or DEFAULT_PORT)
     if url:
-        _scheme, host, port = P.parse_server_url(url)
-        url = "http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
+        scheme, host, port = P.parse_server_url(url)
+        url = "%s://%s:%d" % ("https" if scheme == "https" else "http", "[%s]" % host if ":" in host else host, port)
     return url, secret
+
+
+def server_client(url: str, secret: str, server_config: Dict[str, Dict[str, str]]) -> Optional[ServerClient]:
+    """The API client, with the CA for https: $POWERWAKE_CAFILE, else the local server's own certificate."""
+    if not url:
+        return None
+    cafile = os.environ.get("POWERWAKE_CAFILE", "")
+    own_cert = server_config.get("powerwaked", {}).get("tls_cert", "")
+    pinned = not cafile and bool(own_cert) and os.access(own_cert, os.R_OK)
+    return ServerClient(url, secret, cafile=cafile or (own_cert if pinned else ""), pinned=pinned)
 
 
 def read_server_config(path: str) -> Dict[str, Dict[str, str]]:
@@ -435,7 +466,7 @@ def build_parser(prog: str = "powerwake") -> argparse.ArgumentParser:
 
 
 def _server_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default="", help="fleet server (http://HOST[:PORT]; default from the configs)")
+    parser.add_argument("--server", default="", help="fleet server (http(s)://HOST[:PORT]; default from the configs)")
     parser.add_argument("--config", default=SERVER_CONFIG, help="powerwaked.conf with hosts and BMCs")
     parser.add_argument("--engine-config", default=ENGINE_CONFIG, help=argparse.SUPPRESS)
 
@@ -450,8 +481,9 @@ def main(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
         sub.add_argument("--json", action="store_true")
         _server_args(sub)
         args = sub.parse_args(argv[1:])
-        url, secret = server_from_configs(args.server, args.engine_config, read_server_config(args.config))
-        server = ServerClient(url, secret) if url else None
+        server_config = read_server_config(args.config)
+        url, secret = server_from_configs(args.server, args.engine_config, server_config)
+        server = server_client(url, secret, server_config)
         return (cmd_list if argv[0] == "list" else cmd_status)(args, server, out)
     args = build_parser().parse_args(argv)
     if args.raw and not args.interface:
@@ -459,7 +491,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
         return 2
     server_config = read_server_config(args.config)
     url, secret = server_from_configs(args.server, args.engine_config, server_config)
-    server = ServerClient(url, secret) if url else None
+    server = server_client(url, secret, server_config)
     resolver = Resolver(server, server_config)
     sender = WolSender(args.interface, args.broadcast, args.wol_port, "raw" if args.raw else "udp")
     ok = True

@@ -1,17 +1,41 @@
 """Helpers for the powerwaked tests: configs from text, a recording fleet, frame builders."""
 
+import re
 import socket
 import struct
 
 from powernap import magic_packet
+from powernap.fleet_keys import host_key
+from powernap.server import protocol as P
 from powernap.server.config import load_config
 
 SECRET = "correct horse battery staple"
 
 
+def key_of(host, master=SECRET):
+    """A host's own key (its engine's token), as the role derives it."""
+    return host_key(master, host)
+
+
+def signed_report(host, message=None, master=SECRET, **fields):
+    """A report datagram signed with ``host``'s own key."""
+    body = dict(message or {}, **fields)
+    body.setdefault("kind", "report")
+    body.setdefault("from", host)
+    body.setdefault("host", host)
+    return P.encode(key_of(host, master).encode(), body)
+
+
+def engine_decode(data, master=SECRET):
+    """A server-to-engine message, verified with the key of the host it is for."""
+    return P.decode(lambda message: key_of(str(message.get("to") or "x"), master).encode(), data, P.TO_ENGINE)
+
+
 def server_config(tmp_path, text, state_file=True):
     """A validated ServerConfig from INI text (a [powerwaked] section with the test secret is prepended)."""
     head = "[powerwaked]\nsecret = %s\nannounce = no\n" % SECRET
+    if not re.search(r"^listen\s*=", text, re.M):  # listen has no default; a test may name its own
+        head += "listen = 127.0.0.1\n"
     if state_file:
         head += "state_file = %s\n" % (tmp_path / "registry.json")
     path = tmp_path / "powerwaked.conf"

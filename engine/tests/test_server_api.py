@@ -9,10 +9,11 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
-from server_fakes import SECRET, server_config
+from server_fakes import SECRET, key_of, server_config, signed_report
 
 from powernap import powerwake
 from powernap.control import ControlServer
@@ -111,22 +112,27 @@ def fake_root(tmp_path):
 @pytest.fixture
 def running(tmp_path):
     port = free_port()
-    config = server_config(tmp_path, "listen = 127.0.0.1\nport = %d\n\n[group.web]\nhosts = h1, h2\n" % port)
+    config = server_config(tmp_path, "port = %d\n\n[group.web]\nhosts = h1, h2\n" % port)
     handle = Running(config)
     yield handle, config, port
     handle.stop()
 
 
-def get(url):
+def get(url, signed=True):
+    """GET a full API URL, signed with the master secret (reads need it by default)."""
+    if signed:
+        parts = urllib.parse.urlsplit(url)
+        return powerwake.ServerClient("%s://%s" % (parts.scheme, parts.netloc), SECRET).get(parts.path)
     with urllib.request.urlopen(url, timeout=5) as reply:
         return json.loads(reply.read())
 
 
-def test_reporter_to_registry_to_api_and_cli(running, tmp_path):
+def test_reporter_to_registry_to_api_and_cli(running, tmp_path, monkeypatch):
     handle, _config, port = running
+    monkeypatch.setenv("POWERWAKE_SECRET", SECRET)  # the admin's master secret: reads are signed
     engine = FakeEngine(tmp_path / "control.sock")
     reporter = P.FleetReporter(
-        SECRET,
+        key_of("h1"),
         "h1",
         "udp://127.0.0.1:%d" % port,
         timeout=2.0,
@@ -171,7 +177,7 @@ def test_server_command_reaches_the_engine_control_socket(running, tmp_path):
     handle, _config, port = running
     engine = FakeEngine(tmp_path / "control.sock")
     reporter = P.FleetReporter(
-        SECRET,
+        key_of("h1"),
         "h1",
         "udp://127.0.0.1:%d" % port,
         timeout=2.0,
@@ -200,7 +206,7 @@ def test_unauthenticated_and_replayed_requests_change_nothing(running):
     )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(forged, ("127.0.0.1", port))
-        good = P.encode(SECRET.encode(), {"kind": "report", "from": "h9", "host": "h9", "state": "awake"})
+        good = signed_report("h9", state="awake")
         sock.sendto(good, ("127.0.0.1", port))
         sock.sendto(good, ("127.0.0.1", port))  # the replay
         wait_until(lambda: handle.server.reports == 1 and handle.server.rejected == 2, what="one accepted")
@@ -209,17 +215,17 @@ def test_unauthenticated_and_replayed_requests_change_nothing(running):
         urllib.request.urlopen(urllib.request.Request(handle.url + "/v1/wake", data=forged, method="POST"), timeout=5)
     assert info.value.code == 401
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(handle.url + "/v1/nothing", timeout=5)
+        get(handle.url + "/v1/nothing")
     assert info.value.code == 404
 
 
 def test_read_auth_requires_a_signed_read(tmp_path):
     port = free_port()
-    config = server_config(tmp_path, "listen = 127.0.0.1\nport = %d\nread_auth = yes\n" % port)
+    config = server_config(tmp_path, "port = %d\n" % port)  # read_auth is on by default
     handle = Running(config)
     try:
         with pytest.raises(urllib.error.HTTPError) as info:
-            get(handle.url + "/v1/hosts")
+            get(handle.url + "/v1/hosts", signed=False)
         assert info.value.code == 401
         assert powerwake.ServerClient(handle.url, SECRET).get("/v1/hosts") == {"hosts": []}
     finally:
@@ -228,22 +234,13 @@ def test_read_auth_requires_a_signed_read(tmp_path):
 
 def test_restart_keeps_every_host(tmp_path):
     port = free_port()
-    config = server_config(tmp_path, "listen = 127.0.0.1\nport = %d\n" % port)
+    config = server_config(tmp_path, "port = %d\n" % port)
     handle = Running(config)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for index in range(20):
             state = "suspending" if index % 2 else "awake"
             sock.sendto(
-                P.encode(
-                    SECRET.encode(),
-                    {
-                        "kind": "report",
-                        "from": "h%d" % index,
-                        "host": "h%d" % index,
-                        "state": state,
-                        "macs": ["52:54:00:00:00:%02x" % index],
-                    },
-                ),
+                signed_report("h%d" % index, state=state, macs=["52:54:00:00:00:%02x" % index]),
                 ("127.0.0.1", port),
             )
     wait_until(lambda: len(handle.server.registry) == 20, what="20 hosts")
@@ -268,7 +265,8 @@ def _host(url, name):
 
 
 def _post(url, message):
-    body = P.encode(SECRET.encode(), dict(message, kind="request", **{"from": "test"}))
+    label = P.http_label("POST", urllib.parse.urlsplit(url).path)
+    body = P.encode(SECRET.encode(), dict(message, kind="request", **{"from": "test"}), label)
     request = urllib.request.Request(url, data=body, method="POST")
     with urllib.request.urlopen(request, timeout=5) as reply:
         return json.loads(reply.read())
@@ -291,7 +289,7 @@ def test_a_failing_policy_step_or_handler_is_isolated_and_counted(tmp_path, monk
         wait_until(lambda: handle.server.errors >= 3, what="failing ticks")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(
-                P.encode(SECRET.encode(), {"kind": "report", "from": "h1", "host": "h1", "state": "awake"}),
+                signed_report("h1", state="awake"),
                 ("127.0.0.1", port),
             )
         wait_until(lambda: handle.server.registry.get("h1").engine, what="the report despite the failing policy")
@@ -324,7 +322,7 @@ def test_a_full_disk_keeps_the_server_running_and_shows_in_status(tmp_path, monk
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(
-                P.encode(SECRET.encode(), {"kind": "report", "from": "h1", "host": "h1", "state": "awake"}),
+                signed_report("h1", state="awake"),
                 ("127.0.0.1", port),
             )
         status = wait_until(

@@ -4,6 +4,7 @@ from powernap.server.config import load_config
 
 GOOD = """[powerwaked]
 secret = 0123456789abcdef-fleet
+listen = 198.18.0.1
 interface = br0
 wol_transport = raw
 
@@ -65,7 +66,7 @@ def test_secret_from_a_file_and_dropins_win(tmp_path):
     secret.write_text("from-the-vault-0123456789\n")
     secret.chmod(0o600)
     main = tmp_path / "powerwaked.conf"
-    main.write_text("[powerwaked]\nsecret_file = %s\nport = 7000\n" % secret)
+    main.write_text("[powerwaked]\nsecret_file = %s\nlisten = 127.0.0.1\nport = 7000\n" % secret)
     dropins = tmp_path / "powerwaked.d"
     dropins.mkdir()
     (dropins / "10-port.conf").write_text("[powerwaked]\nport = 7001\n")
@@ -136,7 +137,7 @@ def test_a_secret_file_readable_by_group_or_others_is_refused(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("from-the-vault-0123456789\n")
     main = tmp_path / "powerwaked.conf"
-    main.write_text("[powerwaked]\nsecret_file = %s\n" % secret)
+    main.write_text("[powerwaked]\nsecret_file = %s\nlisten = 127.0.0.1\n" % secret)
     for mode in (0o644, 0o640, 0o604):
         secret.chmod(mode)
         config, errors = load_config([str(main)])
@@ -150,4 +151,7 @@ def test_a_missing_section_still_names_the_file(tmp_path):
     path = tmp_path / "powerwaked.conf"
     path.write_text("[proxy]\nenabled = no\n")
     _config, errors = load_config([str(path)])
-    assert [str(e) for e in errors] == ["%s:1: [powerwaked] a fleet secret is required (secret or secret_file)" % path]
+    assert [str(e) for e in errors] == [
+        "%s:1: [powerwaked] a fleet secret is required (secret or secret_file)" % path,
+        "%s:1: [powerwaked] listen is required: the segment interface's address (0.0.0.0: all)" % path,
+    ]

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from server_fakes import Sent, server_config
+from server_fakes import Sent, engine_decode, server_config
 
 from powernap.clock import FakeClock
 from powernap.server import protocol as P
@@ -78,7 +78,7 @@ class World:
         """(host, action) of every nap command sent, in order."""
         out = []
         for data, _address in self.sent.datagrams:
-            message = P.decode(self.config.secret.encode(), data)
+            message = engine_decode(data)
             out.append((message["to"], message["action"]))
         return out
 
@@ -271,7 +271,7 @@ def test_schedule_naps_idle_hosts_after_nap_time_and_wakes_them_at_wake_time(tmp
     world.report("w2", "awake", idle_seconds=700.0, addr=("10.0.0.9", 5000))
     schedule.tick(world.clock.wall())
     assert world.commands() == [("w2", "suspend")]
-    command = P.decode(world.config.secret.encode(), world.sent.datagrams[-1][0])
+    command = engine_decode(world.sent.datagrams[-1][0])
     assert command["wake_at"] == time.mktime((2023, 11, 15, 7, 0, 0, 0, 0, -1))
     world.report("w2", "suspending", event="action-start")
     world.clock.advance(60)

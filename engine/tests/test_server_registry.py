@@ -5,10 +5,9 @@ import json
 import os
 
 import pytest
-from server_fakes import SECRET, Sent, server_config
+from server_fakes import Sent, engine_decode, server_config
 
 from powernap.clock import FakeClock
-from powernap.server import protocol as P
 from powernap.server.fleet import Fleet
 from powernap.server.registry import Registry, atomic_write
 
@@ -152,14 +151,16 @@ def test_nap_sends_a_signed_command_and_resends_until_acked(tmp_path):
     fleet.nap(record, "suspend", "test", wake_at=clock.wall() + 3600)
     data, address = sent.datagrams[-1]
     assert address == ("198.18.0.11", 4321)
-    command = P.decode(SECRET.encode(), data)
+    command = engine_decode(data)
     assert command["command"] == "nap" and command["action"] == "suspend" and command["to"] == "h1"
     clock.advance(2.5)
     fleet.tick()
     assert len(sent.datagrams) == 2
-    resent = P.decode(SECRET.encode(), sent.datagrams[-1][0])
+    resent = engine_decode(sent.datagrams[-1][0])
     assert resent["nonce"] != command["nonce"] and resent["id"] == command["id"]
-    fleet.on_command_ack({"re": resent["nonce"], "ok": True, "detail": "napping"})
+    fleet.on_command_ack({"re": resent["nonce"], "from": "h2", "ok": True, "detail": "napping"})
+    assert fleet.commands != {}, "another host cannot ack h1's command"
+    fleet.on_command_ack({"re": resent["nonce"], "from": "h1", "ok": True, "detail": "napping"})
     clock.advance(10)
     fleet.tick()
     assert len(sent.datagrams) == 2 and fleet.commands == {}
@@ -194,6 +195,22 @@ def test_journaled_reports_survive_without_a_snapshot_and_a_torn_line_is_skipped
     assert not os.path.exists(path + ".journal")
     third = Registry(path)
     assert third.load() == 2 and third.problems == {}
+
+
+def test_a_source_address_the_claims_check_refused_stays_refused_after_a_replayed_journal(tmp_path):
+    # Merge of issue 13's halves: the sender still gets acks and commands (addr), but an address the
+    # host may not claim (the gateway's, another host's) must not join its ips, live or from the journal.
+    path = str(tmp_path / "r.json")
+    registry = Registry(path)
+    registry.save(0.0)
+    registry.accept_report(report("h1", "awake", 10.0), ("198.18.0.1", 4000), 10.0, sender_ip_ok=False)
+    registry.accept_report(report("h2", "awake", 11.0), ("198.18.0.12", 4000), 11.0)
+    assert registry.commit()
+    assert "198.18.0.1" not in registry.get("h1").ips and registry.get("h1").addr == ["198.18.0.1", 4000]
+    again = Registry(path)
+    assert again.load() == 2 and again.problems == {}
+    assert "198.18.0.1" not in again.get("h1").ips and again.get("h1").addr == ["198.18.0.1", 4000]
+    assert "198.18.0.12" in again.get("h2").ips
 
 
 def test_a_journal_entry_is_applied_once_even_if_a_crash_hits_between_snapshot_and_compaction(tmp_path):

@@ -65,8 +65,9 @@ notes:
     plugin checks them on the controller and never sends them to the managed host; the BMC is contacted only with
     O(bmc_query=true), and then from the controller. RV(bmc.configured) tells whether a BMC is known (O(bmc_host),
     O(redfish_host) or their inventory variables).
-  - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. With
-    C(read_auth = yes) on the server the read is refused and RV(server.error) says so.
+  - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. Unsigned
+    reads need C(read_auth = no) on the server (the default is V(yes): the read is refused and RV(server.error)
+    says so); the record then carries states, not the host's addresses.
 requirements:
   - none (the powernap engine is used when installed)
 seealso:

@@ -28,31 +28,36 @@ pytestmark = pytest.mark.lab
 SEND_REPORT = r"""
 import json, socket, sys
 sys.path.insert(0, %(engine)r)
+from powernap.fleet_keys import host_key
 from powernap.server import protocol as P
 for report in json.loads(sys.argv[1]):
     report.setdefault("kind", "report")
     report["from"] = report["host"]
     report.setdefault("interval", 3600)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.sendto(P.encode(%(secret)r.encode(), report), ("127.0.0.1", %(port)d))
+        # Each host signs with its own key, derived from the master as the role does.
+        s.sendto(P.encode(host_key(%(secret)r, report["host"]).encode(), report), ("127.0.0.1", %(port)d))
 """
 
 API_GET = r"""
-import sys, urllib.request
-print(urllib.request.urlopen("http://127.0.0.1:%d" + sys.argv[1], timeout=5).read().decode())
+import json, sys
+sys.path.insert(0, %(engine)r)
+from powernap.powerwake import ServerClient
+print(json.dumps(ServerClient("http://127.0.0.1:%(port)d", %(secret)r).get(sys.argv[1])))
 """
 
 
 class Powerwaked:
     """powerwaked in the lab's controller namespace, started and stopped by pid."""
 
-    def __init__(self, lab, extra=""):
+    def __init__(self, lab, extra="", proxy=()):
         self.lab = lab
         self.dir = tempfile.mkdtemp(prefix="powerwaked-lab-")
         self.config = os.path.join(self.dir, "powerwaked.conf")
         lines = [
             "[powerwaked]",
             "secret = %s" % SECRET,
+            "listen = 0.0.0.0",
             "interface = eth0",
             "broadcast = %s" % lab.broadcast,
             "state_file = %s" % os.path.join(self.dir, "registry.json"),
@@ -60,6 +65,7 @@ class Powerwaked:
             "announce = no",
             "[proxy]",
             "cooldown = 30s",
+            *proxy,  # a section is given once per file: a test's [proxy] options go here
             "[ipmi]",
             "user = admin",
             "timeout = 15s",
@@ -123,7 +129,8 @@ class Powerwaked:
             return handle.read()[-4000:]
 
     def get(self, path):
-        proc = self.lab.ctl([PYTHON, "-c", API_GET % PORT, path], check=False)
+        script = API_GET % {"engine": ENGINE, "secret": SECRET, "port": PORT}
+        proc = self.lab.ctl([PYTHON, "-c", script, path], check=False)
         if proc.returncode != 0:
             raise AssertionError("API %s failed: %s" % (path, proc.stderr[-500:]))
         return json.loads(proc.stdout)
@@ -140,8 +147,8 @@ class Powerwaked:
 def powerwaked(lab_reset):
     servers = []
 
-    def make(extra=""):
-        server = Powerwaked(lab_reset, extra)
+    def make(extra="", proxy=()):
+        server = Powerwaked(lab_reset, extra, proxy)
         server.start()
         servers.append(server)
         return server
@@ -273,7 +280,7 @@ for _ in range(3):
 
 def test_gratuitous_arp_probes_and_the_gateway_do_not_wake(lab, powerwaked):
     h1, h2, h3 = lab.host("h1"), lab.host("h2"), lab.host("h3")
-    server = powerwaked("[proxy]\nignore_macs = %s\n" % h3["mac"])  # h3 plays the gateway
+    server = powerwaked(proxy=["ignore_macs = %s" % h3["mac"]])  # h3 plays the gateway
     server.report({"host": "h2", "state": "suspending", "event": "action-start"})  # report, then suspend
     lab.power("h2", "suspend")
     iface = lab.exec("h1", "ip -o link show | awk -F': ' '$2 != \"lo\" {print $2; exit}'").stdout.strip()

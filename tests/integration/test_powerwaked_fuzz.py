@@ -3,7 +3,8 @@
 A real ``powerwaked`` runs as a subprocess on 127.0.0.1 (no lab, no root needed; magic packets go to
 127.0.0.1).  Hypothesis builds reports and API request bodies with every declared field set to
 values of any JSON type (NaN and infinity included), plus unknown fields, plus unsigned garbage;
-each is signed with the fleet secret, so it reaches the schema check, then sent as a UDP datagram
+each is signed as the server expects it (a report with its sender's own host key, an API request with
+the master secret for its method and path), so it reaches the schema check, then sent as a UDP datagram
 and as an HTTP POST.  The server must answer each POST with a JSON error or success, never fail a
 handler (``errors`` in /v1/status stays 0), and still accept and acknowledge a good report at the
 end.  The run is bounded by ``FUZZ_EXAMPLES`` cases and ``FUZZ_SECONDS`` of wall time; it prints the
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -29,10 +31,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ENGINE = os.path.join(REPO, "engine")
 sys.path.insert(0, ENGINE)
 
+from powernap import powerwake  # noqa: E402
+from powernap.fleet_keys import host_key  # noqa: E402
 from powernap.server import protocol as P  # noqa: E402
 
-SECRET = "fuzzing-fleet-secret-0123456789"
-KEY = SECRET.encode()
+SECRET = "fuzzing-fleet-secret-0123456789"  # the master secret
+MASTER = SECRET.encode()
 FUZZ_EXAMPLES = int(os.environ.get("POWERNAP_FUZZ_EXAMPLES", "1000"))
 FUZZ_SECONDS = float(os.environ.get("POWERNAP_FUZZ_SECONDS", "90"))
 
@@ -133,8 +137,18 @@ def _tail(path):
 
 
 def _get(url):
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        return json.loads(reply.read())
+    """A read signed with the master secret (reads need a signature by default)."""
+    parts = urllib.parse.urlsplit(url)
+    return powerwake.ServerClient("%s://%s" % (parts.scheme, parts.netloc), SECRET, timeout=10).get(parts.path)
+
+
+def _signed(payload, path):
+    """Wire bytes signed as the server expects them: a report with its sender's key, a request with the master."""
+    if payload.get("kind") == "report":
+        sender = payload.get("from")
+        key = host_key(SECRET, sender).encode() if isinstance(sender, str) else MASTER
+        return P.encode(key, payload)
+    return P.encode(MASTER, payload, P.http_label("POST", path))
 
 
 @pytest.fixture(scope="module")
@@ -194,15 +208,15 @@ def test_fuzzed_reports_and_api_bodies_never_stop_the_server(server):
             return  # the time bound: the remaining cases are no-ops
         target, payload = case
         stats["cases"] += 1
+        path = "/v1/report" if target in ("report", "garbage") else "/v1/" + target
         if target == "garbage":
             data = datagram = payload
         else:
             try:  # one signing per copy: the same nonce twice would be a replay
-                data, datagram = P.encode(KEY, payload), P.encode(KEY, payload)
+                data, datagram = _signed(payload, path), _signed(payload, path)
             except ValueError:  # json.dumps cannot write it (e.g. a huge int as a key): nothing to send
                 return
         server["udp"].sendto(datagram[: P.MAX_MESSAGE + 100], ("127.0.0.1", server["port"]))
-        path = "/v1/report" if target in ("report", "garbage") else "/v1/" + target
         status, answer = _post(server["url"] + path, data)
         assert status in (200, 400, 401, 403, 404), (status, answer)
         assert isinstance(answer, dict)
@@ -213,7 +227,9 @@ def test_fuzzed_reports_and_api_bodies_never_stop_the_server(server):
     assert server["proc"].poll() is None, _tail(server["log"])
     status = _get(server["url"] + "/v1/status")
     assert status["errors"] == 0, _tail(server["log"])
-    good = P.encode(KEY, {"kind": "report", "from": "h1", "host": "h1", "state": "awake", "load": 0.2, "cpus": 2})
+    good = _signed(
+        {"kind": "report", "from": "h1", "host": "h1", "state": "awake", "load": 0.2, "cpus": 2}, "/v1/report"
+    )
     code, answer = _post(server["url"] + "/v1/report", good)
     assert code == 200 and answer["host"] == "h1" and answer["saved"]
     print(

@@ -1,7 +1,10 @@
 """powerwaked's HTTP JSON API (same port as the UDP reports, TCP).
 
-Reads (open unless ``read_auth = yes``; then send the signed envelope of
-``{"kind": "read", "path": PATH}`` in the ``Authorization`` header)::
+Reads: send the envelope of ``{"kind": "read", "path": PATH}`` signed with the
+master secret for ``GET PATH`` in the ``Authorization`` header.  With
+``read_auth = no`` reads without it are served too, but MACs, IPs, BMC
+addresses, engine ports and the history (which names them) only to signed
+readers; lookups by IP or MAC need a signature as well::
 
     GET /v1/status              server summary: host counts by state, proxy counters, UPS states
     GET /v1/hosts               every host (registry records)
@@ -10,25 +13,36 @@ Reads (open unless ``read_auth = yes``; then send the signed envelope of
     GET /v1/groups/NAME         one group
     GET /v1/history             recent wakes, naps, escalations
 
-Writes: the body is one signed message (see ``protocol``)::
+Writes: the body is one message signed with the master secret for its method
+and path (``protocol.http_label``: a wake body is refused at ``/v1/nap``); a
+report is the engine's datagram, signed with its own host key::
 
     POST /v1/report             an engine report (same bytes as the UDP datagram)
     POST /v1/wake               {"kind": "request", "host": NAME, "method": "auto|wol|ipmi"}
     POST /v1/nap                {"kind": "request", "host": NAME, "action": "suspend|poweroff|..."}
     POST /v1/groups/NAME/demand {"kind": "request", "more": N, "ttl": SECONDS}  (external schedulers)
 
-Answers are JSON objects; errors are ``{"error": "..."}`` with 400/401/404.
+Answers are JSON objects; errors are ``{"error": "..."}`` with 400/401/404, 403 for a
+report the server will not take (another host than its signer, an unregistered host, the host
+cap) and 500 when a handler fails (logged; the server goes on).
 The server runs in its own thread; every handler takes the daemon's lock.
+At most ``max_clients`` connections are served at once, ``max_clients_per_ip``
+from one address (more are closed at once), each within ``request_timeout`` in
+total, however slowly it sends;
+with ``tls_cert``/``tls_key`` it speaks HTTPS (the handshake runs in the
+connection's thread, under the same deadline).
 """
 
 import json
 import socket
+import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import unquote
 
-from .protocol import ProtocolError
+from .protocol import TO_SERVER, ProtocolError, http_label
 
 MAX_BODY = 65536
 
@@ -45,29 +59,36 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
     if len(parts) < 2 or parts[0] != "v1":
         raise ApiError(404, "no such endpoint %s" % path)
     if method == "GET":
-        if app.read_auth:
-            _verify(app, (auth or "").encode("utf-8"), "read", path=path.split("?")[0])
+        signed = False
+        if auth or app.read_auth:
+            _verify(app, (auth or "").encode("utf-8"), "read", http_label(method, path), path=path.split("?")[0])
+            signed = True
         if parts[1:] == ["status"]:
             return app.api_status()
         if parts[1:] == ["hosts"]:
-            return {"hosts": app.api_hosts()}
+            return {"hosts": app.api_hosts(full=signed)}
         if parts[1] == "hosts" and len(parts) == 3:
-            return _found(app.api_host(parts[2]), "host", parts[2])
+            return _found(app.api_host(parts[2], full=signed), "host", parts[2])
         if parts[1:] == ["groups"]:
             return {"groups": app.api_groups()}
         if parts[1] == "groups" and len(parts) == 3:
             return _found(app.api_group(parts[2]), "group", parts[2])
         if parts[1:] == ["history"]:
+            if not signed:
+                raise ApiError(401, "the history names addresses: send a signed read")
             return {"history": app.api_history()}
         raise ApiError(404, "no such endpoint %s" % path)
     if method == "POST":
         if parts[1:] == ["report"]:
-            message = _verify(app, body, "report")
+            message = _verify(app, body, "report", TO_SERVER)
             try:
-                return app.accept_report(message, None)
+                answer = app.accept_report(message, None)
             except ProtocolError as exc:  # a valid report the registry will not take (unregistered, cap)
                 raise ApiError(403, str(exc)) from None
-        message = _verify(app, body, "request")
+            if answer is None:
+                raise ApiError(403, "a host reports only for itself")
+            return answer
+        message = _verify(app, body, "request", http_label(method, path))
         if parts[1:] == ["wake"]:
             return _found(
                 app.api_wake(
@@ -107,9 +128,9 @@ def _found(value: Any, what: str, name: Any) -> Any:
     return value
 
 
-def _verify(app: Any, data: bytes, kind: str, **expect: Any) -> Dict[str, Any]:
+def _verify(app: Any, data: bytes, kind: str, label: bytes, **expect: Any) -> Dict[str, Any]:
     try:
-        message = app.endpoint.accept(data)
+        message = app.endpoint.accept(data, label)
     except ProtocolError as exc:
         raise ApiError(401, "not authenticated: %s" % exc) from None
     if message["kind"] != kind or any(message.get(k) != v for k, v in expect.items()):
@@ -118,8 +139,11 @@ def _verify(app: Any, data: bytes, kind: str, **expect: Any) -> Dict[str, Any]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server_version = "powerwaked/1"
-    timeout = 10  # a slow client cannot hold a thread forever
+    server_version = "powerwaked"
+    timeout = 10  # per read; the server's request_timeout bounds the whole connection
+
+    def version_string(self) -> str:
+        return self.server_version  # not the Python version: no need to tell anyone
 
     def _serve(self, method: str) -> None:
         app = self.server.app  # type: ignore[attr-defined]
@@ -162,16 +186,116 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.app.log.debug("api %s: %s", self.client_address[0], args[0] % args[1:])  # type: ignore[attr-defined]
 
 
-class _V6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+class _BoundedServer(ThreadingHTTPServer):
+    """One thread per connection, but at most ``max_clients`` of them, each cut off after ``request_timeout``.
+
+    One client address may hold at most ``per_client`` of them, so a single
+    slow client cannot take every slot from the others.  A connection over a
+    limit, or one whose thread cannot start, is closed at once (counted in
+    ``refused``): the server never crashes for want of a thread.
+    ``service_actions`` (run by ``serve_forever`` every poll) shuts down
+    connections past their deadline, so a client that sends a byte every few
+    seconds cannot hold its thread.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self, address: Tuple[str, int], max_clients: int, request_timeout: float, tls: Any, per_client: int = 0
+    ):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.max_clients = max_clients
+        self.per_client = per_client or max(2, max_clients // 4)
+        self.request_timeout = request_timeout
+        self.tls = tls
+        self.slots = threading.BoundedSemaphore(max_clients)
+        self.active: Dict[int, list] = {}  # fd -> [socket, deadline, client address]
+        self.active_lock = threading.Lock()
+        self.refused = 0
+        self.cut_off = 0
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.active_lock:
+            mine = sum(1 for entry in self.active.values() if entry[2] == client_address[0])
+        if mine >= self.per_client or not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        fd = request.fileno()
+        with self.active_lock:
+            self.active[fd] = [request, time.monotonic() + self.request_timeout, client_address[0]]
+        try:
+            threading.Thread(
+                target=self.process_request_thread, args=(request, client_address, fd), daemon=True
+            ).start()
+        except RuntimeError as exc:  # "can't start new thread": drop this client, keep serving
+            self.refused += 1
+            self._done(fd)
+            self.shutdown_request(request)
+            self.app.log.warning("api: cannot start a thread for %s: %s", client_address[0], exc)  # type: ignore[attr-defined]
+
+    def process_request_thread(self, request: Any, client_address: Any, fd: int = -1) -> None:  # type: ignore[override]
+        try:
+            if self.tls is not None:
+                request.settimeout(_Handler.timeout)
+                request = self.tls.wrap_socket(request, server_side=True)
+                with self.active_lock:
+                    if fd in self.active:
+                        self.active[fd][0] = request
+            self.finish_request(request, client_address)
+        except Exception:  # a broken client (TLS, reset) ends only its own connection
+            pass
+        finally:
+            self._done(fd)
+            self.shutdown_request(request)
+
+    def _done(self, fd: int) -> None:
+        with self.active_lock:
+            if self.active.pop(fd, None) is not None:
+                self.slots.release()
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        with self.active_lock:
+            late = [entry for entry in self.active.values() if entry[1] <= now]
+            for entry in late:
+                entry[1] = float("inf")  # cut once; its thread ends and frees the slot
+        for sock in (entry[0] for entry in late):
+            self.cut_off += 1
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # its thread's next read fails and the thread ends
+            except OSError:
+                pass
+
+    def connections(self) -> int:
+        with self.active_lock:
+            return len(self.active)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The API's TLS settings: TLS 1.2 or newer, the certificate chain and key from PEM files."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 class ApiServer:
     """The HTTP server on its own (daemon) thread."""
 
-    def __init__(self, app: Any, address: str, port: int):
-        self.httpd = (_V6Server if ":" in address else ThreadingHTTPServer)((address, port), _Handler)
-        self.httpd.daemon_threads = True
+    def __init__(
+        self,
+        app: Any,
+        address: str,
+        port: int,
+        max_clients: int = 32,
+        request_timeout: float = 10.0,
+        tls: Optional[ssl.SSLContext] = None,
+        per_client: int = 0,
+    ):
+        self.httpd = _BoundedServer((address, port), max_clients, request_timeout, tls, per_client)
         self.httpd.app = app  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(

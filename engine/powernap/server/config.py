@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .. import ini
 from ..errors import ConfigError
+from ..fleet_keys import MIN_MASTER
 from ..magic_packet import parse_secureon
 from ..monitors.oncalendar import CalendarEvent
 from ..options import (
@@ -95,10 +96,13 @@ class ServerSection(Declared):
     TYPE = "powerwaked"
     OPTIONS = (
         Option("secret", String(), default="", secret=True,
-               doc="The fleet's shared secret (the engines' [server] token)."),
+               doc="The fleet's master secret: each engine's [server] token is its own key derived from it "
+                   "(powerwaked --derive-key NAME, or the role's host_key filter); admins sign API requests with it."),
         Option("secret_file", _path(), default="",
                doc="Read the secret from this file instead (first line); refused unless only its owner can read it."),
-        Option("listen", IpAddress(), default="0.0.0.0", doc="Address for reports (UDP) and the API (TCP)."),
+        Option("listen", IpAddress(), default="",
+               doc="Address for reports (UDP) and the API (TCP); no default: name the segment's address "
+                   "(0.0.0.0 or :: only on purpose)."),
         Option("port", Integer(1, 65535), default=DEFAULT_PORT, doc="Port for reports (UDP) and the HTTP API (TCP)."),
         Option("state_file", _path(nonempty=True), default="/var/lib/powerwaked/registry.json",
                doc="Where the registry is kept across restarts (written atomically)."),
@@ -115,9 +119,21 @@ class ServerSection(Declared):
                doc="udp (broadcast), raw (ethertype 0x0842 frame, needs interface) or both."),
         Option("confirm_timeout", Duration(minimum=1), default=45.0,
                doc="A wake not confirmed (report, frame from the host's MAC) within this escalates to IPMI."),
-        Option("read_auth", Boolean(), default=False,
-               doc="Require a signed request for the API's GET endpoints too (default: reads are open)."),
-        Option("announce", Boolean(), default=True, doc="Announce _powerwaked._udp by multicast DNS."),
+        Option("read_auth", Boolean(), default=True,
+               doc="Require a signed request for the API's GET endpoints. With no, anyone who reaches the port "
+                   "reads states and groups, but MACs, IPs, BMC addresses and command ports only with a signature."),
+        Option("announce", Boolean(), default=False,
+               doc="Announce _powerwaked._udp by multicast DNS (engines with no url find the server; they trust "
+                   "it only once it has proved their key)."),
+        Option("tls_cert", _path(), default="",
+               doc="PEM certificate (chain) for the API: with it the API speaks HTTPS only (reports stay UDP)."),
+        Option("tls_key", _path(), default="", doc="PEM private key of tls_cert (keep it 0600)."),
+        Option("max_clients", Integer(1, 1000), default=32,
+               doc="API connections served at once; more are closed at once (slow clients cannot exhaust threads)."),
+        Option("max_clients_per_ip", Integer(0, 1000), default=0,
+               doc="API connections one client address may hold at once (0: a quarter of max_clients, at least 2)."),
+        Option("request_timeout", Duration(minimum=1, maximum=300), default=10.0,
+               doc="Longest one API connection may take in total (slow clients are cut off)."),
         Option("command_retries", Integer(0, 10), default=3, doc="Resend an unacknowledged command this often."),
         Option("max_hosts", Integer(1, 100000), default=4096,
                doc="At most this many hosts in the registry; reports for further new hosts are refused."),
@@ -145,6 +161,11 @@ class ProxySection(Declared):
                doc="Wake a host with a known MAC whose engine never reported (state unknown from the start)."),
         Option("probe_ports", PortRanges(), default=((22, 22),),
                doc="A frame from a sleeper's MAC is only a hint: a TCP probe to these ports confirms it is up."),
+        Option("ignore_gateway", Boolean(), default=True,
+               doc="Never wake for requests from the default gateways (detected; their sweeps would wake everyone)."),
+        Option("source_wakes", Integer(0, 100000), default=20,
+               doc="Wakes one source MAC may cause per source_window; more are ignored and logged (0: no limit)."),
+        Option("source_window", Duration(minimum=1), default=3600.0, doc="The window of source_wakes."),
     )  # fmt: skip
 
 
@@ -158,8 +179,8 @@ class IpmiSection(Declared):
         Option("password", String(), default="", secret=True, doc="BMC password (never logged)."),
         Option("port", Integer(1, 65535), default=623, doc="BMC UDP port."),
         Option("cipher", Integer(0, 17), default=3, doc="Cipher suite (ipmitool -C)."),
-        Option("privilege", Choice("USER", "OPERATOR", "ADMINISTRATOR"), default="ADMINISTRATOR",
-               doc="Privilege level (ipmitool -L)."),
+        Option("privilege", Choice("USER", "OPERATOR", "ADMINISTRATOR"), default="OPERATOR",
+               doc="Privilege level (ipmitool -L); OPERATOR is enough for chassis power control."),
         Option("timeout", Duration(minimum=1, maximum=300), default=20.0, doc="Hard deadline of one ipmitool run."),
     )  # fmt: skip
 
@@ -374,8 +395,17 @@ def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
                 config.server["secret"] = line
     if not config.server["secret"]:
         errors.append(where("powerwaked")("a fleet secret is required (secret or secret_file)", "secret"))
-    elif len(config.server["secret"]) < 16:
+    elif len(config.server["secret"]) < MIN_MASTER:
         errors.append(where("powerwaked")("the fleet secret is too short (at least 16 characters)", "secret"))
+    if not config.server["listen"]:
+        errors.append(
+            where("powerwaked")("listen is required: the segment interface's address (0.0.0.0: all)", "listen")
+        )
+    if bool(config.server["tls_cert"]) != bool(config.server["tls_key"]):
+        errors.append(where("powerwaked")("tls_cert and tls_key go together", "tls_cert"))
+    for key in ("tls_cert", "tls_key"):
+        if config.server[key] and not os.path.isfile(config.server[key]):
+            errors.append(where("powerwaked")("%s: no such file %s" % (key, config.server[key]), key))
     if config.server["wol_transport"] != "udp" and not config.server["interface"]:
         errors.append(
             where("powerwaked")("wol_transport = %s needs interface" % config.server["wol_transport"], "wol_transport")

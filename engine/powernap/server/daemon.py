@@ -23,22 +23,27 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__
 from ..clock import Clock
+from ..daemon import sd_notify, watchdog_interval
+from ..fleet_keys import host_key
 from ..magic_packet import format_mac
 from . import mdns
 from . import protocol as P
-from .api import ApiServer
+from .api import ApiServer, tls_context
 from .cluster import ClusterPolicy, UrlLoad
 from .config import DEFAULT_CONFIG, ServerConfig, config_files, insecure_mode, load_config
 from .fleet import Fleet
+from .netinfo import NetView
 from .proxy import RawListener, SleepProxy, tcp_probe
 from .registry import Refused, Registry
 from .schedule import SchedulePolicy, earliest
+from .trust import ClaimFilter
 from .ups import UpsPolicy, UpsPoller
 from .wake import WolSender, interface_mac
 
 TICK = 0.25
 PROBE_EVERY = 5.0  # seconds between confirmation probes of one host
 MAX_PROBES = 16  # probes running at once
+NET_REFRESH = 60.0  # seconds between re-reads of our addresses, gateways and links
 
 
 class Server:
@@ -48,6 +53,7 @@ class Server:
         clock: Optional[Clock] = None,
         log: Optional[logging.Logger] = None,
         api: bool = True,
+        net: Optional[NetView] = None,
     ):
         self.config = config
         self.clock = clock or Clock()
@@ -56,7 +62,9 @@ class Server:
         self.want_api = api
         opts = config.server
         self.read_auth = bool(opts["read_auth"])
-        self.endpoint = _Endpoint(config.secret.encode("utf-8"), float(opts["max_skew"]), clock=self.clock.wall)
+        # Each host's key is derived from the master secret: a report verifies only with its sender's key.
+        self.keys = P.ServerKeys(config.secret.encode("utf-8"))
+        self.endpoint = _Endpoint(self.keys.for_message, float(opts["max_skew"]), clock=self.clock.wall)
         self.registry = Registry(
             str(opts["state_file"]),
             float(opts["stale_factor"]),
@@ -69,6 +77,9 @@ class Server:
         )
         self.endpoint.registry = self.registry
         self.members = config.group_members()
+        self.net = net or NetView()
+        self.claims = ClaimFilter(self.registry, config.hosts, self.log.getChild("trust"))
+        self._net_refreshed = 0.0
         self.wol = WolSender(opts["interface"], opts["broadcast"], opts["wol_port"], opts["wol_transport"])
         self.fleet = Fleet(
             self.registry, config, self.clock, self.wol.send, self._send_datagram, log=self.log.getChild("fleet")
@@ -93,6 +104,7 @@ class Server:
         self._probe_results: queue.SimpleQueue[Tuple[str, str, str]] = queue.SimpleQueue()
         self.started = self.clock.wall()
         self._selector = selectors.DefaultSelector()
+        self._watchdog: Optional[float] = None
         self._stopping = False
         self._signal_r: Optional[socket.socket] = None
         self._signal_w: Optional[socket.socket] = None
@@ -113,6 +125,7 @@ class Server:
                 if group not in record.groups:
                     record.groups.append(group)
         self.log.info("powerwaked %s: %d hosts (%d from the saved registry)", __version__, len(self.registry), loaded)
+        self._refresh_net(time.monotonic())
         family = socket.AF_INET6 if ":" in opts["listen"] else socket.AF_INET
         self.udp = socket.socket(family, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,10 +134,20 @@ class Server:
         self.udp.setblocking(False)
         self._selector.register(self.udp, selectors.EVENT_READ, self._on_udp)
         if self.want_api:
-            self.api = ApiServer(self, opts["listen"], opts["port"])
+            tls = tls_context(opts["tls_cert"], opts["tls_key"]) if opts["tls_cert"] else None
+            self.api = ApiServer(
+                self,
+                opts["listen"],
+                opts["port"],
+                opts["max_clients"],
+                opts["request_timeout"],
+                tls,
+                opts["max_clients_per_ip"],
+            )
             self.api.start()
         if opts["interface"] and self.config.proxy["enabled"]:
             self._start_proxy(now)
+        self._watchdog = watchdog_interval()
         for name, ups_opts in self.config.named["ups"].items():
             poller = UpsPoller(ups_opts, self.log.getChild("ups"))
             poller.start()
@@ -151,13 +174,31 @@ class Server:
         if opts["announce"]:
             try:
                 self.mdns = mdns.Responder(
-                    socket.gethostname(), opts["port"], opts["interface"], self.log.getChild("mdns")
+                    socket.gethostname(),
+                    opts["port"],
+                    opts["interface"],
+                    self.log.getChild("mdns"),
+                    on_link=self.net.on_link,
                 )
                 self._selector.register(self.mdns.sock, selectors.EVENT_READ, self._on_mdns)
             except OSError as exc:
                 self.log.warning("mDNS announce disabled: %s", exc)
                 self.mdns = None
         self.registry.save(now)
+        sd_notify("READY=1\nSTATUS=%d hosts" % len(self.registry))
+
+    def _refresh_net(self, mono: float) -> None:
+        """Re-read our addresses and the gateways: nobody may claim them, and the proxy ignores their frames."""
+        self._net_refreshed = mono
+        try:
+            self.net.refresh()
+        except (OSError, ValueError) as exc:
+            self.log.warning("cannot read the network view: %s", exc)
+            return
+        ips, macs = self.net.protected()
+        self.claims.protect(ips, macs)
+        if self.proxy is not None:
+            self.proxy.protect(self.net.own_ips, self.net.gateway_macs if self.config.proxy["ignore_gateway"] else ())
 
     def _start_proxy(self, now: float) -> None:
         opts, proxy_opts = self.config.server, self.config.proxy
@@ -178,7 +219,11 @@ class Server:
             now=now,
             wake_unreported=proxy_opts["wake_unreported"],
             probe=self.probe,
+            source_wakes=proxy_opts["source_wakes"],
+            source_window=proxy_opts["source_window"],
+            log=self.log.getChild("proxy"),
         )
+        self.proxy.protect(self.net.own_ips, self.net.gateway_macs if proxy_opts["ignore_gateway"] else ())
         self.registry.listeners.append(self._on_state_change)
         for fd in self.raw.fds():
             self._selector.register(fd, selectors.EVENT_READ, self._on_raw)
@@ -192,6 +237,7 @@ class Server:
         self._install_signals()
         give_up = None if max_seconds is None else time.monotonic() + max_seconds
         next_tick = time.monotonic()
+        next_ping = time.monotonic()
         try:
             while not self._stopping:
                 if give_up is not None and time.monotonic() >= give_up:
@@ -203,6 +249,10 @@ class Server:
                     with self.lock:
                         self.tick()
                     next_tick = time.monotonic() + TICK
+                if self._watchdog is not None and time.monotonic() >= next_ping:
+                    # Pinged from the loop itself: a wedged loop (or lock) misses it and systemd restarts us.
+                    sd_notify("WATCHDOG=1\nSTATUS=%d hosts, %d reports" % (len(self.registry), self.reports))
+                    next_ping = time.monotonic() + self._watchdog
         finally:
             self.shutdown()
         return 0
@@ -226,10 +276,18 @@ class Server:
 
     def tick(self) -> None:
         now = self.clock.wall()
+        if time.monotonic() - self._net_refreshed >= NET_REFRESH:
+            self._isolated("network view refresh", self._refresh_net, time.monotonic())
         self._isolated("registry tick", self.registry.tick, now)
         self._isolated("probe results", self._apply_probes, now)
         if self.proxy is not None:
             self._isolated("proxy tick", self.proxy.tick, now)
+            if self.raw is not None:
+                self._isolated(
+                    "solicited-node groups",
+                    self.raw.join_solicited,
+                    [ip for record in self.registry for ip in record.ips if ":" in ip],
+                )
         self._isolated("wake service tick", self.fleet.tick)
         for policy, poller in self.ups:
             self._isolated("UPS %s" % policy.name, policy.observe, poller.latest, now)
@@ -281,6 +339,7 @@ class Server:
         self.registry.prune_replay(now, self.endpoint.guard.max_skew)
 
     def shutdown(self) -> None:
+        sd_notify("STOPPING=1")
         with self.lock:
             if self.api is not None:
                 self.api.close()
@@ -371,10 +430,16 @@ class Server:
             return
         if message["kind"] == "report":
             try:
-                self.accept_report(message, sender, commit=False)
+                answer = self.accept_report(message, sender, commit=False)
             except Refused as exc:
                 return self._refuse(exc, message)
-            ack = P.encode(self.endpoint.secret, {"kind": "ack", "from": P.SERVER_NAME, "re": message["nonce"]})
+            if answer is None:
+                return  # a report for another host than its signer: no ack
+            ack = P.encode(
+                self.keys.host(message["from"]),
+                {"kind": "ack", "from": P.SERVER_NAME, "re": message["nonce"]},
+                P.TO_ENGINE,
+            )
             acks.append((ack, sender))
         elif message["kind"] == "command-ack":
             self.registry.note_sender(message["from"], float(message["ts"]))
@@ -405,9 +470,23 @@ class Server:
     # -- the API's view (called with self.lock held) ------------------------------------------
     def accept_report(
         self, message: Dict[str, Any], sender: Optional[Tuple[str, int]], commit: bool = True
-    ) -> Dict[str, Any]:
-        """Apply a verified report; ``commit`` journals it at once (the API answers only after that)."""
-        record = self.registry.accept_report(message, sender, self.clock.wall())
+    ) -> Optional[Dict[str, Any]]:
+        """Apply a verified report; ``commit`` journals it at once (the API answers only after that).
+
+        None (logged) when it speaks for another host than its signer; Refused when the registry
+        will not take the host (unregistered, host cap).
+        """
+        host = message["from"]
+        if message.get("host", host) != host:
+            self.rejected += 1
+            self.log.warning("host %s sent a report for %r: refused (a host reports only for itself)", host,
+                             str(message.get("host"))[:64])  # fmt: skip
+            return None
+        claimed = self.claims.filter(host, message)
+        # The source address joins the host's addresses only where it may claim it (never the gateway's);
+        # acks and commands still go there.
+        sender_ip_ok = sender is not None and self.claims.sender_ok(host, sender[0])
+        record = self.registry.accept_report(claimed, sender, self.clock.wall(), sender_ip_ok=sender_ip_ok)
         self.reports += 1
         saved = self.registry.commit() if commit else True
         return {"host": record.name, "state": record.state, "saved": saved}
@@ -434,17 +513,26 @@ class Server:
             },
             "insecure_files": list(self.insecure_files),
             "proxy": dict(self.proxy.counts) if self.proxy is not None else None,
+            "api": self._api_counts(),
+            "refused_claims": self.claims.refused,
             "ups": [policy.to_dict() for policy, _poller in self.ups],
             "schedules": [schedule.to_dict() for schedule in self.schedules],
             "clusters": [cluster.to_dict() for cluster in self.clusters.values()],
         }
 
-    def api_hosts(self) -> List[Dict[str, Any]]:
-        return [record.to_dict() for record in sorted(self.registry, key=lambda r: r.name)]
+    def api_hosts(self, full: bool = True) -> List[Dict[str, Any]]:
+        return [_shown(record.to_dict(), full) for record in sorted(self.registry, key=lambda r: r.name)]
 
-    def api_host(self, target: str) -> Optional[Dict[str, Any]]:
-        record = self.registry.find(target)
-        return record.to_dict() if record is not None else None
+    def api_host(self, target: str, full: bool = True) -> Optional[Dict[str, Any]]:
+        # By IP or MAC only for signed readers: an open lookup would confirm addresses one by one.
+        record = self.registry.find(target) if full else self.registry.get(target)
+        return _shown(record.to_dict(), full) if record is not None else None
+
+    def _api_counts(self) -> Optional[Dict[str, int]]:
+        if self.api is None:
+            return None
+        httpd = self.api.httpd
+        return {"connections": httpd.connections(), "refused": httpd.refused, "cut_off": httpd.cut_off}
 
     def api_groups(self) -> List[Dict[str, Any]]:
         return [self._group(name) for name in sorted(self.members)]
@@ -501,12 +589,22 @@ class _Endpoint(P.Endpoint):
 
     registry: Optional[Registry] = None
 
-    def accept(self, data: bytes) -> Dict[str, Any]:
-        message = super().accept(data)
+    def accept(self, data: bytes, label: bytes = P.TO_SERVER) -> Dict[str, Any]:
+        message = super().accept(data, label)
         if message["kind"] == "request" and self.registry is not None:
             self.registry.note_sender(message["from"], float(message["ts"]))
             self.registry.commit()
         return message
+
+
+# Record fields an unsigned reader does not get (read_auth = no): where hosts are and how to reach them.
+SENSITIVE_FIELDS = ("macs", "ips", "wol", "bmc", "addr", "last_wake")
+
+
+def _shown(record: Dict[str, Any], full: bool) -> Dict[str, Any]:
+    if full:
+        return record
+    return {key: value for key, value in record.items() if key not in SENSITIVE_FIELDS}
 
 
 def _large_receive_buffer(sock: socket.socket, size: int = 4 << 20) -> None:
@@ -525,6 +623,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="powerwaked", description="The powernap fleet server (one per L2 segment).")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="main config file (default %(default)s)")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--derive-key",
+        metavar="HOST",
+        help="print HOST's own key (its engine's [server] token), derived from the config's master secret",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--version", action="version", version="powerwaked " + __version__)
     args = parser.parse_args(argv)
@@ -536,6 +639,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(str(error), file=sys.stderr)
     if errors:
         return 1
+    if args.derive_key:
+        print(host_key(config.secret, args.derive_key))
+        return 0
     if args.check_config:
         print("%s: OK (%d hosts, %d groups)" % (args.config, len(config.hosts), len(config.group_members())))
         return 0

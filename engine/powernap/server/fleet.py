@@ -40,7 +40,7 @@ class Fleet:
         self.ipmi = ipmi or ipmi_power
         self.log = log or logging.getLogger("powerwaked")
         self.background = background  # False in tests: IPMI runs inline
-        self.secret = config.secret.encode("utf-8")
+        self.keys = P.ServerKeys(config.secret.encode("utf-8"))  # commands are signed with the host's own key
         self.confirm_timeout = float(config.server["confirm_timeout"])
         self.retries = int(config.server["command_retries"])
         self.waiting: Dict[str, Dict[str, Any]] = {}  # host -> wake awaiting confirmation
@@ -125,7 +125,10 @@ class Fleet:
                 self.results.put((record.name, action, False, str(exc)))
 
         if self.background:
-            threading.Thread(target=run, name="ipmi-%s" % record.name, daemon=True).start()
+            try:
+                threading.Thread(target=run, name="ipmi-%s" % record.name, daemon=True).start()
+            except RuntimeError as exc:  # "can't start new thread" (TasksMax): report it, never crash
+                self.results.put((record.name, action, False, "cannot start IPMI: %s" % exc))
         else:
             run()
         return True
@@ -152,7 +155,7 @@ class Fleet:
                 "wake_at": wake_at,
                 "id": "%s-%d" % (record.name, int(now * 1000)),
             }
-            data = P.encode(self.secret, message)
+            data = P.encode(self.keys.host(record.name), message, P.TO_ENGINE)
             nonce = _nonce_of(data)
             self.commands[nonce] = {
                 "host": record.name,
@@ -180,9 +183,10 @@ class Fleet:
             self.log.warning("command to %s failed: %s", record.name, exc)
 
     def on_command_ack(self, message: Dict[str, Any]) -> None:
-        pending = self.commands.pop(str(message.get("re")), None)
-        if pending is None:
-            return
+        pending = self.commands.get(str(message.get("re")))
+        if pending is None or pending["host"] != message.get("from"):
+            return  # not ours, or another host acking a command it never got
+        del self.commands[str(message.get("re"))]
         self.log.info(
             "host %s: %s (%s)", pending["host"], message.get("detail"), "ok" if message.get("ok") else "refused"
         )
@@ -246,7 +250,7 @@ class Fleet:
             if pending["tries"] > self.retries:
                 self._fallback(pending, "no answer")
                 continue
-            data = P.encode(self.secret, pending["message"])
+            data = P.encode(self.keys.host(pending["host"]), pending["message"], P.TO_ENGINE)
             pending["tries"] += 1
             self.commands[_nonce_of(data)] = pending
             self._send(data, record)

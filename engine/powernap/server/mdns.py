@@ -15,9 +15,10 @@ import os
 import socket
 import struct
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import SERVICE_TYPE
+from .netinfo import NetView
 
 MDNS_ADDR = "224.0.0.251"
 MDNS_PORT = 5353
@@ -132,8 +133,12 @@ class Responder:
         log: Any = None,
         address: str = "",
         group: Tuple[str, int] = (MDNS_ADDR, MDNS_PORT),
+        on_link: Optional[Callable[[str], bool]] = None,
     ):
         self.host = hostname.split(".")[0]
+        # Queries from off the link are never answered: an mDNS responder must not reflect (CVE-2017-6519).
+        self.on_link = on_link or NetView().refresh().on_link
+        self.off_link = 0
         self.instance = "%s.%s" % (self.host, SERVICE)
         self.target = "%s.local" % self.host
         self.port = port
@@ -179,6 +184,9 @@ class Responder:
                 data, sender = self.sock.recvfrom(9000)
             except (BlockingIOError, InterruptedError):
                 return
+            if not self.on_link(sender[0]):
+                self.off_link += 1
+                continue
             try:
                 query = parse(data)
             except (ValueError, struct.error, IndexError):

@@ -4,7 +4,16 @@ Every message is one UDP datagram (or one HTTP POST body to ``/v1/report``)::
 
     PWK1 <hex HMAC-SHA256> <JSON object>
 
-The HMAC covers ``b"PWK1\\n" + <JSON bytes>`` with the fleet's shared secret.
+The HMAC covers ``b"PWK1\\n" + <direction label> + b"\\n" + <JSON bytes>``.  Keys:
+each host has its own (``fleet_keys.host_key(master, name)``, derived by the
+role on the controller), and powerwaked holds the master secret it derives
+them all from.  Engine reports and command acks are signed with the
+sender's host key (label ``engine>server``), and the server signs acks and
+commands for one host with that host's key (label ``server>engine``), so a
+host can speak only for itself and accepts only what was signed for it.
+Admin requests to the HTTP API are signed with the master secret, and their
+label is ``http METHOD PATH``: a body signed for ``/v1/wake`` is refused at
+``/v1/nap``.
 The JSON object always carries ``v`` (1), ``kind``, ``from`` (sender name),
 ``ts`` (sender wall clock, epoch seconds) and ``nonce`` (random hex).  A
 receiver drops a message whose signature is wrong, whose ``ts`` is further
@@ -25,8 +34,9 @@ Kinds:
     ``wake_at``.  The engine runs it through its control socket and answers
     ``command-ack`` with ``re``, ``ok`` and ``detail``.
 
-With one secret per fleet, every engine can speak for every host: the
-secret keeps out outsiders, not a compromised member of the fleet.
+A compromised engine holds only its own key: it can lie about itself, but
+cannot report for another host, claim addresses the server protects
+(``trust``), or command any engine.
 """
 
 import collections
@@ -40,9 +50,10 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 from urllib.parse import urlsplit
 
+from ..fleet_keys import host_key
 from ..options import (
     Boolean,
     Choice,
@@ -68,6 +79,11 @@ VERSION = 1
 MAX_MESSAGE = 16384
 DEFAULT_SKEW = 120.0
 SERVER_NAME = "powerwaked"
+# Direction labels: a signature is only good in the direction (or HTTP method and path) it was made for.
+URL_SCHEMES = ("udp", "http", "https")
+TO_SERVER = b"engine>server"
+TO_ENGINE = b"server>engine"
+HOST_KINDS = ("report", "command-ack")  # signed by an engine with its host key; the rest with the master
 
 # Host states as the registry keeps them.  Engines report the first seven;
 # the server derives the rest.
@@ -119,39 +135,54 @@ def new_nonce() -> str:
     return os.urandom(8).hex()
 
 
-def _mac(secret: bytes, body: bytes) -> str:
-    return hmac.new(secret, MAGIC + b"\n" + body, hashlib.sha256).hexdigest()
+def http_label(method: str, path: str) -> bytes:
+    """The label an HTTP request is signed for: method and path (query string left out)."""
+    return ("http %s %s" % (method.upper(), path.split("?")[0])).encode("utf-8")
 
 
-def encode(secret: bytes, message: Dict[str, Any]) -> bytes:
-    """Sign ``message`` (fills in v/ts/nonce when missing) and return the wire bytes."""
+def _mac(key: bytes, body: bytes, label: bytes = TO_SERVER) -> str:
+    return hmac.new(key, MAGIC + b"\n" + label + b"\n" + body, hashlib.sha256).hexdigest()
+
+
+def encode(key: bytes, message: Dict[str, Any], label: bytes = TO_SERVER) -> bytes:
+    """Sign ``message`` for ``label`` (fills in v/ts/nonce when missing) and return the wire bytes."""
     message = dict(message)
     message.setdefault("v", VERSION)
     message.setdefault("ts", round(time.time(), 3))
     message.setdefault("nonce", new_nonce())
     body = json.dumps(message, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return MAGIC + b" " + _mac(secret, body).encode("ascii") + b" " + body
+    return MAGIC + b" " + _mac(key, body, label).encode("ascii") + b" " + body
 
 
-def decode(secret: bytes, data: bytes) -> Dict[str, Any]:
-    """Check the signature and shape of wire bytes; ProtocolError on anything wrong."""
+KeyFor = Union[bytes, Callable[[Dict[str, Any]], Optional[bytes]]]
+
+
+def decode(key: KeyFor, data: bytes, label: bytes = TO_SERVER) -> Dict[str, Any]:
+    """Check the signature and shape of wire bytes; ProtocolError on anything wrong.
+
+    ``key`` is the verifying key, or a callable that picks it from the (not yet
+    trusted) message, e.g. the sender's host key; None from it refuses the message.
+    """
     if len(data) > MAX_MESSAGE:
         raise ProtocolError("message too long (%d bytes)" % len(data))
     parts = data.split(b" ", 2)
     if len(parts) != 3 or parts[0] != MAGIC:
         raise ProtocolError("not a powerwaked message")
     signature, body = parts[1], parts[2]
-    if not hmac.compare_digest(signature, _mac(secret, body).encode("ascii")):
-        raise ProtocolError("bad signature")
     try:
         message = loads_strict(body)
     except (ValueError, RecursionError):
-        raise ProtocolError("signed body is not strict JSON") from None
-    if not isinstance(message, dict) or message.get("v") != VERSION:
+        raise ProtocolError("body is not strict JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("body is not a JSON object")
+    verify_key = key(message) if callable(key) else key
+    if verify_key is None or not hmac.compare_digest(signature, _mac(verify_key, body, label).encode("ascii")):
+        raise ProtocolError("bad signature")
+    if message.get("v") != VERSION:
         raise ProtocolError("unsupported message version")
-    for key, kind in (("kind", str), ("from", str), ("nonce", str)):
-        if not isinstance(message.get(key), kind) or not message[key]:
-            raise ProtocolError("message lacks %r" % key)
+    for name, kind in (("kind", str), ("from", str), ("nonce", str)):
+        if not isinstance(message.get(name), kind) or not message[name]:
+            raise ProtocolError("message lacks %r" % name)
     if not isinstance(message.get("ts"), (int, float)):
         raise ProtocolError("message lacks 'ts'")
     return message
@@ -328,6 +359,31 @@ def check_message(message: Any) -> Dict[str, Any]:
         raise ProtocolError("%s: %s" % (kind, exc)) from None
 
 
+class ServerKeys:
+    """powerwaked's keys: every host's key derived from the master secret (cached), the master for admins."""
+
+    def __init__(self, master: bytes):
+        self.master = master
+        self._hosts: Dict[str, bytes] = {}
+
+    def host(self, name: str) -> bytes:
+        key = self._hosts.get(name)
+        if key is None:
+            key = host_key(self.master, name).encode("ascii")
+            if len(self._hosts) < 100000:  # bounded: names come from signed-or-not traffic
+                self._hosts[name] = key
+        return key
+
+    def for_message(self, message: Dict[str, Any]) -> Optional[bytes]:
+        """The key that must have signed ``message``: the sender's host key for engine kinds, else the master."""
+        sender = message.get("from")
+        if not isinstance(sender, str) or not sender or len(sender) > 253:
+            return None
+        if message.get("kind") in HOST_KINDS:
+            return self.host(sender)
+        return self.master
+
+
 class ReplayGuard:
     """Rejects stale, future and repeated messages, per sender, in bounded memory.
 
@@ -387,26 +443,33 @@ class ReplayGuard:
 class Endpoint:
     """A verifying receiver: ``decode`` + ``ReplayGuard`` in one call."""
 
-    def __init__(self, secret: bytes, max_skew: float = DEFAULT_SKEW, clock: Callable[[], float] = time.time):
-        self.secret = secret
+    def __init__(self, key: KeyFor, max_skew: float = DEFAULT_SKEW, clock: Callable[[], float] = time.time):
+        self.key = key
         self.guard = ReplayGuard(max_skew)
         self.clock = clock
 
-    def accept(self, data: bytes) -> Dict[str, Any]:
-        message = check_message(decode(self.secret, data))
+    def accept(self, data: bytes, label: bytes = TO_SERVER) -> Dict[str, Any]:
+        message = check_message(decode(self.key, data, label))
         self.guard.check(message, self.clock())
         return message
 
 
 def parse_server_url(url: str) -> Tuple[str, str, int]:
-    """``udp://host[:port]``, ``http://host[:port]`` or bare ``host[:port]`` (UDP) → (scheme, host, port)."""
+    """``udp://host[:port]``, ``http(s)://host[:port]`` or bare ``host[:port]`` (UDP) → (scheme, host, port).
+
+    Every form names one server: reports go to its UDP port, the API is the TCP port of the same number.
+    """
     text = url.strip()
     if "://" not in text:
         text = "udp://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("udp", "http") or not parts.hostname:
-        raise ValueError("server url %r: use udp://HOST[:PORT] or http://HOST[:PORT]" % url)
-    return parts.scheme, parts.hostname, parts.port or DEFAULT_PORT
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError("server url %r: bad port" % url) from None
+    if parts.scheme not in URL_SCHEMES or not parts.hostname:
+        raise ValueError("server url %r: use udp://HOST[:PORT], http://HOST[:PORT] or https://HOST[:PORT]" % url)
+    return parts.scheme, parts.hostname, port or DEFAULT_PORT
 
 
 def state_for_event(event: Dict[str, Any], previous: str) -> str:
@@ -481,6 +544,12 @@ class FleetReporter(Reporter):
     seconds with the daemon's status (read through its control socket), and
     carries out the server's signed ``command`` messages through the same
     control socket, so nothing here touches the daemon's objects.
+
+    ``secret`` is this host's own key (``[server] token``).  Acks and commands
+    count only when signed with it for this direction and sent from the
+    server's address; a server found by DNS-SD is trusted only once it has
+    acknowledged a report (which proves it holds this host's key), and is
+    forgotten (found again) when it stops answering.
     """
 
     def __init__(
@@ -523,6 +592,9 @@ class FleetReporter(Reporter):
             socket.AF_INET6 if self.server and ":" in self.server[0] else socket.AF_INET, socket.SOCK_DGRAM
         )
         self._endpoint = Endpoint(self.secret, clock=time.time)
+        self._server_ip: Optional[str] = None  # the server's resolved address: the only source of acks and commands
+        self.discovered = False
+        self.verified = False  # the server has proved it holds our key (a signed ack)
         self._thread = threading.Thread(target=self._run, name="powernap-fleet-report", daemon=True)
         self._thread.start()
 
@@ -632,9 +704,25 @@ class FleetReporter(Reporter):
     def _resolve(self) -> Optional[Tuple[str, int]]:
         if self.server is None and self.discover is not None:
             self.server = self.discover(min(self.timeout, 3.0))
+            self.discovered = self.verified = False
             if self.server:
-                self.log.info("fleet server found by DNS-SD at %s:%d", *self.server)
-        return self.server
+                self.discovered = True
+                self.log.info("fleet server found by DNS-SD at %s:%d (not trusted until it acknowledges)", *self.server)
+        if self.server is not None and self._server_ip is None:
+            try:
+                infos = socket.getaddrinfo(self.server[0], self.server[1], self._sock.family, socket.SOCK_DGRAM)
+            except (OSError, UnicodeError) as exc:
+                self.log.debug("cannot resolve the fleet server %s: %s", self.server[0], exc)
+                return None
+            self._server_ip = str(infos[0][4][0])
+        return (self._server_ip, self.server[1]) if self.server is not None and self._server_ip else None
+
+    def _forget_unverified(self) -> None:
+        """A discovered server that never proved our key may be an impostor: look again next time."""
+        if self.discovered and not self.verified and self.server is not None:
+            self.log.warning("fleet server %s:%d did not prove our key: ignoring it", *self.server)
+            self.server = None
+            self._server_ip = None
 
     def _send(self, message: Dict[str, Any], wait: bool) -> bool:
         server = self._resolve()
@@ -654,7 +742,9 @@ class FleetReporter(Reporter):
                 return True
             if self._await_ack(nonce, self.timeout / tries):
                 self.acked += 1
+                self.verified = True
                 return True
+        self._forget_unverified()
         self.log.debug("fleet server %s:%d did not acknowledge %s", server[0], server[1], message.get("event"))
         return False
 
@@ -678,7 +768,7 @@ class FleetReporter(Reporter):
                 continue
             if message["kind"] == "ack" and message.get("re") == nonce:
                 return True
-            if message["kind"] == "command":
+            if message["kind"] == "command" and self.verified:
                 self._run_command(message, sender)
         return False
 
@@ -691,12 +781,17 @@ class FleetReporter(Reporter):
         finally:
             self._sock.setblocking(True)
         message = self._verify(data, sender)
-        if message is not None and message["kind"] == "command":
+        if message is not None and message["kind"] == "command" and self.verified:
             self._run_command(message, sender)
 
     def _verify(self, data: bytes, sender: Tuple[str, int]) -> Optional[Dict[str, Any]]:
+        """A message from the server to us, or None: the server's address, our key, the server>engine label."""
+        server = (self._server_ip, self.server[1]) if self.server is not None else None
+        if server is None or not _same_address(sender, server):
+            self.log.debug("dropped a message from %s: not the fleet server", sender[0])
+            return None
         try:
-            message = self._endpoint.accept(data)
+            message = self._endpoint.accept(data, TO_ENGINE)
         except ProtocolError as exc:
             self.log.debug("dropped a message from %s: %s", sender[0], exc)
             return None
@@ -718,7 +813,7 @@ class FleetReporter(Reporter):
             "detail": detail[:1024],
         }
         try:
-            self._sock.sendto(encode(self.secret, reply), sender)
+            self._sock.sendto(encode(self.secret, reply, TO_SERVER), sender)
         except OSError as exc:
             self.log.debug("command ack failed: %s", exc)
 
@@ -761,6 +856,14 @@ def make_fleet_reporter(
         log=log,
         discover=discover,
     )
+
+
+def _same_address(sender: Tuple[Any, ...], server: Tuple[Any, int]) -> bool:
+    """Whether a datagram came from the server's address and port (IPv4-mapped IPv6 compared as IPv4)."""
+    host = str(sender[0])
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    return host == str(server[0]) and int(sender[1]) == int(server[1])
 
 
 def set_rtc_alarm(root: Any, epoch: float) -> None:

@@ -11,8 +11,13 @@ those requests on a raw socket and sends the sleeper's magic packet:
   the bucket empty is queued and served by ``tick`` as tokens return, so a
   flood never loses a sleeper's wake,
 * ignored: gratuitous ARP (sender IP = target IP), probes (sender 0.0.0.0 or
-  ``::``), ARP replies, and requests from our own MACs or ``ignore_macs``
-  (gateways re-ARP their neighbours every few minutes),
+  ``::``), ARP replies, and requests from our own MACs or addresses,
+  ``ignore_macs`` and the default gateways' MACs (``ignore_gateway``:
+  gateways and their sweeps re-ARP every neighbour every few minutes),
+* one source (MAC) may cause at most ``source_wakes`` wakes per
+  ``source_window``; beyond that its requests are dropped and it is logged
+  once per window as an offender (one chatty box must not keep the whole
+  fleet awake),
 * hosts on ``hold`` (a UPS policy keeps them down) are never woken,
 * a host with a known MAC whose engine never reported (``unknown`` from
   the start, e.g. a static ``[host.NAME]``) is woken too
@@ -34,6 +39,7 @@ so tests feed bytes and a fake clock; ``RawListener`` is the socket side.
 
 import collections
 import errno
+import logging
 import socket
 import struct
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
@@ -161,6 +167,9 @@ class SleepProxy:
         now: float = 0.0,
         wake_unreported: bool = True,
         probe: Optional[Callable[[Any], Any]] = None,
+        source_wakes: int = 0,
+        source_window: float = 3600.0,
+        log: Optional[logging.Logger] = None,
     ):
         self.registry = registry
         self.wake = wake
@@ -177,6 +186,18 @@ class SleepProxy:
         self.last_wake: Dict[str, float] = {}
         self.pending: Deque[Tuple[str, str]] = collections.deque()
         self.counts: Dict[str, int] = collections.Counter()
+        self.own_ips: set = set()
+        self.gateway_macs: set = set()
+        self.source_wakes = source_wakes  # 0: no per-source limit
+        self.source_window = source_window
+        self.by_source: Dict[str, Deque[float]] = {}  # source MAC -> times of the wakes it caused
+        self.offenders: Dict[str, float] = {}  # source MAC -> when it was last logged
+        self.log = log or logging.getLogger("powerwaked.proxy")
+
+    def protect(self, own_ips: Iterable[str], gateway_macs: Iterable[str]) -> None:
+        """Our own addresses and the gateways' MACs (re-read now and then): their requests never wake anyone."""
+        self.own_ips = set(own_ips)
+        self.gateway_macs = {m.lower() for m in gateway_macs}
 
     def on_frame(self, data: bytes, now: float) -> Optional[str]:
         frame = parse_frame(data)
@@ -199,8 +220,10 @@ class SleepProxy:
                 self.probe(sender)
         if frame.kind not in ("who-has", "ns", "syn"):
             return None
-        if frame.src_mac in self.own_macs or frame.src_mac in self.ignore_macs:
+        if frame.src_mac in self.own_macs or frame.src_mac in self.ignore_macs or frame.sender_ip in self.own_ips:
             return "ignored-mac"
+        if frame.src_mac in self.gateway_macs:
+            return "gateway"
         if frame.sender_ip in (ZERO_V4, ZERO_V6):
             return "probe"
         if frame.sender_ip == frame.target_ip:
@@ -225,6 +248,8 @@ class SleepProxy:
         last = self.last_wake.get(target.name)
         if last is not None and now - last < self.cooldown:
             return "collapsed"
+        if not self._source_allows(frame, now):
+            return "source-limited"
         cause = "%s %s from %s (%s)" % (frame.kind, frame.target_ip, frame.sender_ip, frame.src_mac)
         if not self.bucket.take(now):
             if all(name != target.name for name, _cause in self.pending):
@@ -233,6 +258,30 @@ class SleepProxy:
         self.last_wake[target.name] = now
         self.wake(target, cause)
         return "woke"
+
+    def _source_allows(self, frame: Frame, now: float) -> bool:
+        """Count one wake for the frame's source; False (logged once per window) once it has used its share."""
+        if self.source_wakes <= 0:
+            return True
+        times = self.by_source.get(frame.src_mac)
+        if times is None:
+            if len(self.by_source) >= 4096:  # bounded: forget sources whose windows have passed
+                for mac in [m for m, t in self.by_source.items() if not t or now - t[-1] >= self.source_window]:
+                    del self.by_source[mac]
+            times = self.by_source.setdefault(frame.src_mac, collections.deque())
+        while times and now - times[0] >= self.source_window:
+            times.popleft()
+        if len(times) >= self.source_wakes:
+            last = self.offenders.get(frame.src_mac)
+            if last is None or now - last >= self.source_window:
+                self.offenders[frame.src_mac] = now
+                self.log.warning(
+                    "sleep proxy: %s (%s) asked for sleepers %d times in %.0fs: ignoring it (source_wakes)",
+                    frame.src_mac, frame.sender_ip, len(times) + 1, self.source_window,
+                )  # fmt: skip
+            return False
+        times.append(now)
+        return True
 
     def tick(self, now: float) -> List[str]:
         """Serve queued wakes as the rate limit allows; returns the names woken."""
@@ -290,6 +339,21 @@ def tcp_probe(ips: Iterable[str], ports: Iterable[Tuple[int, int]], timeout: flo
     return ""
 
 
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_DROP_MEMBERSHIP = 2
+PACKET_MR_MULTICAST = 0
+
+
+def solicited_node_mac(ipv6: str) -> Optional[str]:
+    """The Ethernet multicast MAC of an address's solicited-node group (33:33:ff + its last 24 bits)."""
+    try:
+        raw = socket.inet_pton(socket.AF_INET6, ipv6.split("%")[0])
+    except (OSError, ValueError):
+        return None
+    return "33:33:ff:%02x:%02x:%02x" % (raw[13], raw[14], raw[15])
+
+
 class RawListener:
     """AF_PACKET sockets on the segment interface: ARP always, IPv6 (and IPv4 for answer_arp) on demand."""
 
@@ -303,6 +367,29 @@ class RawListener:
             sock.bind((interface, proto))
             sock.setblocking(False)
             self.sockets.append(sock)
+
+        self.joined: set = set()
+
+    def join_solicited(self, ipv6_addresses: Iterable[str]) -> None:
+        """Receive the solicited-node multicast of these IPv6 addresses (NICs that filter multicast drop NS else)."""
+        wanted = {solicited_node_mac(ip) for ip in ipv6_addresses}
+        wanted.discard(None)
+        sock = next((s for s in self.sockets if s.proto == socket.htons(ETH_P_IPV6)), None)
+        if sock is None or wanted == self.joined:
+            return
+        index = socket.if_nametoindex(self.interface)
+        for mac, option in [(m, PACKET_ADD_MEMBERSHIP) for m in wanted - self.joined] + [
+            (m, PACKET_DROP_MEMBERSHIP) for m in self.joined - wanted
+        ]:
+            mreq = struct.pack("iHH8s", index, PACKET_MR_MULTICAST, 6, magic_packet.parse_mac(mac))
+            try:
+                sock.setsockopt(SOL_PACKET, option, mreq)
+            except OSError:
+                continue
+            if option == PACKET_ADD_MEMBERSHIP:
+                self.joined.add(mac)
+            else:
+                self.joined.discard(mac)
 
     def fds(self) -> List[int]:
         return [sock.fileno() for sock in self.sockets]

@@ -362,18 +362,37 @@ class Registry:
             raise Refused("host %s refused: the registry holds max_hosts = %d hosts" % (name, self.max_hosts))
 
     def accept_report(
-        self, message: Dict[str, Any], sender: Optional[Tuple[str, int]], now: float, journal: bool = True
+        self,
+        message: Dict[str, Any],
+        sender: Optional[Tuple[str, int]],
+        now: float,
+        journal: bool = True,
+        sender_ip_ok: bool = True,
     ) -> HostRecord:
-        """Apply one verified, schema-checked engine report (``journal``: queue it for ``commit``)."""
+        """Apply one verified, schema-checked engine report (``journal``: queue it for ``commit``).
+
+        ``sender`` is where acks and commands go; its IP joins the host's addresses only with
+        ``sender_ip_ok`` (the claims check said the host may claim it).
+        """
         name = str(message.get("host") or message["from"])
         self.admit(name)
-        record = self._apply(name, message, sender, now)
+        record = self._apply(name, message, sender, now, sender_ip_ok)
         self._note_replay(message["from"], float(message["ts"]))
         if journal and self.store is not None:
-            self.pending.append({"report": message, "sender": list(sender) if sender else None, "at": now})
+            entry = {"report": message, "sender": list(sender) if sender else None, "at": now}
+            if not sender_ip_ok:
+                entry["sender_ip_ok"] = False
+            self.pending.append(entry)
         return record
 
-    def _apply(self, name: str, message: Dict[str, Any], sender: Optional[Tuple[str, int]], now: float) -> HostRecord:
+    def _apply(
+        self,
+        name: str,
+        message: Dict[str, Any],
+        sender: Optional[Tuple[str, int]],
+        now: float,
+        sender_ip_ok: bool = True,
+    ) -> HostRecord:
         record = self.hosts.get(name)
         if record is None:
             record = self.hosts[name] = HostRecord(name)
@@ -397,7 +416,7 @@ class Registry:
             record.wol = dict(message.get("wol") or {})
         if "ips" in message:
             record.ips = _merge(record.ips if record.static else [], list(message["ips"]))
-        if sender is not None and sender[0] not in record.ips and len(record.ips) < P.MAX_IPS:
+        if sender is not None and sender_ip_ok and sender[0] not in record.ips and len(record.ips) < P.MAX_IPS:
             record.ips.append(sender[0])
         self._index(record)
         state = str(message.get("state") or P.AWAKE)
@@ -615,10 +634,11 @@ class Registry:
             sender = entry.get("sender")
             address = tuple(P.PeerAddress().check(sender)) if sender is not None else None
             at = P.TIME.check(entry.get("at"))
+            sender_ip_ok = Boolean().check(entry.get("sender_ip_ok", True))
             name = str(message.get("host") or message["from"])
             if name not in self.hosts:
                 self.admit(name)
-            self._apply(name, message, address, at)
+            self._apply(name, message, address, at, sender_ip_ok)
             self._note_replay(message["from"], float(message["ts"]))
         except (ValueError, KeyError, TypeError) as exc:
             problems.append("a journal entry was dropped: %s" % str(exc)[:200])

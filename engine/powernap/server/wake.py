@@ -104,7 +104,7 @@ class IpmiTarget:
     """One BMC and its credentials (the password is never shown)."""
 
     def __init__(
-        self, address: str, user: str, password: str, port: int = 623, cipher: int = 3, privilege: str = "ADMINISTRATOR"
+        self, address: str, user: str, password: str, port: int = 623, cipher: int = 3, privilege: str = "OPERATOR"
     ):
         self.address = address
         self.user = user
