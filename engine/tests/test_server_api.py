@@ -325,10 +325,12 @@ def test_a_full_disk_keeps_the_server_running_and_shows_in_status(tmp_path, monk
                 signed_report("h1", state="awake"),
                 ("127.0.0.1", port),
             )
-        status = wait_until(
-            lambda: (lambda s: s if "save" in s["registry"]["problems"] else None)(get(handle.url + "/v1/status")),
-            what="the failed save in /v1/status",
-        )
+
+        def status_with_the_failed_save():
+            status = get(handle.url + "/v1/status")
+            return status if "save" in status["registry"]["problems"] else None
+
+        status = wait_until(status_with_the_failed_save, what="the failed save in /v1/status")
         assert "No space left" in status["registry"]["problems"]["save"] and not status["registry"]["ok"]
         disk["full"] = False
         wait_until(lambda: get(handle.url + "/v1/status")["registry"]["ok"], seconds=10, what="the retried save")

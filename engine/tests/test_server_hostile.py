@@ -368,6 +368,7 @@ def test_check_config_names_file_and_line_and_never_a_secret(tmp_path, case):
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
         env=dict(os.environ, PYTHONPATH=ENGINE),
         cwd=ENGINE,
     )
@@ -392,6 +393,7 @@ def test_a_secret_file_others_can_read_is_refused(tmp_path, mode):
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
         env=dict(os.environ, PYTHONPATH=ENGINE),
         cwd=ENGINE,
     )
@@ -403,6 +405,7 @@ def test_a_secret_file_others_can_read_is_refused(tmp_path, mode):
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
         env=dict(os.environ, PYTHONPATH=ENGINE),
         cwd=ENGINE,
     )

@@ -347,10 +347,7 @@ def load_config(paths: List[str]) -> Tuple[ServerConfig, List[ConfigError]]:
             errors.append(section.error("bad name %r (use letters, digits, _ . -)" % name))
             continue
 
-        failed: List[str] = []
-
-        def on_error(key: str, message: str, section: Any = section, failed: List[str] = failed) -> None:
-            failed.append(key)
+        def on_error(key: str, message: str, section: Any = section) -> None:
             errors.append(section.error(message, key))
 
         values = cls.parse_options(section.texts(), on_error)
