@@ -527,8 +527,16 @@ def cmd_ups(lab, args):
 
 def cmd_input(lab, args):
     check_root()
-    reply = request(lab, {"op": "input", "host": args.host, "action": args.action, "key": args.key})
+    reply = request(
+        lab, {"op": "input", "host": args.host, "action": args.action, "key": args.key, "device": args.device}
+    )
     print(json.dumps({k: v for k, v in reply.items() if k != "ok"}))
+    return 0
+
+
+def cmd_qemu_status(lab, args):
+    check_root()
+    print(json.dumps(request(lab, {"op": "qemu-status", "host": args.host})["status"]))
     return 0
 
 
@@ -616,7 +624,11 @@ def build_parser():
     s.add_argument("host")
     s.add_argument("action", choices=["key", "plug", "unplug"])
     s.add_argument("--key", help="QEMU key name (qcode) to type, default shift")
+    s.add_argument("--device", help="keyboard to type on (kbd0, kbd-hot1, ...; default: the newest)")
     s.set_defaults(func=cmd_input)
+    s = sub.add_parser("qemu-status", help="a VM host's QEMU run state (QMP query-status): running, suspended, ...")
+    s.add_argument("host")
+    s.set_defaults(func=cmd_qemu_status)
     s = sub.add_parser("image", help="build the base image (or print its path)")
     s.add_argument("action", nargs="?", choices=["build", "path"], default="build")
     s.add_argument("--vm", action="store_true", help="the VM hosts' image (kernel + disk) instead")

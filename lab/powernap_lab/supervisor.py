@@ -26,6 +26,8 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
 NSPAWN_REBOOT = 133
+# A VM that shuts down this soon after an ACPI power-button press (from its BMC) was soft-powered-off.
+SOFT_OFF_WINDOW = 120.0
 
 
 def now_iso(t):
@@ -51,7 +53,7 @@ class Host:
         # VM hosts: QMP connection, and what the lab itself asked QEMU for (to name the cause of events)
         self.qmp = None
         self.suspend_cause = None
-        self.powerdown_seen = False
+        self.powerdown_at = None
         self.shutdown_reason = None
         self.hotplugged = []
 
@@ -305,7 +307,7 @@ class Supervisor:
         host.proc = proc
         host.booted = False
         host.generation += 1
-        host.powerdown_seen = False
+        host.powerdown_at = None
         host.shutdown_reason = None
         host.suspend_cause = None
         host.hotplugged = []
@@ -330,7 +332,7 @@ class Supervisor:
             # not asked for by the lab (that transition comes first): a wake source inside the machine, e.g. its RTC
             self.transition(host, "on", "guest")
         elif name == "POWERDOWN":
-            host.powerdown_seen = True
+            host.powerdown_at = time.monotonic()
         elif name == "SHUTDOWN":
             host.shutdown_reason = data.get("reason")
         elif name == "RESET" and data.get("guest"):
@@ -345,12 +347,11 @@ class Supervisor:
         """QEMU exited by itself: the guest hibernated, powered off, or its BMC cut the power."""
         if vm.hibernated(self.lab.host_dir(host.name, "swap.raw")):
             self.transition(host, "hibernated", "host", kernel_state="S4")
-        elif host.powerdown_seen:
-            # an ACPI power-button press the lab did not make: the BMC's `power soft`
+        elif host.powerdown_at is not None and time.monotonic() - host.powerdown_at < SOFT_OFF_WINDOW:
+            # the guest shut down after an ACPI power-button press the lab did not make: the BMC's `power soft`
             self.transition(host, "off", "ipmi", mode="soft", reason=host.shutdown_reason)
-        elif host.shutdown_reason and not host.shutdown_reason.startswith("guest"):
-            self.transition(host, "off", "ipmi", mode="hard", reason=host.shutdown_reason, exit_status=rc)
         else:
+            # the guest's own poweroff, or the BMC's hard `power off` (QEMU reports both as guest-shutdown)
             self.transition(host, "off", "host", reason=host.shutdown_reason, exit_status=rc)
 
     def _stop_vm(self, host, cause, soft, timeout):
@@ -390,7 +391,7 @@ class Supervisor:
         if host.power != "suspended":
             raise LabError("%s did not enter S3 within 60s (QEMU reported no SUSPEND)" % host.name)
 
-    def vm_input(self, name, action, key=None):
+    def vm_input(self, name, action, key=None, device=None):
         """The VM's USB keyboard through QEMU's monitor: type a key, plug or unplug a keyboard."""
         host = self.host(name)
         if host.kind != "vm":
@@ -402,8 +403,14 @@ class Supervisor:
                 key = key or "shift"
                 if not key.replace("_", "").isalnum() or len(key) > 20:
                     raise LabError("invalid key name %r (QEMU qcode, e.g. shift, a, ret)" % key)
-                host.qmp.command("send-key", keys=[{"type": "qcode", "data": key}])
-                detail = {"key": key}
+                # typed on one keyboard: the newest one (last hot-plugged), or the one named
+                device = device or (host.hotplugged[-1] if host.hotplugged else "kbd0")
+                events = [
+                    {"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": key}}}
+                    for down in (True, False)
+                ]
+                host.qmp.command("input-send-event", device=device, events=events)
+                detail = {"key": key, "device": device}
             elif action == "plug":
                 dev = "kbd-hot%d" % (len(host.hotplugged) + 1)
                 host.qmp.command("device_add", driver="usb-kbd", id=dev, bus="xhci.0")
@@ -613,7 +620,7 @@ class Supervisor:
         if op == "ups":
             return self.ups(msg["status"])
         if op == "input":
-            return self.vm_input(msg["host"], msg["action"], msg.get("key"))
+            return self.vm_input(msg["host"], msg["action"], msg.get("key"), msg.get("device"))
         if op == "qemu-status":
             return {"status": self.vm_query_status(msg["host"])}
         if op == "shutdown":

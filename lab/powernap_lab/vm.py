@@ -21,6 +21,7 @@ QEMU = "qemu-system-x86_64"
 VM_MEMORY_MB = 512
 VM_CPUS = 2
 SWAP_MB = 768
+DATA_MB = 64
 BMC_SERIAL_BASE = 9100  # ipmi_sim's VM interface of host N listens on 127.0.0.1:(BASE+N) in the BMC namespace
 ACCEL_PROBE_SECONDS = 20
 SMBIOS_VENDOR = "PowerNap Lab"
@@ -73,6 +74,11 @@ def create_disks(host_dir, base_disk):
         with open(swap, "wb") as f:
             f.truncate(SWAP_MB * 1024 * 1024)
         run(["mkswap", "-q", "-L", "pnlswap", swap])
+    # a small disk on the machine's AHCI (SATA) controller, so SATA link power management has a link to manage
+    data = os.path.join(host_dir, "sata.raw")
+    if not os.path.exists(data):
+        with open(data, "wb") as f:
+            f.truncate(DATA_MB * 1024 * 1024)
     return overlay, swap
 
 

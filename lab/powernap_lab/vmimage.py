@@ -88,13 +88,23 @@ WantedBy=sysinit.target
 """
 
 
+# After an S3 or S4 resume the guest finds the ACPI power-button event disabled (QEMU's ICH9 PM1 enable
+# register is not restored): the BMC's `power soft` would then do nothing. Re-enable it on every resume,
+# as an admin would with a sleep hook for a platform quirk.
+RESUME_HOOK = """#!/bin/sh
+# powernap lab: re-enable the ACPI power button after a resume (QEMU ICH9 quirk)
+[ "$1" = post ] && echo enable > /sys/firmware/acpi/interrupts/ff_pwr_btn 2>/dev/null
+exit 0
+"""
+
+
 def vm_recipe():
     return dict(
         image.recipe(),
         vm_packages=VM_PACKAGES,
         vm_version=VM_RECIPE_VERSION,
         disk=DISK_SIZE,
-        identity=hashlib.sha256((IDENTITY_SCRIPT + IDENTITY_UNIT).encode()).hexdigest(),
+        files=hashlib.sha256((IDENTITY_SCRIPT + IDENTITY_UNIT + RESUME_HOOK).encode()).hexdigest(),
     )
 
 
@@ -122,6 +132,7 @@ def _vm_post_install(root):
     )
     write_file(os.path.join(root, "usr/local/sbin/powernap-lab-identity"), IDENTITY_SCRIPT, mode=0o755)
     write_file(os.path.join(root, "etc/systemd/system/powernap-lab-identity.service"), IDENTITY_UNIT)
+    write_file(os.path.join(root, "usr/lib/systemd/system-sleep/powernap-lab-acpi"), RESUME_HOOK, mode=0o755)
     wants = os.path.join(root, "etc/systemd/system/sysinit.target.wants")
     os.makedirs(wants, exist_ok=True)
     os.symlink(

@@ -194,12 +194,14 @@ def require_root():
         )
 
 
-def bring_up(name, hosts, groups=None, timeout=180):
+def bring_up(name, hosts, groups=None, timeout=180, kind=None):
     """Bring a lab up (idempotent) and return its handle; on failure tear it down and fail."""
     require_root()
-    cmd = [LAB_TOOL, "--name", name, "up", "--hosts", str(hosts)]
+    cmd = [LAB_TOOL, "--name", name, "up", "--hosts", str(hosts), "--timeout", str(timeout)]
     if groups:
         cmd += ["--groups", groups]
+    if kind:
+        cmd += ["--kind", kind]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 600, check=False)
     if proc.returncode != 0:
         subprocess.run([LAB_TOOL, "--name", name, "down"], capture_output=True, timeout=300, check=False)
