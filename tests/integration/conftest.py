@@ -202,7 +202,8 @@ def bring_up(name, hosts, groups=None, timeout=180, kind=None):
         cmd += ["--groups", groups]
     if kind:
         cmd += ["--kind", kind]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 600, check=False)
+    # a first VM lab also builds the VM image (a few minutes)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + (1800 if kind else 600), check=False)
     if proc.returncode != 0:
         subprocess.run([LAB_TOOL, "--name", name, "down"], capture_output=True, timeout=300, check=False)
         pytest.fail("powernap-lab up failed (%d):\n%s%s" % (proc.returncode, proc.stdout, proc.stderr), pytrace=False)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from .conftest import REPO, bring_up, tear_down
+from .test_lab import _alive, _lab_processes, _snapshot
 
 VM_LAB = os.environ.get("POWERNAP_VM_TEST_NAME", "vmt")
 BOOT_TIMEOUT = 420  # TCG boot on a loaded 2-core machine
@@ -132,8 +133,10 @@ def wait(predicate, timeout, what, interval=1.0):
 
 @pytest.fixture(scope="module")
 def vms():
+    before = _snapshot(VM_LAB)
     t0 = time.monotonic()
     lab = bring_up(VM_LAB, 2, kind="vm", timeout=BOOT_TIMEOUT)
+    lab.before = before
     lab.boot_seconds = time.monotonic() - t0
     tarball = engine_tarball()
     try:
@@ -429,17 +432,19 @@ def test_stage_hibernates_marker_and_engine_survive_ipmi_wake(vms):
 # --------------------------------------------------------------------------- down leaves nothing
 def test_down_leaves_no_qemu_socket_tap_overlay_or_namespace(vms):
     run_dir = "/run/powernap-lab/%s" % VM_LAB
-    qemu_pids = subprocess.run(
+    procs = _lab_processes(VM_LAB)
+    qemu = subprocess.run(
         ["pgrep", "-f", "qemu-system-x86_64 -name %s-" % VM_LAB], capture_output=True, text=True, check=False
     ).stdout.split()
-    assert len(qemu_pids) >= 1
+    assert len(qemu) == 2, qemu
+    taps = subprocess.run(
+        ["ip", "-n", "%s-sw" % VM_LAB, "-o", "link", "show", "type", "tun"], capture_output=True, text=True, check=False
+    ).stdout
+    assert "%s-h1" % VM_LAB in taps and "%s-h2" % VM_LAB in taps, taps
+    for sub in ("qmp.sock", "disk.qcow2", "swap.raw"):
+        assert os.path.exists(os.path.join(run_dir, "hosts", "h1", sub))
     tear_down(VM_LAB)
-    left = subprocess.run(
-        ["pgrep", "-f", "qemu-system-x86_64 -name %s-" % VM_LAB], capture_output=True, text=True, check=False
-    ).stdout.split()
-    assert not left
-    assert not os.path.exists(run_dir)  # sockets, overlays, swap disks, logs
-    netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
-    assert not [n for n in netns if re.match(r"^%s-" % VM_LAB, n)]
-    for pid in qemu_pids:
-        assert not os.path.exists("/proc/%s" % pid)
+    assert _snapshot(VM_LAB) == vms.before  # namespaces (and with them the taps and bridges), mounts, cgroups
+    assert not os.path.exists(run_dir)  # QMP sockets, overlays, swap disks
+    assert [p for p in procs if _alive(*p)] == []
+    assert not [p for p in qemu if os.path.exists("/proc/%s" % p)]
