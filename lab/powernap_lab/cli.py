@@ -624,7 +624,7 @@ def build_parser():
     s.add_argument("host")
     s.add_argument("action", choices=["key", "plug", "unplug"])
     s.add_argument("--key", help="QEMU key name (qcode) to type, default shift")
-    s.add_argument("--device", help="keyboard to type on (kbd0, kbd-hot1, ...; default: the newest)")
+    s.add_argument("--device", help="keyboard to unplug (kbd0, kbd-hot1, ...; default: the newest hot-plugged)")
     s.set_defaults(func=cmd_input)
     s = sub.add_parser("qemu-status", help="a VM host's QEMU run state (QMP query-status): running, suspended, ...")
     s.add_argument("host")

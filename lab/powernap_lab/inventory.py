@@ -52,7 +52,7 @@ def build(lab, state):
         "ansible_user": "root",
         "ansible_ssh_private_key_file": lab.ssh_key,
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
-        "-o ConnectTimeout=10",
+        "-o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6",
         "ansible_python_interpreter": "/usr/bin/python3",
         # Every lab has the same addresses: without a per-lab ControlPath directory, concurrent
         # labs would share (and hijack) each other's ControlPersist connections.

@@ -56,6 +56,7 @@ class Host:
         self.powerdown_at = None
         self.shutdown_reason = None
         self.hotplugged = []
+        self.plug_count = 0
 
     def as_dict(self):
         d = {
@@ -311,6 +312,7 @@ class Supervisor:
         host.shutdown_reason = None
         host.suspend_cause = None
         host.hotplugged = []
+        host.plug_count = 0
         resumed = vm.hibernated(self.lab.host_dir(host.name, "swap.raw"))
         self.transition(host, "on", cause, **({"resume": "hibernation"} if resumed else {}))
         try:
@@ -392,6 +394,7 @@ class Supervisor:
             raise LabError("%s did not enter S3 within 60s (QEMU reported no SUSPEND)" % host.name)
 
     def vm_input(self, name, action, key=None, device=None):
+        """device: the keyboard to unplug (default: the newest hot-plugged one, else kbd0)."""
         """The VM's USB keyboard through QEMU's monitor: type a key, plug or unplug a keyboard."""
         host = self.host(name)
         if host.kind != "vm":
@@ -403,21 +406,20 @@ class Supervisor:
                 key = key or "shift"
                 if not key.replace("_", "").isalnum() or len(key) > 20:
                     raise LabError("invalid key name %r (QEMU qcode, e.g. shift, a, ret)" % key)
-                # typed on one keyboard: the newest one (last hot-plugged), or the one named
-                device = device or (host.hotplugged[-1] if host.hotplugged else "kbd0")
-                events = [
-                    {"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": key}}}
-                    for down in (True, False)
-                ]
-                host.qmp.command("input-send-event", device=device, events=events)
-                detail = {"key": key, "device": device}
+                # QMP send-key: QEMU routes it to the active keyboard (with -display none, input devices are not
+                # bound to a console, so one cannot be picked)
+                host.qmp.command("send-key", keys=[{"type": "qcode", "data": key}])
+                detail = {"key": key}
             elif action == "plug":
-                dev = "kbd-hot%d" % (len(host.hotplugged) + 1)
+                host.plug_count += 1
+                dev = "kbd-hot%d" % host.plug_count
                 host.qmp.command("device_add", driver="usb-kbd", id=dev, bus="xhci.0")
                 host.hotplugged.append(dev)
                 detail = {"device": dev}
             elif action == "unplug":
-                dev = host.hotplugged.pop() if host.hotplugged else "kbd0"
+                dev = device or (host.hotplugged[-1] if host.hotplugged else "kbd0")
+                if dev in host.hotplugged:
+                    host.hotplugged.remove(dev)
                 host.qmp.command("device_del", id=dev)
                 detail = {"device": dev}
             else:

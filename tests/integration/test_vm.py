@@ -102,7 +102,7 @@ class Guest:
         self.lab = lab
         self.name = name
 
-    def sh(self, script, check=True, timeout=120, input=None):
+    def sh(self, script, check=True, timeout=300, input=None):
         return self.lab.run("exec", self.name, "--", "sh", "-c", script, check=check, timeout=timeout, input=input)
 
     def status(self):
@@ -259,7 +259,12 @@ def test_powersave_tweaks_applied_and_restored_exactly_also_after_kill9(vms):
     changed = {k for k in before if during.get(k) != before[k]}
     assert during["/sys/devices/system/cpu/cpu1/online"] == "0"
     assert during["/proc/sys/vm/dirty_writeback_centisecs"] == "1500"
-    assert any("link_power_management_policy" in k for k in changed), changed
+    # every tweak that applies on this machine was applied; the rest say why not (e.g. no NMI watchdog under TCG)
+    tweaks = {t["name"]: t for t in g.status()["powersave"]["tweaks"]}
+    assert {"cpu_offline", "dirty_writeback", "pci_runtime_pm", "usb_autosuspend"} <= {
+        n for n, t in tweaks.items() if t["status"] == "applied"
+    }, tweaks
+    assert all(t["status"] in ("applied", "unchanged", "skipped") and t["detail"] for t in tweaks.values()), tweaks
     assert any(k.startswith("/sys/bus/pci/devices/") for k in changed), changed
     assert any(k.startswith("/sys/bus/usb/devices/") for k in changed), changed
     g.sh("powernap wake")
@@ -293,7 +298,6 @@ warn = 60s
 
 def test_key_on_vm_keyboard_cancels_grace_and_hotplugged_keyboard_is_watched(vms):
     g = guest(vms, "h1")
-    plugged = False
 
     def cancel_after(t):
         found = [e for e in g.events("cancel") if e["time"] >= t]
@@ -301,26 +305,26 @@ def test_key_on_vm_keyboard_cancels_grace_and_hotplugged_keyboard_is_watched(vms
 
     g.configure(INPUT_CONF)
     try:
-        wait(lambda: g.status()["state"] == "grace", 90, "the grace period on h1")
+        wait(lambda: g.status()["state"] == "grace", 150, "the grace period on h1")
         t = time.time() - 2
-        vms.run("input", "h1", "key", "--key", "shift", "--device", "kbd0")
-        first = wait(lambda: cancel_after(t), 30, "the key to cancel the grace period")
+        vms.run("input", "h1", "key", "--key", "shift")
+        first = wait(lambda: cancel_after(t), 60, "the key to cancel the grace period")
         assert "QEMU USB Keyboard" in first["reason"], first
-        # a keyboard plugged in after the engine started: typing on it (only) cancels the next grace period
+        # a keyboard plugged in after the engine started, and the first one unplugged: a key typed now comes
+        # from the new keyboard's event device, and it cancels the next grace period
+        known = set(g.sh("ls /sys/class/input | grep ^event").stdout.split())
         vms.run("input", "h1", "plug")
-        plugged = True
-        assert vms.events(host="h1", event="input")[-1]["device"] == "kbd-hot1"
+        new = wait(
+            lambda: set(g.sh("ls /sys/class/input | grep ^event").stdout.split()) - known, 60, "the new keyboard"
+        )
+        vms.run("input", "h1", "unplug", "--device", "kbd0")
         wait(lambda: g.status()["state"] == "grace", 120, "the grace period on h1 again")
         t = time.time() - 2
-        vms.run("input", "h1", "key", "--key", "a", "--device", "kbd-hot1")
-        second = wait(lambda: cancel_after(t), 30, "a key on the hot-plugged keyboard to cancel it")
-        assert "QEMU USB Keyboard" in second["reason"], second
-        dev = re.compile(r"input on (event\d+)")
-        assert dev.search(first["reason"]).group(1) != dev.search(second["reason"]).group(1), (first, second)
+        vms.run("input", "h1", "key", "--key", "a")
+        second = wait(lambda: cancel_after(t), 60, "a key on the hot-plugged keyboard to cancel it")
+        assert re.search(r"input on (event\d+)", second["reason"]).group(1) in new, (second, new)
     finally:
         g.configure("[stage.1]\nafter = 1h\naction = powersave\n")
-        if plugged:
-            vms.run("input", "h1", "unplug", check=False)
 
 
 # --------------------------------------------------------------------------- 3f: IPMI soft-off
@@ -357,7 +361,7 @@ def test_engine_suspends_to_s3_and_wol_wakes_with_resume_detected(vms):
     g = guest(vms, "h1")
     since = time.time()
     # delay: the task must return before the (slow, emulated) guest suspends
-    nap = module(vms, "h1", "nap", {"state": "suspend", "delay": 20, "timeout": 240})
+    nap = module(vms, "h1", "nap", {"state": "suspend", "delay": 45, "timeout": 300})
     assert nap["changed"] is True and nap["via"] == "engine", nap
     vms.wait_power("h1", "suspended", timeout=120)
     assert json.loads(vms.run("qemu-status", "h1").stdout)["status"] == "suspended"
