@@ -161,7 +161,8 @@ def probe_kvm(kernel, workdir, seconds=ACCEL_PROBE_SECONDS):
         text = ""
     if "Kernel panic" in text:
         return True, "a KVM guest booted its kernel in %.1fs" % (time.monotonic() - start)
-    return False, "KVM guest failed (%d): %s" % (proc.returncode, (err or b"").decode(errors="replace").strip()[-200:])
+    first = ((err or b"").decode(errors="replace").strip().splitlines() or ["no output"])[0]
+    return False, "a KVM guest failed (exit %d): %s" % (proc.returncode, first[:160])
 
 
 def choose_accel(kernel, log=None):

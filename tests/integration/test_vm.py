@@ -108,12 +108,15 @@ class Guest:
     def status(self):
         return json.loads(self.sh("powernap status --json").stdout)
 
-    def configure(self, text, restart=False):
-        """Replace the test drop-in; reload the engine (a reload keeps its idle time and settle state)."""
-        verb = "restart" if restart else "reload"
+    def configure(self, text, naps=False):
+        """Replace the test drop-in; reload the engine (a reload keeps its idle time and settle state).
+
+        naps: the new stage fires at once (the host has long been idle), so the session may drop as it sleeps.
+        """
         self.sh(
-            "cat > %s <<'EOF'\n%s\nEOF\npowernap check-config && systemctl %s powernapd && sleep 1 && "
-            "systemctl is-active powernapd" % (TEST_CONF, text, verb)
+            "cat > %s <<'EOF'\n%s\nEOF\npowernap check-config && systemctl reload powernapd && sleep 1 && "
+            "systemctl is-active powernapd" % (TEST_CONF, text),
+            check=not naps,
         )
 
     def events(self, name=None):
@@ -154,7 +157,9 @@ def guest(vms, name):
 
 
 def module(lab, host, name, args, timeout=400):
-    proc = lab.ansible(host, "powernap.fleet." + name, json.dumps(args), check=False, timeout=timeout, extra=["-o"])
+    # pipelining: one SSH session per module, none left to open after a nap was scheduled
+    extra = ["-o", "-e", "ansible_pipelining=true"]
+    proc = lab.ansible(host, "powernap.fleet." + name, json.dumps(args), check=False, timeout=timeout, extra=extra)
     out = proc.stdout
     assert proc.returncode == 0 and "=> " in out, out + proc.stderr
     return json.loads(out.split("=> ", 1)[1])
@@ -273,10 +278,10 @@ def test_powersave_tweaks_applied_and_restored_exactly_also_after_kill9(vms):
     # again, then kill -9 the daemon in powersave: its record under /run/powernap undoes it on the next start
     wait(lambda: g.status()["powersave"]["active"], 90, "powersave on h2 again")
     out = g.sh(
-        "pid=$(systemctl show -p MainPID --value powernapd); kill -9 $pid; "
-        "printf '[stage.1]\\nafter = 1h\\naction = powersave\\n' > %s; sleep 1; %s; "
+        "pid=$(systemctl show -p MainPID --value powernapd); kill -9 $pid\n"
+        "printf '[stage.1]\\nafter = 1h\\naction = powersave\\n' > %s; sleep 1\n%s\n"
         "for i in $(seq 1 60); do systemctl is-active -q powernapd && powernap status >/dev/null 2>&1 && break; "
-        "sleep 1; done; sleep 2; %s; systemctl show -p NRestarts --value powernapd" % (TEST_CONF, KNOBS, KNOBS),
+        "sleep 1; done; sleep 2\n%s\nsystemctl show -p NRestarts --value powernapd" % (TEST_CONF, KNOBS, KNOBS),
         timeout=180,
     ).stdout.split("\n")
     killed, after = json.loads(out[0]), json.loads(out[1])
@@ -361,7 +366,7 @@ def test_engine_suspends_to_s3_and_wol_wakes_with_resume_detected(vms):
     g = guest(vms, "h1")
     since = time.time()
     # delay: the task must return before the (slow, emulated) guest suspends
-    nap = module(vms, "h1", "nap", {"state": "suspend", "delay": 45, "timeout": 300})
+    nap = module(vms, "h1", "nap", {"state": "suspend", "delay": 60, "timeout": 300})
     assert nap["changed"] is True and nap["via"] == "engine", nap
     vms.wait_power("h1", "suspended", timeout=120)
     assert json.loads(vms.run("qemu-status", "h1").stdout)["status"] == "suspended"
@@ -396,7 +401,8 @@ def test_rtc_alarm_wakes_the_host_before_a_timer(vms):
     since = time.time()
     g.configure(
         "[monitor.timers]\ntype = timers\nwindow = 20s\nevery = 5s\n"
-        "[stage.1]\nafter = 2s\naction = suspend\nwarn = 0s\n"
+        "[stage.1]\nafter = 2s\naction = suspend\nwarn = 0s\n",
+        naps=True,
     )
     try:
         vms.wait_power("h1", "suspended", timeout=150)
@@ -419,7 +425,7 @@ def test_stage_hibernates_marker_and_engine_survive_ipmi_wake(vms):
     g = guest(vms, "h2")
     pid = g.sh("echo marker-$$ > /dev/shm/pnl-marker; systemctl show -p MainPID --value powernapd").stdout.strip()
     since = time.time()
-    g.configure("[stage.1]\nafter = 2s\naction = hibernate\nwarn = 0s\n")
+    g.configure("[stage.1]\nafter = 2s\naction = hibernate\nwarn = 0s\n", naps=True)
     vms.wait_power("h2", "hibernated", timeout=240)
     assert "off" in ipmitool(vms, "h2", "chassis", "power", "status")
     woke = module(vms, "h2", "wake", {"method": "ipmi", "wait": True, "timeout": 300})
