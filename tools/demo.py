@@ -5,7 +5,11 @@
    second stage after 25 s: suspend for the web servers, power off for the standby box),
 3. watch the hosts powersave, then suspend or power off on their own,
 4. wake h1 and h2 by Wake-on-LAN and h3 through its BMC (IPMI) with playbooks/wake.yml,
-5. run playbooks/status.yml, print what happened with timings, and take the lab down (always).
+5. run playbooks/status.yml, print what happened with timings, and take the lab down (always),
+6. one VM host (a QEMU guest with its own kernel, lab "<name>vm"): deployed the same way, it suspends to
+   S3 on its own (the engine's real `systemctl suspend`), wakes by Wake-on-LAN, hibernates to S4 through
+   powernap.fleet.nap and wakes through its BMC; the summary says which states were real kernel states
+   (POWERNAP_DEMO_VM=0 skips this part).
 
 Environment: POWERNAP_DEMO_LAB (lab name, default "demo"), POWERNAP_LAB_KEEP=1 leaves the lab up.
 """
@@ -48,8 +52,8 @@ def step(title):
     say("== " + title)
 
 
-def lab(*args, timeout=120, check=True):
-    cmd = [LAB_TOOL, "--name", LAB] + [str(a) for a in args]
+def lab(*args, timeout=120, check=True, name=None):
+    cmd = [LAB_TOOL, "--name", name or LAB] + [str(a) for a in args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         output = (proc.stderr or proc.stdout)[-2000:]
@@ -65,13 +69,13 @@ def ansible_env():
     return env
 
 
-def playbook(name, *extra, show=("TASK [Summary]", "TASK [Show")):
+def playbook(name, *extra, show=("TASK [Summary]", "TASK [Show"), lab_name=None):
     """Run playbooks/NAME.yml from the controller namespace; print its summary/table output and recap."""
-    inventory = "/run/powernap-lab/%s/inventory.yml" % LAB
+    inventory = "/run/powernap-lab/%s/inventory.yml" % (lab_name or LAB)
     cmd = [
         LAB_TOOL,
         "--name",
-        LAB,
+        lab_name or LAB,
         "ctl",
         "--",
         os.path.join(BIN, "ansible-playbook"),
@@ -111,9 +115,9 @@ def playbook(name, *extra, show=("TASK [Summary]", "TASK [Show")):
     return elapsed
 
 
-def events(since=None):
+def events(since=None, name=None):
     args = ["events", "--json"] + (["--since", since] if since is not None else [])
-    return json.loads(lab(*args).stdout)
+    return json.loads(lab(*args, name=name).stdout)
 
 
 def power_events(since):
@@ -185,6 +189,97 @@ def summary(deployed_at, naps, powersave, wakes, wake_started, timings):
     say("Times are seconds after the deployment finished (powersave, nap) or after the wake was sent.")
 
 
+VM_LAB = LAB[:6] + "vm"
+# The VM host runs the engine's real default actions: the lab overlay's suspend command and its
+# no-swap hibernate deny entry are for nspawn hosts, so the VM gets its own settings here.
+VM_VARS = {
+    "powernap_manage_packages": False,
+    "powernap_hardware_entries": [],
+    "powernap_common_config": {
+        "powernap": {"settle": "30s", "grace": "3s", "interval": "1s"},
+        "actions": {"wall_command": ""},
+        "monitor.load": None,
+        "monitor.timers": None,
+        "monitor.ssh": {"ignore_remote": "198.18.0.2/32"},
+    },
+    "powernap_host_config": {
+        "powernap": {"platform": "physical"},
+        "stage.1": {"after": "5s"},
+        "stage.2": {"after": "20s", "action": "suspend", "warn": "3s"},
+    },
+}
+
+
+def wait_vm_power(state, since, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in events(since, name=VM_LAB):
+            if e["event"] == "power" and e["to"] == state:
+                return e
+        time.sleep(1)
+    raise DemoError("the VM host did not go %s within %ds" % (state, timeout))
+
+
+def vm_phase():
+    """One VM host: real S3 by the engine, WoL wake; real S4 through powernap.fleet.nap, IPMI wake."""
+    rows = []
+    try:
+        step("6. A VM host with its own kernel (lab %s): real suspend and hibernation" % VM_LAB)
+        started = time.monotonic()
+        lab("up", "--hosts", 1, "--kind", "vm", "--timeout", 600, timeout=1800, name=VM_LAB)
+        st = json.loads(lab("status", "--json", name=VM_LAB).stdout)
+        say("   up in %.1fs (QEMU, %s: %s)" % (time.monotonic() - started, st["vm"]["accel"], st["vm"]["reason"][:60]))
+        vars_file = "/run/powernap-lab/%s/demo-vars.json" % VM_LAB
+        with open(vars_file, "w", encoding="utf-8") as f:
+            json.dump(VM_VARS, f)
+        took = playbook("site", "-e", "@" + vars_file, lab_name=VM_LAB)
+        deployed = time.time()
+        say("   deployed in %.1fs; the engine's stage 2 is its real default suspend (systemctl suspend)" % took)
+        nap = wait_vm_power("suspended", deployed, NAP_TIMEOUT + 120)
+        say(
+            "   %s  h1 went suspended (kernel %s, QEMU reported the guest's S3)"
+            % (nap["time"][11:19], nap["kernel_state"])
+        )
+        rows.append(("suspend (engine stage 2)", nap, "S3: QMP SUSPEND from the guest kernel"))
+        t = time.time()
+        took = playbook("wake", "-e", "powernap_wake_method=wol", lab_name=VM_LAB)
+        woke = wait_vm_power("on", t, 60)
+        rows.append(("wake (Wake-on-LAN)", woke, "QMP system_wakeup: the guest resumed from S3, %.1fs" % took))
+        t = time.time()
+        proc = lab(
+            "ctl",
+            "--",
+            os.path.join(BIN, "ansible"),
+            "-i",
+            "/run/powernap-lab/%s/inventory.yml" % VM_LAB,
+            "h1",
+            "-m",
+            "powernap.fleet.nap",
+            "-a",
+            "state=hibernate delay=15",
+            timeout=STEP_TIMEOUT,
+            name=VM_LAB,
+        )
+        say("   " + proc.stdout.strip().splitlines()[0][:100])
+        hib = wait_vm_power("hibernated", t, 300)
+        rows.append(("hibernate (powernap.fleet.nap)", hib, "S4: image on its swap disk, machine off"))
+        t = time.time()
+        took = playbook("wake", "-e", "powernap_wake_method=ipmi", lab_name=VM_LAB)
+        woke = wait_vm_power("on", t, 60)
+        rows.append(("wake (IPMI power on)", woke, "QEMU started, the kernel resumed the image, %.1fs" % took))
+        step("What was real on the VM host")
+        for what, e, how in rows:
+            say("   %-31s %-10s cause %-5s %s" % (what, e["to"], e["cause"], how))
+        say("   (the nspawn hosts above: suspend simulated by freezing the container; these were kernel states)")
+        return True
+    except (DemoError, subprocess.TimeoutExpired) as exc:
+        say("VM PART FAILED: %s" % exc)
+        return False
+    finally:
+        if os.environ.get("POWERNAP_LAB_KEEP") != "1":
+            lab("down", timeout=300, check=False, name=VM_LAB)
+
+
 def main():
     if os.geteuid() != 0:
         say("make demo needs root: it boots the lab fleet")
@@ -234,6 +329,8 @@ def main():
         playbook("status")
 
         summary(deployed_at, naps, powersave, wakes, wake_started, timings)
+        if os.environ.get("POWERNAP_DEMO_VM", "1") != "0" and not vm_phase():
+            return 1
         say()
         say("Demo finished in %.0fs." % (time.monotonic() - t0))
         return 0

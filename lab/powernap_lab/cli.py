@@ -5,14 +5,16 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 
-from . import aptrepo, cgroups, disks, image, inventory, network, services
+from . import aptrepo, cgroups, disks, image, inventory, network, services, vm, vmimage
 from .common import (
+    HOST_KINDS,
     MAX_HOSTS,
     PYTHON,
     TOOL_ENTRY,
@@ -83,19 +85,43 @@ def parse_groups(specs, names):
     return groups
 
 
+def parse_kind(spec, names):
+    """--kind nspawn | vm | vm=h1,h2 (those hosts are VMs, the others nspawn): {host: kind}."""
+    spec = (spec or "nspawn").strip()
+    if spec in HOST_KINDS:
+        return dict.fromkeys(names, spec)
+    kinds = dict.fromkeys(names, "nspawn")
+    for part in spec.split(";"):
+        if not part.strip():
+            continue
+        kind, sep, members = part.partition("=")
+        kind = kind.strip()
+        if not sep or kind not in HOST_KINDS:
+            raise LabError("bad --kind %r: use nspawn, vm, or KIND=h1,h2 (e.g. vm=h3)" % part)
+        for m in (m.strip() for m in members.split(",")):
+            if m not in kinds:
+                raise LabError("--kind %s: unknown host %r (hosts: %s)" % (kind, m, ", ".join(names)))
+            kinds[m] = kind
+    return kinds
+
+
 def cmd_up(lab, args):
     check_root()
-    check_packages()
     if not 1 <= args.hosts <= MAX_HOSTS:
         raise LabError("--hosts must be between 1 and %d" % MAX_HOSTS)
+    kinds = parse_kind(args.kind, ["h%d" % i for i in range(1, args.hosts + 1)])
+    want_vm = "vm" in kinds.values()
+    check_packages(vm=want_vm)
     t0 = time.monotonic()
     with lab_lock(lab):
         state = lab.load_state()
         if state and supervisor_alive(lab):
             running = (len(state["hosts"]), state.get("suite", image.SUITE))
-            if running != (args.hosts, args.suite or running[1]):
+            if running != (args.hosts, args.suite or running[1]) or any(
+                h.get("kind", "nspawn") != kinds[h["name"]] for h in state["hosts"]
+            ):
                 raise LabError(
-                    "lab %r is already up with %d %s hosts; run `powernap-lab --name %s down` first"
+                    "lab %r is already up with %d %s hosts of other kinds; run `powernap-lab --name %s down` first"
                     % (lab.name, running[0], running[1], lab.name)
                 )
             request(lab, {"op": "wait-booted", "timeout": args.timeout, "only_on": True}, timeout=args.timeout + 10)
@@ -105,8 +131,16 @@ def cmd_up(lab, args):
         if state or os.path.exists(lab.run) or lab.all_netns():
             log("lab %r: cleaning up a previous, incomplete run" % lab.name)
             teardown(lab)
-        rootfs = image.ensure_image(log, args.suite)
-        apt_repo = aptrepo.ensure_repo(args.suite, args.apt_packages, log) if args.apt_packages else None
+        rootfs = image.ensure_image(log, args.suite) if "nspawn" in kinds.values() else None
+        apt_repo = (
+            aptrepo.ensure_repo(args.suite, args.apt_packages, log)
+            if args.apt_packages and "nspawn" in kinds.values()
+            else None
+        )
+        vm_state = None
+        if want_vm:
+            vm_state = vmimage.ensure_vm_image(log)
+            vm_state.update(vm.choose_accel(vm_state["kernel"], log))
         os.makedirs(lab.run, mode=0o755, exist_ok=True)
         os.makedirs(os.path.dirname(lab.ssh_key), mode=0o700, exist_ok=True)
         if not os.path.exists(lab.ssh_key):
@@ -124,14 +158,20 @@ def cmd_up(lab, args):
                     "bmc_address": bmc_address(i),
                     "bmc_user": "admin",
                     "bmc_password": "pw-h%d-%s" % (i, secrets.token_hex(4)),
+                    "kind": kinds["h%d" % i],
                 }
             )
+        for h in hosts:
+            if h["kind"] == "vm":
+                h["accel"] = vm_state["accel"]
+                h["cmdline"] = vm.kernel_cmdline(h, hosts, pubkey, disks.machine_id_of(lab, h["name"]))
         state = {
             "name": lab.name,
             "created": time.time(),
             "suite": args.suite,
             "image": rootfs,
             "apt_repo": apt_repo,
+            "vm": vm_state,
             "hosts": hosts,
             "groups": parse_groups(args.groups, {h["name"] for h in hosts}),
             "cgroups": cgroups.lab_roots(lab.name),
@@ -148,6 +188,11 @@ def cmd_up(lab, args):
         os.chmod(lab.state_file, 0o600)
         network.setup_fabric(lab)
         for h in hosts:
+            if h["kind"] == "vm":
+                network.setup_vm_host(lab, h["index"])
+                vm.create_disks(lab.host_dir(h["name"]), vm_state["disk"])
+                disks.provision_nic(lab, h["name"])
+                continue
             network.setup_host(lab, h["index"])
             disks.mount_overlay(lab, h["name"], rootfs)
             disks.provision(lab, h["name"], h["index"], hosts, pubkey, apt_repo=bool(apt_repo))
@@ -295,6 +340,7 @@ def status_data(lab):
                 "bmc_address": h["bmc_address"],
                 "power": "off",
                 "booted": False,
+                "kind": h.get("kind", "nspawn"),
             }
             for h in state["hosts"]
         ]
@@ -305,6 +351,7 @@ def status_data(lab):
         "hosts": hosts,
         "inventory": lab.inventory_path,
         "groups": state.get("groups", {}),
+        "vm": {"accel": state["vm"]["accel"], "reason": state["vm"]["reason"]} if state.get("vm") else None,
     }
 
 
@@ -317,12 +364,23 @@ def cmd_status(lab, args):
         print("lab %r is not up" % lab.name)
         return 0
     print("lab %r: %s" % (lab.name, "up" if data["up"] else "DOWN (supervisor not running)"))
-    print("%-5s %-14s %-18s %-14s %-10s %s" % ("HOST", "ADDRESS", "MAC", "BMC", "POWER", "BOOTED"))
+    print("%-5s %-10s %-14s %-18s %-14s %-10s %s" % ("HOST", "KIND", "ADDRESS", "MAC", "BMC", "POWER", "BOOTED"))
     for h in data["hosts"]:
+        kind = h.get("kind", "nspawn") + ("/" + h["accel"] if h.get("accel") else "")
         print(
-            "%-5s %-14s %-18s %-14s %-10s %s"
-            % (h["name"], h["address"], h["mac"], h["bmc_address"], h["power"], "yes" if h.get("booted") else "no")
+            "%-5s %-10s %-14s %-18s %-14s %-10s %s"
+            % (
+                h["name"],
+                kind,
+                h["address"],
+                h["mac"],
+                h["bmc_address"],
+                h["power"],
+                "yes" if h.get("booted") else "no",
+            )
         )
+    if data.get("vm"):
+        print("VM acceleration: %s (%s)" % (data["vm"]["accel"], data["vm"]["reason"]))
     return 0
 
 
@@ -378,11 +436,31 @@ def container_init(lab, host):
     raise LabError("%s: its init process is not running yet" % host)
 
 
+def host_spec(lab, host):
+    state = lab.load_state()
+    if not state:
+        raise LabError("lab %r is not up" % lab.name)
+    host_index(host)
+    for h in state["hosts"]:
+        if h["name"] == host:
+            return h
+    raise LabError("no host %r in lab %r" % (host, lab.name))
+
+
 def cmd_exec(lab, args):
     check_root()
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         raise LabError("usage: powernap-lab exec HOST -- COMMAND...")
+    spec = host_spec(lab, args.host)
+    if spec.get("kind") == "vm":
+        # a VM has its own kernel: the way in is its sshd, from the controller namespace
+        st = {h["name"]: h for h in request(lab, {"op": "status"})["hosts"]}[args.host]
+        if st["power"] != "on":
+            raise LabError(
+                "%s is %s: power it on first (powernap-lab power %s on)" % (args.host, st["power"], args.host)
+            )
+        return subprocess.call(vm.ssh_command(lab, spec["address"]) + [shlex.join(cmd)])
     pid = container_init(lab, args.host)
     env = [
         "env",
@@ -456,6 +534,21 @@ def cmd_ups(lab, args):
     return 0
 
 
+def cmd_input(lab, args):
+    check_root()
+    reply = request(
+        lab, {"op": "input", "host": args.host, "action": args.action, "key": args.key, "device": args.device}
+    )
+    print(json.dumps({k: v for k, v in reply.items() if k != "ok"}))
+    return 0
+
+
+def cmd_qemu_status(lab, args):
+    check_root()
+    print(json.dumps(request(lab, {"op": "qemu-status", "host": args.host})["status"]))
+    return 0
+
+
 def cmd_bmc_hook(lab, args):
     """Called by ipmi_sim (chassis_control): print what ipmi_sim expects, exit with its status."""
     try:
@@ -471,10 +564,10 @@ def cmd_bmc_hook(lab, args):
 def cmd_image(_lab, args):
     check_root()
     if args.action == "path":
-        print(image.rootfs(args.suite))
+        print(vmimage.vm_image()["dir"] if args.vm else image.rootfs(args.suite))
         return 0
-    check_packages()
-    print(image.ensure_image(log, args.suite))
+    check_packages(vm=args.vm)
+    print(vmimage.ensure_vm_image(log)["dir"] if args.vm else image.ensure_image(log, args.suite))
     return 0
 
 
@@ -516,6 +609,12 @@ def build_parser():
         help="packages the hosts can install from the lab's own apt repository (comma-separated; '' for no "
         "repository; default: %(default)s)",
     )
+    s.add_argument(
+        "--kind",
+        default="nspawn",
+        help="host kind: nspawn (default), vm (QEMU guests with their own kernel), or a mixed fleet "
+        "KIND=h1,h2 (e.g. vm=h3: h3 is a VM, the others nspawn)",
+    )
     s.set_defaults(func=cmd_up)
     s = sub.add_parser("down", help="stop and remove everything the lab created")
     s.set_defaults(func=cmd_down)
@@ -550,9 +649,19 @@ def build_parser():
     s = sub.add_parser("ups", help="set the UPS status: ups OL | OB | OB LB")
     s.add_argument("status", nargs="+")
     s.set_defaults(func=cmd_ups)
+    s = sub.add_parser("input", help="a VM host's USB keyboard: input HOST key [--key QCODE] | plug | unplug")
+    s.add_argument("host")
+    s.add_argument("action", choices=["key", "plug", "unplug"])
+    s.add_argument("--key", help="QEMU key name (qcode) to type, default shift")
+    s.add_argument("--device", help="keyboard to unplug (kbd0, kbd-hot1, ...; default: the newest hot-plugged)")
+    s.set_defaults(func=cmd_input)
+    s = sub.add_parser("qemu-status", help="a VM host's QEMU run state (QMP query-status): running, suspended, ...")
+    s.add_argument("host")
+    s.set_defaults(func=cmd_qemu_status)
     s = sub.add_parser("image", help="build the base image (or print its path)")
     s.add_argument("action", nargs="?", choices=["build", "path"], default="build")
     s.add_argument("--suite", choices=sorted(image.SUITES), default=image.SUITE)
+    s.add_argument("--vm", action="store_true", help="the VM hosts' image (kernel + disk) instead")
     s.set_defaults(func=cmd_image)
     s = sub.add_parser("bmc-hook", help=argparse.SUPPRESS)
     s.add_argument("host")

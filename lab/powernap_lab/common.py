@@ -39,7 +39,8 @@ GUEST_NIC_DIR = "/run/powernap-lab-nic"
 GUEST_SUSPEND = "/usr/local/sbin/powernap-lab-suspend"
 
 CLONE_NEWNET = 0x40000000
-POWER_STATES = ("on", "suspended", "off")
+POWER_STATES = ("on", "suspended", "hibernated", "off")
+HOST_KINDS = ("nspawn", "vm")
 REQUIRED_TOOLS = {
     "ip": "iproute2",
     "systemd-nspawn": "systemd-container",
@@ -48,6 +49,13 @@ REQUIRED_TOOLS = {
     "ssh-keygen": "openssh-client",
     "ipmi_sim": "openipmi",
     "dpkg-scanpackages": "dpkg-dev",
+}
+# Only needed when the lab has VM hosts (--kind vm).
+VM_REQUIRED_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "mkfs.ext4": "e2fsprogs",
+    "mkswap": "util-linux",
 }
 REQUIRED_FILES = {
     "/lib/nut/upsd": "nut-server",
@@ -64,9 +72,10 @@ def check_root():
         raise LabError("powernap-lab must run as root (it creates namespaces, mounts and cgroups); try: sudo %s" % TOOL)
 
 
-def check_packages():
+def check_packages(vm=False):
     missing = []
-    for tool, pkg in REQUIRED_TOOLS.items():
+    tools = dict(REQUIRED_TOOLS, **(VM_REQUIRED_TOOLS if vm else {}))
+    for tool, pkg in tools.items():
         if not shutil.which(tool):
             missing.append("%s (command %s)" % (pkg, tool))
     for path, pkg in REQUIRED_FILES.items():

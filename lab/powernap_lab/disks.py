@@ -37,6 +37,19 @@ def mount_overlay(lab, host, image_root):
     return root
 
 
+def machine_id_of(lab, host):
+    return hashlib.sha256(("%s/%s" % (lab.name, host)).encode()).hexdigest()[:32]
+
+
+def provision_nic(lab, host):
+    """The host's lab-side NIC state (Wake-on-LAN mode), kept by the supervisor."""
+    os.makedirs(lab.host_dir(host, "nic"), exist_ok=True)
+    nic = lab.host_dir(host, "nic", "wol.json")
+    if not os.path.exists(nic):
+        write_state(nic, DEFAULT_STATE["wol"], DEFAULT_STATE["sopass"])
+    os.chmod(lab.host_dir(host, "nic"), 0o755)
+
+
 def provision(lab, host, index, all_hosts, pubkey, apt_repo=False):
     """Write the host's identity into its disk (through the overlay, so it lands in the upper dir)."""
     root = lab.host_dir(host, "root")
@@ -48,7 +61,7 @@ def provision(lab, host, index, all_hosts, pubkey, apt_repo=False):
     elif os.path.exists(lab_source):
         os.unlink(lab_source)
     write_file(os.path.join(root, "etc/hostname"), host + "\n")
-    machine_id = hashlib.sha256(("%s/%s" % (lab.name, host)).encode()).hexdigest()[:32]
+    machine_id = machine_id_of(lab, host)
     write_file(os.path.join(root, "etc/machine-id"), machine_id + "\n", mode=0o444)
     lines = [
         "127.0.0.1\tlocalhost",
@@ -69,10 +82,7 @@ def provision(lab, host, index, all_hosts, pubkey, apt_repo=False):
         with open(os.path.join(GUEST_DIR, name + ".py"), encoding="utf-8") as source:
             write_file(dst, "#!/usr/bin/python3\n" + source.read(), mode=0o755)
     os.makedirs(os.path.join(root, GUEST_NIC_DIR.lstrip("/")), exist_ok=True)
-    nic = lab.host_dir(host, "nic", "wol.json")
-    if not os.path.exists(nic):
-        write_state(nic, DEFAULT_STATE["wol"], DEFAULT_STATE["sopass"])
-    os.chmod(lab.host_dir(host, "nic"), 0o755)
+    provision_nic(lab, host)
 
 
 def unmount_all(lab):

@@ -85,6 +85,17 @@ def setup_host(lab, index):
     _addr(lab.ns_bmc, "eth0", bmc_address(index) + "/24")
 
 
+def setup_vm_host(lab, index):
+    """A VM host's switch port is a persistent tap on the LAN bridge; its QEMU opens it (no host namespace)."""
+    host = "h%d" % index
+    tap = lab.port(host)
+    if not link_exists(lab.ns_switch, tap):
+        ip("tuntap", "add", "dev", tap, "mode", "tap", ns=lab.ns_switch)
+    ip("link", "set", tap, "master", lab.br_lan, ns=lab.ns_switch)
+    ip("link", "set", tap, "down", ns=lab.ns_switch)
+    _addr(lab.ns_bmc, "eth0", bmc_address(index) + "/24")
+
+
 def set_port(lab, host, up):
     """Carrier of a host's NIC: the switch port goes down when the host is suspended or off."""
     ip("link", "set", lab.port(host), "up" if up else "down", ns=lab.ns_switch)

@@ -18,6 +18,7 @@ from .common import (
     stop_pids,
     write_file,
 )
+from .vm import bmc_serial_port
 
 SIM_EMU = """\
 mc_setbmc 0x20
@@ -48,6 +49,19 @@ def write_configs(lab, state):
             mode=0o755,
         )
         guid = ("%08x" % (0x504E0000 + h["index"])) + "0" * 24
+        if h.get("kind") == "vm":
+            # ipmi_sim is the VM's external BMC (QEMU ipmi-bmc-extern connects to its VM interface): power
+            # status is whether the VM is connected, `power soft` an ACPI power-button press in the guest,
+            # `power off` QEMU's hard stop, and `power on` runs startcmd, which asks the supervisor to start QEMU.
+            power = [
+                "  serial 15 127.0.0.1 %d codec VM" % (bmc_serial_port(h["index"])),
+                "  startcmd %s" % _q("%s start" % hook),
+                "  startnow false",
+                "  poweroff_wait 30",
+                "  kill_wait 5",
+            ]
+        else:
+            power = ["  chassis_control %s" % _q("%s 0x20" % hook)]
         write_file(
             os.path.join(d, "lan.conf"),
             "\n".join(
@@ -63,7 +77,7 @@ def write_configs(lab, state):
                     "    allowed_auths_admin md2 md5 straight",
                     "    guid %s" % guid,
                     "  endlan",
-                    "  chassis_control %s" % _q("%s 0x20" % hook),
+                    *power,
                     '  user 1 false "" "" user 10 none md2 md5 straight',
                     "  user 2 true %s %s admin 10 md2 md5 straight" % (_q(h["bmc_user"]), _q(h["bmc_password"])),
                     "",

@@ -17,7 +17,7 @@ import time
 import traceback
 from datetime import UTC, datetime
 
-from . import cgroups, network, wol
+from . import cgroups, network, vm, wol
 from .common import GUEST_NIC_DIR, LabError, forget_pid, in_netns, record_pid, ssh_banner, write_file
 
 ETH_P_ALL = 0x0003
@@ -26,6 +26,8 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
 NSPAWN_REBOOT = 133
+# A VM that shuts down this soon after an ACPI power-button press (from its BMC) was soft-powered-off.
+SOFT_OFF_WINDOW = 120.0
 
 
 def now_iso(t):
@@ -46,10 +48,20 @@ class Host:
         self.generation = 0
         self.lock = threading.RLock()
         self.cg = {}
+        self.kind = spec.get("kind", "nspawn")
+        self.spec = spec
+        # VM hosts: QMP connection, and what the lab itself asked QEMU for (to name the cause of events)
+        self.qmp = None
+        self.suspend_cause = None
+        self.powerdown_at = None
+        self.shutdown_reason = None
+        self.hotplugged = []
+        self.plug_count = 0
 
     def as_dict(self):
-        return {
+        d = {
             "name": self.name,
+            "kind": self.kind,
             "address": self.address,
             "mac": self.mac,
             "bmc_address": self.bmc_address,
@@ -57,6 +69,10 @@ class Host:
             "booted": self.booted,
             "since": self.since,
         }
+        if self.kind == "vm":
+            d["accel"] = self.spec.get("accel")
+            d["smbios_product"] = vm.smbios_product(self.name)
+        return d
 
 
 class Supervisor:
@@ -119,6 +135,8 @@ class Supervisor:
 
     def _start(self, host, cause):
         """Boot a host that is off. Caller holds host.lock."""
+        if host.kind == "vm":
+            return self._start_vm(host, cause)
         host.cg = cgroups.create(self.roots, self.lab.ns_host(host.name))
         uni = host.cg["unified"]
         cgroups.kill(uni, timeout=5)
@@ -160,7 +178,9 @@ class Supervisor:
             self._cleanup_host(host)
             if self.stop.is_set():
                 return
-            if rc == NSPAWN_REBOOT:
+            if host.kind == "vm":
+                self._vm_exited(host, rc)
+            elif rc == NSPAWN_REBOOT:
                 self.transition(host, "off", "reboot")
                 self._start(host, "reboot")
             else:
@@ -184,6 +204,9 @@ class Supervisor:
             network.set_port(self.lab, host.name, False)
         except LabError:
             pass
+        if host.qmp is not None:
+            host.qmp.close()
+            host.qmp = None
         uni = host.cg.get("unified")
         if uni:
             cgroups.freeze(uni, False)
@@ -194,8 +217,10 @@ class Supervisor:
 
     def _stop(self, host, cause, soft=False, timeout=30.0):
         """Power a host off: soft = clean shutdown (bounded, then hard). Caller holds host.lock."""
-        if host.power == "off":
+        if host.power in ("off", "hibernated"):
             return
+        if host.kind == "vm":
+            return self._stop_vm(host, cause, soft, timeout)
         if host.power == "suspended":
             cgroups.freeze(host.cg["unified"], False)
             network.set_port(self.lab, host.name, True)
@@ -222,6 +247,8 @@ class Supervisor:
     def _suspend(self, host, cause):
         if host.power != "on":
             raise LabError("%s is %s, cannot suspend" % (host.name, host.power))
+        if host.kind == "vm":
+            return self._suspend_vm(host, cause)
         network.set_port(self.lab, host.name, False)
         if not cgroups.freeze(host.cg["unified"], True):
             network.set_port(self.lab, host.name, True)
@@ -229,14 +256,182 @@ class Supervisor:
         self.transition(host, "suspended", cause)
 
     def _wake(self, host, cause, **fields):
-        if host.power == "suspended":
+        if host.kind == "vm" and host.power == "suspended":
+            # the guest's own resume: QEMU wakes it as its NIC or power button would
+            self.transition(host, "on", cause, **fields)
+            try:
+                host.qmp.command("system_wakeup")
+            except (LabError, AttributeError) as exc:
+                self.event(host.name, "error", op="wake", error=str(exc))
+        elif host.power == "suspended":
             cgroups.freeze(host.cg["unified"], False)
             network.set_port(self.lab, host.name, True)
             self.transition(host, "on", cause, **fields)
-        elif host.power == "off":
+        elif host.power in ("off", "hibernated"):
             self._start(host, cause)
             if fields:
                 self.event(host.name, "wake-detail", cause=cause, **fields)
+
+    # ---------------------------------------------------------------- VM hosts (QEMU)
+    def _start_vm(self, host, cause):
+        """Start a VM host's QEMU (a hibernated guest resumes from its swap disk). Caller holds host.lock."""
+        host.cg = cgroups.create(self.roots, self.lab.ns_host(host.name))
+        cgroups.kill(host.cg["unified"], timeout=5)
+        for path in host.cg.values():
+            cgroups.clear_children(path)
+        network.set_port(self.lab, host.name, True)
+        tap = vm.open_tap(self.lab.ns_switch, self.lab.port(host.name))
+        procs = " ".join(os.path.join(p, "cgroup.procs") for p in host.cg.values())
+        script = 'for f in %s; do echo $$ > "$f" || exit 97; done; exec "$@"' % procs
+        # QEMU lives in the BMC namespace: its ipmi_sim (external BMC) listens on 127.0.0.1 there
+        cmd = ["nsenter", "--net=/run/netns/%s" % self.lab.ns_bmc, "--"]
+        cmd += vm.qemu_command(self.lab, host.spec, self.state["vm"], host.spec["accel"], tap)
+        qemu_log = open(self.lab.host_dir(host.name, "qemu.log"), "ab")  # noqa: SIM115 (owned by the child)
+        try:
+            for stale in ("qmp.sock",):
+                try:
+                    os.unlink(self.lab.host_dir(host.name, stale))
+                except FileNotFoundError:
+                    pass
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", script, "launch"] + cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(tap,),
+            )
+        finally:
+            qemu_log.close()
+            os.close(tap)
+        record_pid(self.lab, "host-" + host.name, proc.pid)
+        host.proc = proc
+        host.booted = False
+        host.generation += 1
+        host.powerdown_at = None
+        host.shutdown_reason = None
+        host.suspend_cause = None
+        host.hotplugged = []
+        host.plug_count = 0
+        resumed = vm.hibernated(self.lab.host_dir(host.name, "swap.raw"))
+        self.transition(host, "on", cause, **({"resume": "hibernation"} if resumed else {}))
+        try:
+            host.qmp = vm.Qmp(self.lab.host_dir(host.name, "qmp.sock"), lambda ev: self._vm_event(host, ev))
+        except LabError as exc:
+            self.event(host.name, "error", op="start", error=str(exc))
+        gen = host.generation
+        threading.Thread(target=self._watch, args=(host, proc), daemon=True).start()
+        threading.Thread(target=self._probe_boot, args=(host, gen), daemon=True).start()
+
+    def _vm_event(self, host, ev):
+        """QMP events: the guest kernel's own power transitions."""
+        name = ev.get("event")
+        data = ev.get("data") or {}
+        if name == "SUSPEND" and host.power == "on":
+            cause, host.suspend_cause = host.suspend_cause or "host", None
+            self.transition(host, "suspended", cause, kernel_state="S3")
+        elif name == "WAKEUP" and host.power == "suspended":
+            # not asked for by the lab (that transition comes first): a wake source inside the machine, e.g. its RTC
+            self.transition(host, "on", "guest")
+        elif name == "POWERDOWN":
+            host.powerdown_at = time.monotonic()
+        elif name == "SHUTDOWN":
+            host.shutdown_reason = data.get("reason")
+        elif name == "RESET" and data.get("guest"):
+            host.booted = False
+            host.generation += 1
+            self.event(host.name, "reset", reason=data.get("reason"))
+            threading.Thread(target=self._probe_boot, args=(host, host.generation), daemon=True).start()
+        if name in ("SUSPEND", "WAKEUP", "POWERDOWN", "SHUTDOWN", "SUSPEND_DISK"):
+            self.event(host.name, "qemu", qmp=name, **{k: v for k, v in data.items() if k in ("reason", "guest")})
+
+    def _vm_exited(self, host, rc):
+        """QEMU exited by itself: the guest hibernated, powered off, or its BMC cut the power."""
+        if vm.hibernated(self.lab.host_dir(host.name, "swap.raw")):
+            self.transition(host, "hibernated", "host", kernel_state="S4")
+        elif host.powerdown_at is not None and time.monotonic() - host.powerdown_at < SOFT_OFF_WINDOW:
+            # the guest shut down after an ACPI power-button press the lab did not make: the BMC's `power soft`
+            self.transition(host, "off", "ipmi", mode="soft", reason=host.shutdown_reason)
+        else:
+            # the guest's own poweroff, or the BMC's hard `power off` (QEMU reports both as guest-shutdown)
+            self.transition(host, "off", "host", reason=host.shutdown_reason, exit_status=rc)
+
+    def _stop_vm(self, host, cause, soft, timeout):
+        proc, host.proc = host.proc, None
+        host.generation += 1
+        clean = False
+        if proc is not None and soft and host.qmp is not None:
+            try:
+                if host.power == "suspended":
+                    host.qmp.command("system_wakeup")
+                host.qmp.command("system_powerdown")  # ACPI power button: the guest's systemd shuts down
+                proc.wait(timeout=timeout)
+                clean = True
+            except (LabError, subprocess.TimeoutExpired):
+                pass
+        if proc is not None and proc.poll() is None:
+            try:
+                if host.qmp is not None:
+                    host.qmp.command("quit", timeout=5)
+                proc.wait(timeout=10)
+            except (LabError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait(timeout=10)
+        self._cleanup_host(host)
+        forget_pid(self.lab, "host-" + host.name)
+        self.transition(host, "off", cause, mode="soft" if clean else "hard")
+
+    def _suspend_vm(self, host, cause):
+        """Ask the guest to suspend itself (there is no sleep button to press): its kernel enters S3."""
+        host.suspend_cause = cause
+        proc = vm.guest_ssh(self.lab, host.address, ["systemctl", "suspend"], timeout=30)
+        if proc.returncode not in (0, 255):
+            raise LabError("%s: systemctl suspend failed: %s" % (host.name, (proc.stderr or "").strip()))
+        deadline = time.monotonic() + 60
+        while host.power == "on" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if host.power != "suspended":
+            raise LabError("%s did not enter S3 within 60s (QEMU reported no SUSPEND)" % host.name)
+
+    def vm_input(self, name, action, key=None, device=None):
+        """device: the keyboard to unplug (default: the newest hot-plugged one, else kbd0)."""
+        """The VM's USB keyboard through QEMU's monitor: type a key, plug or unplug a keyboard."""
+        host = self.host(name)
+        if host.kind != "vm":
+            raise LabError("%s is not a VM host: `input` needs --kind vm" % name)
+        with host.lock:
+            if host.power != "on" or host.qmp is None:
+                raise LabError("%s is %s: input needs a running VM" % (name, host.power))
+            if action == "key":
+                key = key or "shift"
+                if not key.replace("_", "").isalnum() or len(key) > 20:
+                    raise LabError("invalid key name %r (QEMU qcode, e.g. shift, a, ret)" % key)
+                # QMP send-key: QEMU routes it to the active keyboard (with -display none, input devices are not
+                # bound to a console, so one cannot be picked)
+                host.qmp.command("send-key", keys=[{"type": "qcode", "data": key}])
+                detail = {"key": key}
+            elif action == "plug":
+                host.plug_count += 1
+                dev = "kbd-hot%d" % host.plug_count
+                host.qmp.command("device_add", driver="usb-kbd", id=dev, bus="xhci.0")
+                host.hotplugged.append(dev)
+                detail = {"device": dev}
+            elif action == "unplug":
+                dev = device or (host.hotplugged[-1] if host.hotplugged else "kbd0")
+                if dev in host.hotplugged:
+                    host.hotplugged.remove(dev)
+                host.qmp.command("device_del", id=dev)
+                detail = {"device": dev}
+            else:
+                raise LabError("unknown input action %r (key, plug, unplug)" % action)
+        self.event(name, "input", action=action, **detail)
+        return detail
+
+    def vm_query_status(self, name):
+        host = self.host(name)
+        if host.kind != "vm" or host.qmp is None:
+            raise LabError("%s has no running QEMU" % name)
+        return host.qmp.command("query-status")
 
     def power(self, name, state, cause="lab", wait=False, timeout=None):
         host = self.host(name)
@@ -352,6 +547,14 @@ class Supervisor:
     def bmc_hook(self, name, args):
         """ipmi_sim chassis_control: ARGS = [mc] get PARAM... | set PARAM VALUE ..."""
         host = self.host(name)
+        if host.kind == "vm":
+            # ipmi_sim is QEMU's external BMC: it knows the power state itself and only runs its
+            # startcmd (this hook, "start") to power the machine on.
+            if args != ["start"]:
+                raise LabError("a VM host's BMC hook only takes 'start'")
+            self.event(name, "ipmi", request="start")
+            self.async_power(name, "on", "ipmi")
+            return {"exit": 0, "output": ""}
         if len(args) >= 2 and args[0].startswith("0x"):
             args = args[1:]
         op, params = args[0], args[1:]
@@ -418,6 +621,10 @@ class Supervisor:
             return self.bmc_hook(msg["host"], msg["args"])
         if op == "ups":
             return self.ups(msg["status"])
+        if op == "input":
+            return self.vm_input(msg["host"], msg["action"], msg.get("key"), msg.get("device"))
+        if op == "qemu-status":
+            return {"status": self.vm_query_status(msg["host"])}
         if op == "shutdown":
             threading.Thread(target=self.shutdown, daemon=True).start()
             return {}

@@ -194,15 +194,18 @@ def require_root():
         )
 
 
-def bring_up(name, hosts, groups=None, timeout=180, suite=None):
+def bring_up(name, hosts, groups=None, timeout=180, suite=None, kind=None):
     """Bring a lab up (idempotent) and return its handle; on failure tear it down and fail."""
     require_root()
-    cmd = [LAB_TOOL, "--name", name, "up", "--hosts", str(hosts)]
+    cmd = [LAB_TOOL, "--name", name, "up", "--hosts", str(hosts), "--timeout", str(timeout)]
     if groups:
         cmd += ["--groups", groups]
     if suite:
         cmd += ["--suite", suite]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 600, check=False)
+    if kind:
+        cmd += ["--kind", kind]
+    # a first VM lab also builds the VM image (a few minutes)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + (1800 if kind else 600), check=False)
     if proc.returncode != 0:
         subprocess.run([LAB_TOOL, "--name", name, "down"], capture_output=True, timeout=300, check=False)
         pytest.fail("powernap-lab up failed (%d):\n%s%s" % (proc.returncode, proc.stdout, proc.stderr), pytrace=False)
