@@ -11,7 +11,7 @@ Python 3.8 syntax.
 
 import time
 
-from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, probe
+from ansible_collections.powernap.fleet.plugins.module_utils import ipmi, probe, redfish
 from ansible_collections.powernap.fleet.plugins.module_utils.common import invalid_host
 from ansible_collections.powernap.fleet.plugins.module_utils.ipmi import IpmiDriver
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError, backoff_delays
@@ -153,8 +153,8 @@ class Target:
             # The BMC this target can be powered on through: its method's, or for Wake-on-LAN the one that
             # escalation would use (Redfish before IPMI).
             bmc_method = method if method in BMC_METHODS else auto_method(opts, False)
-            # A WoL-only wake uses the BMC only to escalate: without pyghmi (say, on a relay) it goes without.
-            if method == "wol" and bmc_method == "ipmi" and not ipmi.HAS_PYGHMI:
+            # A WoL-only wake uses the BMC only to escalate: without its library (say, on a relay) it goes without.
+            if method == "wol" and not {"ipmi": ipmi.HAS_PYGHMI, "redfish": redfish.HAS_SUSHY}.get(bmc_method, True):
                 bmc_method = None
             if bmc_method:
                 self.bmc = bmc_driver(opts, bmc_method, bmc_timeout, deadline=deadline, clock=clock)

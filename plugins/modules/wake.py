@@ -383,7 +383,8 @@ def required_libraries(params):
     for item in [params] + [t for t in (params.get("targets") or []) if isinstance(t, dict)]:
         options = dict(params, **{k: v for k, v in item.items() if v is not None})
         method = options.get("method") or "auto"
-        # Wake-on-LAN targets use their BMC too, to escalate.
+        if method == "wol":
+            continue  # a Wake-on-LAN target escalates to its BMC only when the library is there
         protocol = method if method in wake.BMC_METHODS else wake.auto_method(options, False)
         if protocol in libraries and not libraries[protocol][1]:
             missing.add(libraries[protocol][0])
@@ -397,12 +398,9 @@ def main():
         mutually_exclusive=[("targets", "address")],
     )
     params = module.params
-    for needed in required_libraries(params):
-        library, error = {
-            "ipmi": ("pyghmi", ipmi.PYGHMI_IMPORT_ERROR),
-            "redfish": ("sushy", redfish.SUSHY_IMPORT_ERROR),
-        }[needed]
-        module.fail_json(msg=missing_required_lib(library), exception=str(error))
+    import_errors = {"pyghmi": ipmi.PYGHMI_IMPORT_ERROR, "sushy": redfish.SUSHY_IMPORT_ERROR}
+    for library in required_libraries(params):
+        module.fail_json(msg=missing_required_lib(library), exception=str(import_errors[library]))
     try:
         result = run(params, module.check_mode)
     except ValueError as exc:

@@ -74,3 +74,18 @@ def test_check_mode_validates_and_sends_nothing(capsys, receiver):
         receiver.recv(2048)
     code, result = run_module(capsys, {"mac": "bogus"}, True)
     assert code == 1 and "invalid MAC" in result["msg"]
+
+
+def test_wol_wake_needs_no_bmc_library_and_ipmi_names_the_missing_one(capsys, receiver, monkeypatch):
+    """A relay without pyghmi still sends the magic packet (no escalation); IPMI says pyghmi is missing."""
+    from ansible_collections.powernap.fleet.plugins.module_utils import ipmi
+
+    monkeypatch.setattr(ipmi, "HAS_PYGHMI", False)
+    monkeypatch.setattr(ipmi, "PYGHMI_IMPORT_ERROR", ImportError("No module named 'pyghmi'"))
+    port = receiver.getsockname()[1]
+    args = {"mac": "02:50:4e:00:00:0e", "broadcast": "127.0.0.1", "port": port, "repeat": 1, "bmc_host": "198.19.0.1"}
+    code, result = run_module(capsys, dict(args, method="wol"))
+    assert code == 0 and result["woken_by"] == "wol"
+    assert receiver.recv(2048).endswith(bytes.fromhex("02504e00000e"))
+    code, result = run_module(capsys, dict(args, method="ipmi"))
+    assert code == 1 and "pyghmi" in result["msg"]
