@@ -66,7 +66,7 @@ notes:
     O(bmc_query=true), and then from the controller. RV(bmc.configured) tells whether a BMC is known (O(bmc_host),
     O(redfish_host) or their inventory variables).
   - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. Unsigned
-    reads need C(read_auth = no) on the server (the default is V(yes): the read is refused and RV(server.error)
+    reads need C(read_auth = no) on the server (the default is V(yes), and the read is refused and RV(server.error)
     says so); the record then carries states, not the host's addresses.
 requirements:
   - none (the powernap engine is used when installed)
