@@ -1,6 +1,8 @@
 # Copyright: (c) 2026, powernap.fleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Each engine's own fleet key, derived on the controller from the master secret (never sent to other hosts)."""
+"""Each engine's own fleet key, derived on the controller from the master secret (never sent to other hosts).
+
+The code of the host_key filter (plugins/filter/host_key.py)."""
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_text
@@ -18,10 +20,3 @@ def host_key(master, host):
     if not host:
         raise AnsibleFilterError("host_key: no host name to derive a key for")
     return _derive(master, host)
-
-
-class FilterModule:
-    """Fleet key derivation."""
-
-    def filters(self):
-        return {"host_key": host_key}

@@ -8,7 +8,7 @@ import hmac
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.powernap.fleet.plugins.filter.fleet_keys import FilterModule
+from ansible_collections.powernap.fleet.plugins.filter.host_key import FilterModule
 
 MASTER = "master-secret-of-the-fleet-0123"
 
