@@ -313,7 +313,19 @@ def test_check_mode_on_a_fresh_host_judges_the_config_it_would_write(secrets_lab
     code, output = run_site(handle, inventory, refused, "--check", verbose=False, expect_ok=False)
     assert code != 0 and "checked on the controller" in output and "secureon" in output, output
     assert leaks(output, refused) == [], leaks(output, refused)
+    # The hardware lists are judged on the controller too: an entry the engine refuses fails the check run.
+    bad_list = (
+        '{"powernap_host_hardware_entries": [{"name": "bad", "verdict": "deny", "match": {"sys_vendor": "X"},'
+        ' "actions": ["fly"], "reason": "never"}]}'
+    )
+    code, output = run_site(handle, inventory, values, "--check", "-e", bad_list, verbose=False, expect_ok=False)
+    assert code != 0 and "fly" in output, output
     output = run_site(handle, inventory, values, "--check", verbose=False)
     assert "Check it with the engine's check-config" in output
+    # Nothing is skipped silently: the lists are validated and the service change is reported.
+    assert "Push the hardware allow/deny lists (check mode, validated on the controller)" in output, output
+    assert "powernapd would be installed, enabled and started" in output, output
     gone = handle.exec("h1", ["test", "-e", "/etc/powernap/powernap.conf"], check=False)
     assert gone.returncode != 0, "check mode wrote the config"
+    gone = handle.exec("h1", ["test", "-e", "/etc/powernap/hardware.d"], check=False)
+    assert gone.returncode != 0, "check mode created the hardware lists"
