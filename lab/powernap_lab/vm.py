@@ -355,6 +355,11 @@ def ssh_command(lab, address, connect_timeout=5):
         "BatchMode=yes",
         "-o",
         "ConnectTimeout=%d" % connect_timeout,
+        # a guest that suspends or hibernates under the session drops it within ~15 s instead of hanging it
+        "-o",
+        "ServerAliveInterval=5",
+        "-o",
+        "ServerAliveCountMax=3",
         "root@%s" % address,
         "--",
     ]
