@@ -149,7 +149,7 @@ def probe_kvm(kernel, workdir, seconds=ACCEL_PROBE_SECONDS):
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _, err = proc.communicate(timeout=seconds)
+        err = proc.communicate(timeout=seconds)[1]
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
