@@ -17,7 +17,7 @@ import os
 import shlex
 import signal
 import subprocess
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence
 
 from .clock import Clock
 from .options import Choice, Declared, Duration, ListOf, Option, String
@@ -107,6 +107,22 @@ class ActionsSection(Declared):
 
 def command_option(action: str) -> str:
     return action.replace("-", "_") + "_command"
+
+
+def replaced_commands(settings: Dict[str, object]) -> FrozenSet[str]:
+    """The sleep actions whose command the admin replaced ([actions] X_command not the default).
+
+    The kernel's /sys/power/state speaks for the default commands (systemctl suspend, ...) only: a
+    replaced command (a vendor tool, the lab's simulated suspend) does its own work, so the kernel's
+    sleep states neither allow nor deny it.
+    """
+    defaults = {opt.name: opt.default for opt in ActionsSection.OPTIONS}
+    return frozenset(
+        action
+        for action in COMMAND_ACTIONS
+        if command_option(action) in settings
+        and settings[command_option(action)] != defaults.get(command_option(action))
+    )
 
 
 def kernel_support(root: SysRoot, action: str) -> Optional[str]:
@@ -365,7 +381,9 @@ class ActionRunner:
             steps = []
             reasons = []
             for candidate in self.settings["best_effort"]:  # type: ignore[union-attr]
-                why = denied.get(candidate) or kernel_support(self.root, candidate)
+                why = denied.get(candidate) or (
+                    None if candidate in replaced_commands(self.settings) else kernel_support(self.root, candidate)
+                )
                 if why:
                     reasons.append("%s: %s" % (candidate, why))
                     continue

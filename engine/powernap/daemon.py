@@ -29,7 +29,7 @@ import time
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
 from . import __version__
-from .actions import ACTIONS, BEST_EFFORT, CUSTOM, POWERSAVE, SLEEP_ACTIONS, ActionRunner
+from .actions import ACTIONS, BEST_EFFORT, CUSTOM, POWERSAVE, SLEEP_ACTIONS, ActionRunner, replaced_commands
 from .clock import Clock
 from .config import Config, configured_state_dir, load_config
 from .control import STATUS_SCHEMA, ControlServer, socket_path
@@ -651,7 +651,13 @@ class Daemon:
         lists, list_errors = hardware.load_lists(config.hardware_files)
         errors.extend(list_errors)
         facts = hardware.collect_facts(self.root)
-        verdict = hardware.evaluate(facts, lists, platform_info, override=None if override == "auto" else override)
+        verdict = hardware.evaluate(
+            facts,
+            lists,
+            platform_info,
+            override=None if override == "auto" else override,
+            replaced=replaced_commands(config.actions),
+        )
         denied = {}
         for action in ACTIONS:
             if action == BEST_EFFORT:  # denied below when its whole chain is

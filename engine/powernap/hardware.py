@@ -315,13 +315,19 @@ class Verdict:
 
 
 def evaluate(
-    facts: Dict[str, Any], lists: HardwareLists, platform_info: Any, override: Optional[str] = None
+    facts: Dict[str, Any],
+    lists: HardwareLists,
+    platform_info: Any,
+    override: Optional[str] = None,
+    replaced: Sequence[str] = (),
 ) -> Verdict:
-    """Explicit deny > explicit allow > platform default, per action and tweak type."""
+    """Explicit deny > explicit allow > platform default, per action and tweak type.
+
+    ``replaced``: actions whose command the admin replaced (``actions.replaced_commands``)."""
     verdict = Verdict()
     verdict.matched = [entry for entry in lists.entries if entry.match(facts)]
     effective = _effective(platform_info, override)
-    defaults = platform_defaults(platform_info, effective)
+    defaults = platform_defaults(platform_info, effective, replaced)
     verdict.platform_default = {
         "kind": effective.effective_kind if effective else "unknown",
         "virt": getattr(platform_info, "virt", None),
@@ -358,11 +364,15 @@ def _effective(info: Any, override: Optional[str]) -> Optional[_Effective]:
     return _Effective(info, override) if info is not None else None
 
 
-def platform_defaults(info: Any, effective: Optional[_Effective] = None) -> Dict[str, str]:
+def platform_defaults(
+    info: Any, effective: Optional[_Effective] = None, replaced: Sequence[str] = ()
+) -> Dict[str, str]:
     """What the platform alone denies (name → reason).
 
     ``platform = physical`` lifts the safe defaults for VMs and containers, never what the kernel says
-    it cannot do: an empty /sys/power/state means no suspend whatever the override.
+    it cannot do: an empty /sys/power/state means no suspend whatever the override -- for the default
+    commands; an action whose command the admin replaced (``replaced``) does not go through the kernel's
+    sleep states, so they do not deny it.
     """
     effective = effective or _effective(info, None)
     if effective is None:
@@ -379,9 +389,10 @@ def platform_defaults(info: Any, effective: Optional[_Effective] = None) -> Dict
     if not getattr(info, "can_suspend", True):
         states = " ".join(getattr(info, "sleep_states", None) or []) or "empty"
         for name in NEEDS_SUSPEND:
-            denied.setdefault(name, "the kernel offers no suspend state (/sys/power/state: %s)" % states)
+            if name not in replaced:
+                denied.setdefault(name, "the kernel offers no suspend state (/sys/power/state: %s)" % states)
     if not getattr(info, "can_hibernate", True):
-        for name in NEEDS_HIBERNATE:
+        for name in (n for n in NEEDS_HIBERNATE if n not in replaced):
             denied.setdefault(
                 name, "hibernation unavailable: %s" % (getattr(info, "hibernate_reason", "") or "unknown")
             )

@@ -290,3 +290,22 @@ def test_override_physical_keeps_the_kernel_sleep_state_check(tmp_path):
         "suspend-then-hibernate is not possible (the kernel offers no suspend state" in text
     )
     assert "evidence: DMI sys_vendor = QEMU; hypervisor flag in /proc/cpuinfo" in text
+
+
+def test_a_replaced_suspend_command_is_not_denied_by_the_kernels_sleep_states(tmp_path):
+    """The kernel's /sys/power/state speaks for the default commands only: an admin's own suspend command
+    (a vendor tool, the lab's simulated suspend) is neither allowed nor denied by it."""
+    from powernap.actions import ActionsSection, replaced_commands
+
+    tree = make_kvm_guest(tmp_path)
+    tree.write("/sys/power/state", "")
+    info = platform.detect(SysRoot(str(tmp_path)), override="physical")
+    settings = ActionsSection.parse_options({"suspend_command": "vendor-sleep --now"})
+    replaced = replaced_commands(settings)
+    assert replaced == frozenset(["suspend"])
+    lists = hardware.HardwareLists()
+    verdict = hardware.evaluate({}, lists, info, override="physical", replaced=replaced)
+    assert "suspend" not in verdict.denied
+    # The default commands keep the kernel's word.
+    assert verdict.denied["hibernate"] and verdict.denied["hybrid-sleep"]
+    assert "suspend" in hardware.evaluate({}, lists, info, override="physical").denied
