@@ -17,7 +17,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
-from .actions import ACTIONS
+from .actions import ACTIONS, replaced_commands
 from .config import DEFAULT_CONFIG, configured_state_dir, load_config, schema
 from .control import STATUS_SCHEMA, ControlError, request, socket_path
 from .errors import ConfigError
@@ -406,11 +406,20 @@ def cmd_hwinfo(args: argparse.Namespace, root: SysRoot) -> int:
     config_path = args.config or root.path(DEFAULT_CONFIG)
     override = None
     list_paths = [root.path(p) for p in root.glob("/etc/powernap/hardware.d/*.conf")]
+    actions = None
     if os.path.exists(config_path):
         config, _errors = load_config(config_files(config_path), root)
         list_paths = config.hardware_files
         override = None if config.globals["platform"] == "auto" else config.globals["platform"]
-    report = hardware.hwinfo_report(root, list_paths, override=override)
+        actions = config.actions
+    # The same verdict as the daemon's: the configured best-effort chain and replaced commands count.
+    report = hardware.hwinfo_report(
+        root,
+        list_paths,
+        override=override,
+        best_effort_chain=actions["best_effort"] if actions else None,
+        replaced=replaced_commands(actions) if actions else (),
+    )
     print(json.dumps(report, indent=2, sort_keys=True, default=str) if args.json else hardware.format_hwinfo(report))
     return 0
 

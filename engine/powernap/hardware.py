@@ -440,13 +440,14 @@ def hwinfo_report(
     override: Optional[str] = None,
     platform_info: Any = None,
     best_effort_chain: Optional[Sequence[str]] = None,
+    replaced: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Facts, platform, verdict and list errors: what ``powernap hwinfo --json`` prints."""
     if platform_info is None:
         platform_info = platform.detect(root, override=override)
     lists, errors = load_lists(list_paths)
     facts = collect_facts(root)
-    verdict = evaluate(facts, lists, platform_info, override)
+    verdict = evaluate(facts, lists, platform_info, override, replaced)
     chain = best_effort_chain or ActionsSection.parse_options({})["best_effort"]
     return {
         "best_effort": best_effort_outcome(chain, verdict.denied),
