@@ -128,8 +128,17 @@ class LabHandle:
         args = ["wol", host, mode] + (["--secureon", secureon] if secureon else [])
         return json.loads(self.run(*args).stdout)
 
-    def set_ups(self, status):
-        return self.run("ups", *status.split()).stdout.strip()
+    def set_ups(self, status, timeout=30):
+        """Set the UPS status and wait until upsd itself reports it (dummy-ups re-reads its file on a poll)."""
+        written = self.run("ups", *status.split()).stdout.strip()
+        target = "%s@%s:%d" % (self.ups["name"], self.ups["host"], self.ups["port"])
+
+        def upsd_says():
+            reply = self.ctl(["upsc", target, "ups.status"], check=False, timeout=15)
+            return reply.returncode == 0 and reply.stdout.strip() == written
+
+        self.wait_for(upsd_says, timeout, "upsd to report %s" % written, interval=0.5)
+        return written
 
     def wait_for(self, predicate, timeout, what, interval=0.2):
         deadline = time.monotonic() + timeout
