@@ -565,9 +565,10 @@ class Daemon:
         if action == POWERSAVE:  # `now powersave` on an ad-hoc stage 0 comes through apply, not here
             return
         next_wake = self._next_wake()
+        alarm = ""  # what became of the RTC wake alarm: named in the action's outcome, where admins look
         if next_wake is not None and (action in SLEEP_ACTIONS or action in (BEST_EFFORT, "poweroff")):
             when = next_wake - float(self.setup.config.globals["wakeup_delta"])
-            self.runner.set_wake_alarm(when)
+            alarm = self.runner.set_wake_alarm(when)
             self._alarm_epoch = when
         try:
             steps = self.runner.plan(action, stage.command, self.setup.denied)
@@ -580,10 +581,11 @@ class Daemon:
         )
 
         def done(result) -> None:
+            detail = "%s; %s" % (result.detail, alarm) if alarm else result.detail
             if result.ok:
-                self._event("action-done", stage=stage.index, action=result.action, detail=result.detail)
+                self._event("action-done", stage=stage.index, action=result.action, detail=detail)
             else:
-                self._event("action-failed", stage=stage.index, action=action, detail=result.detail)
+                self._event("action-failed", stage=stage.index, action=action, detail=detail)
                 self.log.error("stage %d %s failed, staying awake: %s", stage.index, action, result.detail)
             self._execute(self.machine.action_finished(result.ok, result.detail))
             if result.ok and self.dry_run and result.action != CUSTOM:

@@ -148,3 +148,15 @@ def test_best_effort_on_a_host_without_suspend_is_explained(tmp_path):
         assert "will poweroff, because suspend-then-hibernate is not possible (the kernel offers no suspend" in explain
     finally:
         d.shutdown()
+
+
+def test_the_action_outcome_names_the_rtc_wake_alarm(daemon):
+    """A sleep with a known next wake programs the RTC; the action-done event says so (and for when)."""
+    d, clock = daemon
+    wake = clock.wall() + 7200
+    d.setup.monitors[0].monitor.next_wake = lambda: wake
+    step(d, clock, times=3605)
+    done = [e for e in d.events if e["event"] == "action-done" and e["action"] == "suspend"]
+    assert done, d.events
+    # dry run: the alarm is reported, not written; wakeup_delta (default 30s) before the wake
+    assert "RTC wake alarm not set (%d)" % int(wake - 30) in done[-1]["detail"], done[-1]

@@ -88,12 +88,43 @@ WantedBy=sysinit.target
 """
 
 
-# After an S3 or S4 resume the guest finds the ACPI power-button event disabled (QEMU's ICH9 PM1 enable
-# register is not restored): the BMC's `power soft` would then do nothing. Re-enable it on every resume,
-# as an admin would with a sleep hook for a platform quirk.
-RESUME_HOOK = """#!/bin/sh
-# powernap lab: re-enable the ACPI power button after a resume (QEMU ICH9 quirk)
-[ "$1" = post ] && echo enable > /sys/firmware/acpi/interrupts/ff_pwr_btn 2>/dev/null
+# After an S3 resume the whole ICH9 ACPI PM I/O block (PM1 event/control, GPE0) is gone: QEMU's wakeup
+# resets the machine, which sets the LPC bridge's PMBASE (0x40) and ACPI_CNTL (0x44) back to their reset
+# values, and SeaBIOS's resume path does not program them again (real firmware restores the chipset on
+# resume). The kernel's resume-time ACPI writes (SCI_EN, power button, GPEs) then go nowhere, and the NEXT
+# suspend never reaches QEMU: SLP_EN is written to an unmapped port, WAK_STS reads back as 1 and the
+# kernel "resumes" at once ("PM: suspend exit" within a second; the RTC alarm and WoL never get a chance).
+# This hook plays that firmware part: it saves the LPC ACPI configuration and the GPE0 enables before
+# sleeping and writes them back on resume, then re-enables SCI and the power button (the BMC's `power soft`).
+RESUME_HOOK = r"""#!/bin/sh
+# powernap lab: restore the ICH9 ACPI PM block after a resume (QEMU + SeaBIOS S3 quirk)
+lpc=/sys/bus/pci/devices/0000:00:1f.0/config
+state=/run/powernap-lab-acpi
+[ -e "$lpc" ] || exit 0
+gpe0() {  # "first enable port, count": the second half of the GPE0 block holds the enable bits
+    r=$(sed -n 's/^ *\([0-9a-f]*\)-\([0-9a-f]*\) : ACPI GPE0_BLK$/\1 \2/p' /proc/ioports)
+    [ -n "$r" ] || return 0
+    set -- $r
+    n=$(( (0x$2 - 0x$1 + 1) / 2 ))
+    echo $(( 0x$1 + n )) "$n"
+}
+case "$1" in
+pre)
+    mkdir -p "$state"
+    dd if="$lpc" of="$state/lpc" bs=8 skip=8 count=1 status=none
+    set -- $(gpe0)
+    [ -n "$1" ] && dd if=/dev/port of="$state/gpe0_en" bs=1 skip="$1" count="$2" status=none
+    ;;
+post)
+    [ -s "$state/lpc" ] || exit 0
+    dd if="$state/lpc" of="$lpc" bs=8 seek=8 count=1 conv=notrunc status=none
+    base=$(( $(od -An -tu4 -j 64 -N 4 "$lpc") & 0xff80 ))
+    [ "$base" -gt 0 ] && printf '\001' | dd of=/dev/port bs=1 seek=$((base + 4)) status=none  # PM1_CNT.SCI_EN
+    set -- $(gpe0)
+    [ -n "$1" ] && [ -s "$state/gpe0_en" ] && dd if="$state/gpe0_en" of=/dev/port bs=1 seek="$1" status=none
+    echo enable > /sys/firmware/acpi/interrupts/ff_pwr_btn 2>/dev/null
+    ;;
+esac
 exit 0
 """
 
