@@ -16,6 +16,8 @@ Python 3.8 syntax.
 import re
 import time
 
+from ansible.module_utils.basic import missing_required_lib
+
 from ansible_collections.powernap.fleet.plugins.module_utils.common import invalid_host
 from ansible_collections.powernap.fleet.plugins.module_utils.power import (
     CAN_POWER_OFF,
@@ -197,7 +199,8 @@ class RedfishDriver(PowerDriver):
     ):
         self.url = base_url(host, port)
         if connection_factory is None and not HAS_SUSHY:
-            raise PowerFatalError("the sushy Python library is required for Redfish: %s" % SUSHY_IMPORT_ERROR, host)
+            # The standard wording (missing_required_lib) for every caller: wake, nap and power_info.
+            raise PowerFatalError("%s (%s)" % (missing_required_lib("sushy"), SUSHY_IMPORT_ERROR), host)
         self.user = user or None
         self.password = password or None
         self.system_id = system_id or None

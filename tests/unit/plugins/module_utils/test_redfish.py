@@ -224,3 +224,11 @@ def test_errors_are_classified_without_the_password():
     assert isinstance(tls, PowerConnectionError) and not tls.retryable
     assert "bmc_ca_path" in str(tls)
     assert isinstance(classify(RuntimeError("boom")), PowerFatalError)
+
+
+def test_a_missing_sushy_is_named_the_standard_way(monkeypatch):
+    from ansible_collections.powernap.fleet.plugins.module_utils import redfish
+
+    monkeypatch.setattr(redfish, "HAS_SUSHY", False)
+    with pytest.raises(PowerFatalError, match=r"Failed to import the required Python library \(sushy\)"):
+        RedfishDriver("bmc1")
