@@ -10,13 +10,13 @@ from unittest.mock import MagicMock
 import pytest
 import yaml
 from ansible.errors import AnsibleConnectionFailure
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.powernap.fleet.plugins.action import nap as nap_action
 from ansible_collections.powernap.fleet.plugins.action import wake as wake_action
 from ansible_collections.powernap.fleet.plugins.module_utils import engine, ipmi, probe
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError
 from ansible_collections.powernap.fleet.plugins.modules import hwlist, nap, power_info, wake
+from ansible_collections.powernap.fleet.tests.unit.plugins.modules.utils import patch_module_args
 
 # Keys Ansible itself defines for every result (not documented in RETURN by convention).
 COMMON_KEYS = {"changed", "failed", "msg", "invocation", "warnings", "deprecations", "skipped", "diff"}
