@@ -34,7 +34,6 @@ from ansible_collections.powernap.fleet.plugins.module_utils.power import (
     PowerError,
     PowerFatalError,
     PowerSettingError,
-    call_with_deadline,
 )
 
 try:
@@ -160,17 +159,14 @@ class IpmiDriver(PowerDriver):
         # pyghmi keys its sessions without the privilege level: so must we (the first login wins).
         return (self.command_factory, self.host, self.port, self.user, self.password, self.kg)
 
-    def _call(self, what, func, *args, **kwargs):
-        limit = self.call_limit(what)
-        try:
-            return call_with_deadline(func, limit, what, args, kwargs)
-        except Exception as exc:
-            error = classify(exc, self.target)
-            if isinstance(error, PowerConnectionError) and self._command is not None:
-                self._command = None  # a broken session must not be reused
-                with _COMMANDS_LOCK:
-                    _COMMANDS.pop(self._key, None)
-            raise error from exc
+    def classify(self, exc):
+        return classify(exc, self.target)
+
+    def forget_session(self):
+        if self._command is not None:
+            self._command = None
+            with _COMMANDS_LOCK:
+                _COMMANDS.pop(self._key, None)
 
     def _connect(self):
         if self._command is None:
@@ -245,21 +241,6 @@ class IpmiDriver(PowerDriver):
         target = NORMALISED[state]
         result["after"] = target if request in ("reset", "cycle") else self._poll_until(target, wait_timeout)
         return result
-
-    def _poll_until(self, target, wait_timeout):
-        if wait_timeout <= 0:
-            return target  # requested, not confirmed: the caller chose not to wait
-        deadline = self.clock() + wait_timeout
-        state = self.power_query()
-        while state != target and self.clock() < deadline:
-            self.sleep(min(1.0, max(0.0, deadline - self.clock())))
-            state = self.power_query()
-        if state != target:
-            raise PowerConnectionError(
-                "the machine did not reach power %s within %.0f s (still %s)" % (target, wait_timeout, state),
-                self.target,
-            )
-        return state
 
     def power_on(self):
         return self.set_state("on")

@@ -100,6 +100,46 @@ class PowerDriver:
                 raise PowerConnectionError("%s not attempted: the task's timeout has passed" % what, self.target)
         return limit
 
+    def classify(self, exc):
+        """The typed PowerError for ``exc`` (drivers map their library's exceptions)."""
+        return exc if isinstance(exc, PowerError) else PowerFatalError("%s: %s" % (exc.__class__.__name__, exc))
+
+    def forget_session(self):
+        """Drop a cached session after a connection error, so that it is not reused (drivers that keep one)."""
+
+    def _call(self, what, func, *args, **kwargs):
+        """``func(*args, **kwargs)`` within ``call_limit``; any failure comes out typed, with the target."""
+        limit = self.call_limit(what)
+        try:
+            return call_with_deadline(func, limit, what, args, kwargs)
+        except Exception as exc:
+            error = self.classify(exc)
+            if error.target is None:
+                error.target = self.target
+            if isinstance(error, PowerConnectionError):
+                self.forget_session()
+            raise error from exc
+
+    def _poll_until(self, target, wait_timeout, read=None, wanted=None):
+        """Poll ``read()`` (default ``power_query``) until it returns ``wanted`` (default ``target``), within
+        ``wait_timeout`` seconds; returns ``target``.  No wait at all when ``wait_timeout`` is 0: the request was
+        sent, not confirmed, as the caller chose."""
+        if wait_timeout <= 0:
+            return target
+        read = read or self.power_query
+        wanted = target if wanted is None else wanted
+        deadline = self.clock() + wait_timeout
+        state = read()
+        while state != wanted and self.clock() < deadline:
+            self.sleep(min(1.0, max(0.0, deadline - self.clock())))
+            state = read()
+        if state != wanted:
+            raise PowerConnectionError(
+                "the machine did not reach power %s within %.0f s (still %s)" % (target, wait_timeout, state),
+                self.target,
+            )
+        return target
+
 
 def call_with_deadline(func, deadline, what="operation", args=(), kwargs=None):
     """Run ``func(*args, **kwargs)`` in a daemon thread and give up after ``deadline`` seconds.

@@ -230,15 +230,11 @@ class RedfishDriver(PowerDriver):
             connect_timeout=max(1.0, min(5.0, self.timeout)),
         )
 
-    def _call(self, what, func, *args, **kwargs):
-        limit = self.call_limit(what)
-        try:
-            return call_with_deadline(func, limit, what, args, kwargs)
-        except Exception as exc:
-            error = classify(exc, self.target)
-            if isinstance(error, PowerConnectionError):
-                self._system = None  # a broken session must not be reused
-            raise error from exc
+    def classify(self, exc):
+        return classify(exc, self.target)
+
+    def forget_session(self):
+        self._system = None
 
     def system(self):
         """The ComputerSystem: ``system_id`` (an id or a full path), else the only one the service lists."""
@@ -326,20 +322,9 @@ class RedfishDriver(PowerDriver):
         return reset
 
     def _poll_until(self, target, wait_timeout):
-        if wait_timeout <= 0:
-            return target  # requested, not confirmed: the caller chose not to wait
+        # Exactly On/Off: a transitional PoweringOn is not yet the confirmation.
         wanted = "On" if target == ON else "Off"
-        deadline = self.clock() + wait_timeout
-        state = self.raw_power_state()
-        while state != wanted and self.clock() < deadline:
-            self.sleep(min(1.0, max(0.0, deadline - self.clock())))
-            state = self.raw_power_state()
-        if state != wanted:
-            raise PowerConnectionError(
-                "the system did not reach power %s within %.0f s (still %s)" % (target, wait_timeout, state),
-                self.target,
-            )
-        return target
+        return super()._poll_until(target, wait_timeout, read=self.raw_power_state, wanted=wanted)
 
     def power_on(self):
         return self.set_state("on")

@@ -154,3 +154,22 @@ def test_refused_soft_off_is_a_setting_error():
     with pytest.raises(PowerSettingError) as info:
         driver(NoSoft("on")).set_state("shutdown")
     assert "needs force" in str(info.value)
+
+
+def test_a_connection_error_drops_the_cached_session():
+    """A session that failed with a connection error is not reused: the next call logs in again."""
+
+    class Flaky(FakeBmc):
+        failures = 1
+
+        def get_power(self):
+            if Flaky.failures:
+                Flaky.failures -= 1
+                raise TimeoutError("timed out")
+            return super().get_power()
+
+    made = driver(Flaky())
+    with pytest.raises(PowerConnectionError):
+        made.power_query()
+    assert made.power_query() == "off"
+    assert len(FakeBmc.logins) == 2
