@@ -9,7 +9,8 @@ from server_fakes import Sent, engine_decode, server_config
 
 from powernap.clock import FakeClock
 from powernap.server.fleet import Fleet
-from powernap.server.registry import Registry, atomic_write
+from powernap.server.registry import Registry
+from powernap.server.store import open_store
 
 
 def report(host, state, ts, event="heartbeat", **extra):
@@ -31,7 +32,7 @@ def report(host, state, ts, event="heartbeat", **extra):
 
 
 def test_report_creates_and_updates_a_host(tmp_path):
-    registry = Registry(str(tmp_path / "r.json"))
+    registry = Registry(str(tmp_path / "r.sqlite3"))
     record = registry.accept_report(
         report("h1", "awake", 100.0, idle_seconds=12.5, load=0.4, cpus=2), ("198.18.0.11", 40000), 100.0
     )
@@ -62,16 +63,15 @@ def test_quiet_hosts_become_asleep_off_or_unknown(tmp_path):
     assert registry.get("sleeper").state == "asleep"
 
 
-def test_registry_survives_a_restart(tmp_path):
-    path = str(tmp_path / "state" / "registry.json")
-    first = Registry(path)
+def test_registry_survives_a_restart(store_url):
+    first = Registry(store_url)
     first.define("h3", macs=["52:54:00:00:00:03"], ips=["198.18.0.13"], groups=["fileservers"], bmc="198.19.0.13")
     first.accept_report(report("h1", "awake", 10.0), ("198.18.0.11", 5000), 10.0)
     first.accept_report(report("h2", "suspending", 10.0, event="action-start", ips=["198.18.0.12"]), None, 10.0)
     first.get("h3").hold = "ups rack1"
     first.save(10.0)
-    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-    second = Registry(path)
+    first.close()
+    second = Registry(store_url)
     assert second.load() == 3
     assert second.get("h2").state == "suspending"
     assert second.get("h3").hold == "ups rack1" and second.get("h3").bmc == "198.19.0.13"
@@ -79,8 +79,8 @@ def test_registry_survives_a_restart(tmp_path):
     assert second.find("52:54:00:00:00:03").name == "h3"
 
 
-def test_save_is_lazy_for_heartbeats_and_immediate_for_state_changes(tmp_path):
-    registry = Registry(str(tmp_path / "r.json"), save_every=10.0)
+def test_save_is_lazy_for_heartbeats_and_immediate_for_state_changes(store_url):
+    registry = Registry(store_url, save_every=10.0)
     registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
     assert registry.save_if_due(1.0)  # new host: a state change
     registry.wait_saved()  # the snapshot is written by a background thread
@@ -92,16 +92,8 @@ def test_save_is_lazy_for_heartbeats_and_immediate_for_state_changes(tmp_path):
     assert not registry.save_if_due(12.5)  # a burst of state changes costs one write per second
     assert registry.save_if_due(13.0)
     registry.wait_saved()
-    assert Registry(registry.path).load() == 1
-
-
-def test_atomic_write_leaves_no_partial_file(tmp_path):
-    path = str(tmp_path / "f.json")
-    atomic_write(path, b'{"a": 1}')
-    atomic_write(path, b'{"a": 2}')
-    with open(path, encoding="utf-8") as handle:
-        assert json.loads(handle.read()) == {"a": 2}
-    assert sorted(os.listdir(tmp_path)) == ["f.json"]
+    registry.close()
+    assert Registry(store_url).load() == 1
 
 
 def _fleet(tmp_path, text=""):
@@ -177,95 +169,119 @@ def test_poweroff_without_an_engine_uses_ipmi_soft(tmp_path):
 
 
 # -- issue 13: persistence that survives crashes, corruption and a full disk; bounded growth ------
-def test_journaled_reports_survive_without_a_snapshot_and_a_torn_line_is_skipped(tmp_path):
-    path = str(tmp_path / "r.json")
-    registry = Registry(path)
+# (issue 18: the same guarantees from the store, SQLite and PostgreSQL alike; the store's own tests are in
+# test_server_store.py)
+def test_journaled_reports_survive_without_a_snapshot(store_url):
+    registry = Registry(store_url)
     registry.save(0.0)
     registry.accept_report(report("h1", "suspending", 10.0, event="action-start"), ("198.18.0.11", 4000), 10.0)
     registry.accept_report(report("h2", "awake", 11.0), None, 11.0)
     assert registry.commit()
-    with open(path + ".journal", "ab") as journal:
-        journal.write(b'{"seq": 99, "report": {"kind": "rep')  # kill -9 in the middle of a write
-    again = Registry(path)
+    registry.store.close()  # as if killed: no snapshot after the commit
+    again = Registry(store_url)
     assert again.load() == 2
     assert again.get("h1").state == "suspending" and again.get("h1").addr == ["198.18.0.11", 4000]
-    assert "1 unreadable entries skipped" in again.problems["load"]
-    assert again.replay == {"h1": 10.0, "h2": 11.0}
-    again.save(20.0)  # the snapshot takes the journal in: it is emptied
-    assert not os.path.exists(path + ".journal")
-    third = Registry(path)
-    assert third.load() == 2 and third.problems == {}
+    assert again.replay == {"h1": 10.0, "h2": 11.0} and again.problems == {}
+    assert again.store.journal_length == 2
+    again.save(20.0)  # the snapshot takes the journal in, in the same transaction
+    assert again.store.journal_length == 0
+    again.close()
+    third = Registry(store_url)
+    assert third.load() == 2 and third.problems == {} and third.store.read([])[1] == []
 
 
-def test_a_source_address_the_claims_check_refused_stays_refused_after_a_replayed_journal(tmp_path):
+def test_a_source_address_the_claims_check_refused_stays_refused_after_a_replayed_journal(store_url):
     # Merge of issue 13's halves: the sender still gets acks and commands (addr), but an address the
     # host may not claim (the gateway's, another host's) must not join its ips, live or from the journal.
-    path = str(tmp_path / "r.json")
-    registry = Registry(path)
+    registry = Registry(store_url)
     registry.save(0.0)
     registry.accept_report(report("h1", "awake", 10.0), ("198.18.0.1", 4000), 10.0, sender_ip_ok=False)
     registry.accept_report(report("h2", "awake", 11.0), ("198.18.0.12", 4000), 11.0)
     assert registry.commit()
     assert "198.18.0.1" not in registry.get("h1").ips and registry.get("h1").addr == ["198.18.0.1", 4000]
-    again = Registry(path)
+    registry.store.close()
+    again = Registry(store_url)
     assert again.load() == 2 and again.problems == {}
     assert "198.18.0.1" not in again.get("h1").ips and again.get("h1").addr == ["198.18.0.1", 4000]
     assert "198.18.0.12" in again.get("h2").ips
 
 
-def test_a_journal_entry_is_applied_once_even_if_a_crash_hits_between_snapshot_and_compaction(tmp_path):
-    path = str(tmp_path / "r.json")
-    registry = Registry(path)
-    registry.accept_report(report("h1", "awake", 10.0), None, 10.0)
-    registry.commit()
-    with open(path + ".journal", "rb") as handle:
-        journal = handle.read()
-    registry.save(12.0)
-    with open(path + ".journal", "wb") as handle:
-        handle.write(journal)  # as if compaction never happened
-    again = Registry(path)
-    again.load()
-    assert again.store.unsaved == []  # the snapshot's seq says the entry is in already
+def test_a_json_registry_with_its_journal_is_imported_once_and_renamed(tmp_path):
+    # 0.1's format (and the snapshot + journal of later JSON versions): imported on the first start only.
+    path = tmp_path / "registry.json"
+    hosts = [{"name": "h1", "state": "asleep", "macs": ["52:54:00:00:00:01"], "groups": ["web"], "wakes": 3}]
+    path.write_text(json.dumps({"schema": 1, "saved": 5.0, "seq": 1, "replay": {"h1": 5.0}, "hosts": hosts}))
+    journal = json.dumps({"seq": 2, "report": report("h2", "awake", 9.0), "sender": ["198.18.0.12", 4000], "at": 9.0})
+    (tmp_path / "registry.json.journal").write_text(journal + '\n{"seq": 3, "report": {"kind": "rep')  # torn
+    sqlite = str(tmp_path / "registry.sqlite3")
+    registry = Registry(sqlite)
+    assert registry.load(import_json=str(path)) == 2
+    assert registry.get("h1").state == "asleep" and registry.get("h1").wakes == 3
+    assert registry.get("h2").addr == ["198.18.0.12", 4000] and registry.replay == {"h1": 5.0, "h2": 9.0}
+    assert "1 unreadable entries skipped" in registry.problems["load"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "json" in p.name) == [
+        "registry.json.imported",
+        "registry.json.journal.imported",
+    ]
+    registry.close()
+    path.write_text(json.dumps({"schema": 1, "hosts": [{"name": "stale"}]}))  # an old copy put back later
+    again = Registry(sqlite)
+    assert again.load(import_json=str(path)) == 2 and again.get("stale") is None  # imported once only
+    assert path.exists()
 
 
-def test_a_corrupt_snapshot_is_kept_aside(tmp_path):
+def test_a_json_registry_that_cannot_be_imported_now_is_imported_on_the_next_start(tmp_path, monkeypatch):
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"schema": 1, "hosts": [{"name": "h1"}]}))
+    registry = Registry(str(tmp_path / "registry.sqlite3"))
+
+    def full(data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry.store, "write_snapshot", full)
+    assert registry.load(import_json=str(path)) == 1
+    assert "imported again" in registry.problems["import"] and path.exists()
+    monkeypatch.undo()
+    registry.close()
+    again = Registry(str(tmp_path / "registry.sqlite3"))
+    assert again.load(import_json=str(path)) == 1 and not path.exists()
+
+
+def test_a_corrupt_json_registry_is_kept_aside_on_import(tmp_path):
     path = tmp_path / "r.json"
     path.write_text('{"schema": 1, "hosts": [')
-    registry = Registry(str(path))
-    assert registry.load() == 0
+    registry = Registry(str(tmp_path / "r.sqlite3"))
+    assert registry.load(import_json=str(path)) == 0
     kept = [p for p in os.listdir(tmp_path) if p.startswith("r.json.corrupt-")]
     assert len(kept) == 1 and "unreadable" in registry.problems["load"] and not path.exists()
 
 
-def test_a_full_disk_is_retried_and_reported_not_fatal(tmp_path, monkeypatch):
-    import errno
+def _fill_to_the_limit(registry):
+    """SQLite's own SQLITE_FULL: the file may not grow beyond the pages it has now (a disk that is full)."""
+    pages = registry.store.conn.execute("PRAGMA page_count").fetchone()[0]
+    registry.store.conn.execute("PRAGMA max_page_count = %d" % pages)
+    return pages
 
-    registry = Registry(str(tmp_path / "r.json"))
-    registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
 
-    def full(data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(registry.store, "write_snapshot", full)
+def test_a_full_disk_is_retried_and_reported_not_fatal(tmp_path):
+    registry = Registry(str(tmp_path / "r.sqlite3"))
+    registry.save(0.0)
+    pages = _fill_to_the_limit(registry)
+    for index in range(40):
+        registry.accept_report(report("h%d" % index, "awake", 1.0, load=0.5), None, 1.0)
+    assert not registry.commit() and "full" in registry.problems["journal"]  # no ack for these
     assert registry.save_if_due(2.0)
     registry.wait_saved()
-    assert "No space left" in registry.problems["save"] and registry.save_failures == 1
+    assert "full" in registry.problems["save"] and registry.save_failures == 1
     assert not registry.save_if_due(3.0)  # retried after SAVE_RETRY, not on every tick
-    monkeypatch.undo()
+    registry.store.conn.execute("PRAGMA max_page_count = %d" % (pages * 1000))  # space came back
+    registry.accept_report(report("h0", "awake", 4.0), None, 4.0)
+    assert registry.commit() and "journal" not in registry.problems
     assert registry.save_if_due(8.0)
     registry.wait_saved()
-    assert "save" not in registry.problems and Registry(registry.path).load() == 1
-
-
-def test_the_journal_refusing_a_write_means_no_ack(tmp_path, monkeypatch):
-    registry = Registry(str(tmp_path / "r.json"))
-    registry.accept_report(report("h1", "awake", 1.0), None, 1.0)
-
-    def full(entries):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(registry.store, "append", full)
-    assert not registry.commit() and "not acknowledged" in registry.problems["journal"]
+    assert "save" not in registry.problems
+    registry.close()
+    assert Registry(str(tmp_path / "r.sqlite3")).load() == 40
 
 
 def test_host_cap_and_registration(tmp_path):
@@ -285,11 +301,12 @@ def test_host_cap_and_registration(tmp_path):
     assert len(registry) == 2 and len(closed) == 1
 
 
-def test_bad_saved_fields_fall_back_to_defaults(tmp_path):
-    path = tmp_path / "r.json"
+def test_bad_saved_fields_fall_back_to_defaults(store_url):
     hosts = [{"name": "h1", "wol": "x", "load": "x", "interval": 1e9, "macs": ["not-a-mac"], "cpus": True}]
-    path.write_text(json.dumps({"schema": 1, "hosts": hosts + [{"name": "../x"}, {"state": "awake"}]}))
-    registry = Registry(str(path))
+    store = open_store(store_url)
+    store.write_snapshot({"schema": 1, "seq": 0, "hosts": hosts + [{"name": "../x"}], "replay": {}})
+    store.close()
+    registry = Registry(store_url)
     assert registry.load() == 1
     record = registry.get("h1")
     assert (record.wol, record.load, record.interval, record.macs, record.cpus) == ({}, None, 30.0, [], None)

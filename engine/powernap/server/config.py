@@ -37,6 +37,7 @@ from ..options import (
     String,
 )
 from . import DEFAULT_PORT
+from .store import parse_url as parse_store_url
 
 DEFAULT_CONFIG = "/etc/powernap/powerwaked.conf"
 NAP_ACTIONS = ("suspend", "hibernate", "hybrid-sleep", "suspend-then-hibernate", "poweroff", "best-effort")
@@ -80,6 +81,19 @@ class HttpUrl(OptionType):
         return "http(s) URL"
 
 
+class StoreUrl(OptionType):
+    """Where the registry lives: sqlite:///PATH or postgresql://… (secret: it may hold a password)."""
+
+    def parse(self, text: str) -> str:
+        text = text.strip()
+        if text:
+            parse_store_url(text)  # its messages never quote the URL
+        return text
+
+    def describe(self) -> str:
+        return "sqlite:///PATH or postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME"
+
+
 def _path(nonempty: bool = False) -> String:
     return String(nonempty=nonempty, max_length=4096, pattern=r"/[^\0]*", form="an absolute path")
 
@@ -105,7 +119,12 @@ class ServerSection(Declared):
                    "(0.0.0.0 or :: only on purpose)."),
         Option("port", Integer(1, 65535), default=DEFAULT_PORT, doc="Port for reports (UDP) and the HTTP API (TCP)."),
         Option("state_file", _path(nonempty=True), default="/var/lib/powerwaked/registry.json",
-               doc="Where the registry is kept across restarts (written atomically)."),
+               doc="The JSON registry of powerwaked 0.1: imported once into the store, then renamed *.imported. "
+                   "With store unset, the SQLite store is registry.sqlite3 in this file's directory."),
+        Option("store", StoreUrl(), default="", secret=True,
+               doc="Where the registry is kept across restarts: sqlite:///PATH (the default, next to state_file) "
+                   "or postgresql://USER@HOST/DBNAME (needs psycopg 3; a password in the URL makes this file a "
+                   "secret: keep it 0600)."),
         Option("save_every", Duration(minimum=1), default=10.0, doc="Write heartbeat-only changes at most this often."),
         Option("stale_factor", Number(minimum=1.5), default=3.0,
                doc="An up host is 'unknown' after this many missed heartbeat intervals."),
@@ -317,6 +336,13 @@ class ServerConfig:
     @property
     def secret(self) -> str:
         return str(self.server["secret"])
+
+    @property
+    def store(self) -> str:
+        """The store URL: ``store``, or by default SQLite's registry.sqlite3 beside ``state_file``."""
+        if self.server["store"]:
+            return str(self.server["store"])
+        return "sqlite://" + os.path.join(os.path.dirname(str(self.server["state_file"])), "registry.sqlite3")
 
 
 def load_config(paths: List[str]) -> Tuple[ServerConfig, List[ConfigError]]:

@@ -66,7 +66,7 @@ class Server:
         self.keys = P.ServerKeys(config.secret.encode("utf-8"))
         self.endpoint = _Endpoint(self.keys.for_message, float(opts["max_skew"]), clock=self.clock.wall)
         self.registry = Registry(
-            str(opts["state_file"]),
+            config.store,  # opened here: a store it cannot open (a newer schema, a database refused) stops the start
             float(opts["stale_factor"]),
             float(opts["save_every"]),
             log=self.log.getChild("registry"),
@@ -113,7 +113,8 @@ class Server:
     def start(self) -> None:
         opts = self.config.server
         now = self.clock.wall()
-        loaded = self.registry.load()
+        loaded = self.registry.load(import_json=str(opts["state_file"]))
+        self.fleet.history = self.registry.recent_history(200)
         if self.registry.problems:
             self.log.error("registry: started with what could be read; see /v1/status 'registry'")
         self.endpoint.guard.restore(self.registry.replay)
@@ -360,6 +361,7 @@ class Server:
                 self.registry.save(self.clock.wall())
                 self.udp.close()
                 self.udp = None
+            self.registry.close()
             self._selector.close()
             self._restore_signals()
 
@@ -648,7 +650,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     insecure = [path for path in config.files if insecure_mode(path)]
     for path in insecure:
         log.warning("%s holds secrets but its group or others can read it: chmod 0600 it", path)
-    server = Server(config, log=log)
+    try:
+        server = Server(config, log=log)
+    except OSError as exc:  # the store: StoreError names it (never its password)
+        log.error("cannot start: %s", exc)
+        return 1
     server.insecure_files = insecure
     try:
         server.start()

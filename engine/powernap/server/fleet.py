@@ -258,6 +258,7 @@ class Fleet:
     def _remember(self, entry: Dict[str, Any]) -> None:
         self.history.append(entry)
         del self.history[:-200]
+        self.registry.remember(entry)  # the stored history outlives a restart
 
 
 def _nonce_of(data: bytes) -> str:

@@ -8,23 +8,21 @@ heartbeat intervals becomes ``unknown``; a host that said it is suspending or
 powering off and then went quiet becomes ``asleep`` / ``off`` (quiet is what
 a sleeping host is, so it is never marked unknown).
 
-Persistence lives in one small class, ``RegistryStore`` (issue 18 swaps it
-for SQLite): a snapshot (JSON, written to a temporary file, fsynced and
-renamed, so a crash leaves the old or the new file) plus an append-only
-journal of the reports accepted since.  A report is journaled (fsync) before
-its ack goes out, so an acknowledged report survives ``kill -9``; the
-snapshot is written by a background thread (``save_if_due``), never on the
-packet path.  State changes reach the snapshot within a second, heartbeats
-every ``save_every``.  A snapshot that cannot be read is kept aside
-(``*.corrupt-TIME``) and the server starts with what can be read; a save
-that fails (ENOSPC) is retried and shown in ``/v1/status``.  Every value
-read back is validated against the same declared types as the wire
-messages (``RecordSchema``).
+Persistence goes through a ``Store`` (``store/``: SQLite by default,
+PostgreSQL on request): a snapshot (records, replay floors, keyed state)
+plus a journal of the reports accepted since.  A report is journaled (one
+durable transaction) before its ack goes out, so an acknowledged report
+survives ``kill -9``; the snapshot is written by a background thread
+(``save_if_due``), never on the packet path, and drops the journal entries
+it includes in the same transaction.  State changes reach the snapshot
+within a second, heartbeats every ``save_every``.  A store that cannot be
+read is kept aside and the server starts with what can be read; a write
+that fails (ENOSPC, a database down) is retried and shown in
+``/v1/status``.  The 0.1 JSON registry is imported once (``import_json``).
+Every value read back is validated against the same declared types as the
+wire messages (``RecordSchema``).
 """
 
-import json
-import os
-import tempfile
 import threading
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -43,12 +41,14 @@ from ..options import (
     String,
 )
 from . import protocol as P
+from .store import Store, jsonfile, open_store
 
 SCHEMA = 1
 QUIET_TO_ASLEEP = 20.0  # seconds after "suspending" without a word before we call the host asleep
 URGENT_SAVE = 1.0  # state changes reach the disk within this; a burst of them costs one write
 SAVE_RETRY = 5.0  # after a failed save (a full disk), try again this much later
 JOURNAL_LIMIT = 20000  # entries; beyond this a snapshot is written at once (it empties the journal)
+HISTORY_QUEUE = 1000  # history entries held for the store while it refuses writes (the oldest go first)
 
 
 class Refused(P.ProtocolError):
@@ -159,108 +159,10 @@ class HostRecord:
         return record
 
 
-class RegistryStore:
-    """The registry on disk: a JSON snapshot plus a journal of what was accepted since (one home of the format).
-
-    Journal entries carry a sequence number; the snapshot records the last one
-    it includes, so entries are replayed once, whatever moment a crash hits.
-    """
-
-    def __init__(self, path: str, log: Any = None):
-        self.path = path
-        self.journal_path = path + ".journal"
-        self.log = log
-        self.seq = 0  # the last journal sequence number handed out
-        self.unsaved: List[Dict[str, Any]] = []  # journaled entries not yet in a snapshot
-
-    def read(self, problems: List[str]) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
-        """The snapshot (None when missing or unreadable: then it is moved aside) and the journal after it."""
-        snapshot: Optional[Dict[str, Any]] = None
-        if os.path.exists(self.path):
-            try:
-                with open(self.path, "rb") as handle:
-                    snapshot = P.loads_strict(handle.read())
-                if not isinstance(snapshot, dict) or snapshot.get("schema") != SCHEMA:
-                    raise ValueError("not a registry of schema %d" % SCHEMA)
-            except (OSError, ValueError, RecursionError) as exc:
-                aside = "%s.corrupt-%d" % (self.path, int(time.time()))
-                try:
-                    os.replace(self.path, aside)
-                    where = "kept as %s" % aside
-                except OSError as move_exc:
-                    where = "could not be moved aside: %s" % move_exc
-                problems.append("registry %s unreadable (%s), %s" % (self.path, str(exc)[:200], where))
-                snapshot = None
-        done = snapshot.get("seq", 0) if snapshot is not None else 0
-        done = done if isinstance(done, int) and not isinstance(done, bool) else 0
-        self.seq = done
-        entries: List[Dict[str, Any]] = []
-        try:
-            with open(self.journal_path, "rb") as handle:
-                lines = handle.read().splitlines()
-        except FileNotFoundError:
-            lines = []
-        except OSError as exc:
-            problems.append("registry journal %s unreadable: %s" % (self.journal_path, exc))
-            lines = []
-        bad = 0
-        for line in lines:
-            try:
-                entry = P.loads_strict(line)
-                seq = entry["seq"]
-                if not isinstance(seq, int) or isinstance(seq, bool):
-                    raise ValueError("bad seq")
-            except (ValueError, KeyError, TypeError, RecursionError):
-                bad += 1  # a torn last line after a crash, or damage: skip it, keep the rest
-                continue
-            self.seq = max(self.seq, seq)
-            if seq > done:
-                entries.append(entry)
-        if bad:
-            problems.append("registry journal %s: %d unreadable entries skipped" % (self.journal_path, bad))
-        self.unsaved = list(entries)
-        return snapshot, entries
-
-    def append(self, entries: List[Dict[str, Any]]) -> None:
-        """Journal entries durably (one write and one fsync for the batch); OSError when the disk refuses."""
-        if not entries:
-            return
-        lines = []
-        for entry in entries:
-            self.seq += 1
-            entry["seq"] = self.seq
-            lines.append(json.dumps(entry, separators=(",", ":"), allow_nan=False))
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            data = ("\n".join(lines) + "\n").encode("utf-8")
-            if os.write(fd, data) != len(data):
-                raise OSError("short write to %s" % self.journal_path)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.unsaved.extend(entries)
-
-    def write_snapshot(self, data: Dict[str, Any]) -> None:
-        """Write a snapshot (``data["seq"]`` says which journal entries it includes); OSError on failure."""
-        atomic_write(self.path, json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8"))
-
-    def compact(self, upto: int) -> None:
-        """After a snapshot including entries up to ``upto``: rewrite the journal with the later ones only."""
-        self.unsaved = [entry for entry in self.unsaved if entry["seq"] > upto]
-        if not self.unsaved:
-            try:
-                os.unlink(self.journal_path)
-            except FileNotFoundError:
-                pass
-            return
-        text = "".join(json.dumps(e, separators=(",", ":"), allow_nan=False) + "\n" for e in self.unsaved)
-        atomic_write(self.journal_path, text.encode("utf-8"))
-
-
 class Registry:
     def __init__(
         self,
-        path: Optional[str] = None,
+        store: Any = None,
         stale_factor: float = 3.0,
         save_every: float = 10.0,
         log=None,
@@ -268,8 +170,9 @@ class Registry:
         register: bool = True,
         waking_timeout: float = 300.0,
     ):
-        self.path = path
-        self.store = RegistryStore(path, log) if path else None
+        # A Store, a store URL / SQLite path (opened here: StoreError when it cannot be), or None (memory only).
+        self.store: Optional[Store] = open_store(store, log) if isinstance(store, str) else store
+        self.path = self.store.where if self.store is not None else None
         self.stale_factor = stale_factor
         self.save_every = save_every
         self.log = log
@@ -286,11 +189,13 @@ class Registry:
         self.listeners: List[Any] = []  # callables(record, old_state, cause) told of every state change
         self.replay: Dict[str, float] = {}  # per sender, the newest accepted ts (the replay guard's persisted part)
         self.pending: List[Dict[str, Any]] = []  # accepted, not yet journaled (``commit`` writes them)
+        self.history: List[Dict[str, Any]] = []  # wakes and naps not yet in the store (written with snapshots)
         self.problems: Dict[str, str] = {}  # load / save / journal trouble, shown in /v1/status
         self.saves = 0
         self.save_failures = 0
         self._writer: Optional[threading.Thread] = None
-        self._written: Optional[Tuple[int, float, Optional[str]]] = None  # (seq, when, error) from the writer
+        # (seq, when, error, history it could not write) from the writer thread
+        self._written: Optional[Tuple[int, float, Optional[str], List[Dict[str, Any]]]] = None
 
     # -- lookup -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[HostRecord]:
@@ -452,13 +357,13 @@ class Registry:
         entries, self.pending = self.pending, []
         try:
             self.store.append(entries)
-        except OSError as exc:
+        except OSError as exc:  # StoreError is one: a full disk, a database that is down
             self.problems["journal"] = "cannot journal accepted reports (not acknowledged): %s" % exc
             if self.log is not None:
                 self.log.error("registry: cannot journal %d accepted reports: %s", len(entries), exc)
             return False
         self.problems.pop("journal", None)
-        if len(self.store.unsaved) > JOURNAL_LIMIT:
+        if self.store.journal_length > JOURNAL_LIMIT:
             self._urgent = True
         return True
 
@@ -514,9 +419,13 @@ class Registry:
         self._collect(now)
         self.commit()
         data = self.snapshot(now)
+        history, self.history = self.history, []
         try:
+            self.store.append_history(history)
+            history = []
             self.store.write_snapshot(data)
         except OSError as exc:
+            self.history = (history + self.history)[-HISTORY_QUEUE:]
             self._save_failed(now, str(exc))
             return False
         self._save_done(data["seq"], now)
@@ -538,14 +447,18 @@ class Registry:
             return self.save(now)
         self.commit()
         data = self.snapshot(now)
+        history, self.history = self.history, []
         self._dirty = self._urgent = False  # changes from now on mark it again
 
         def write() -> None:
+            unsaved = history
             try:
+                self.store.append_history(history)
+                unsaved = []
                 self.store.write_snapshot(data)
-                self._written = (data["seq"], now, None)
+                self._written = (data["seq"], now, None, [])
             except Exception as exc:  # OSError (a full disk) above all; whatever it is, the loop hears of it
-                self._written = (data["seq"], now, str(exc) or type(exc).__name__)
+                self._written = (data["seq"], now, str(exc) or type(exc).__name__, unsaved)
 
         self._writer = threading.Thread(target=write, name="registry-save", daemon=True)
         self._writer.start()
@@ -561,11 +474,12 @@ class Registry:
         written, self._written = self._written, None
         if written is None:
             return
-        seq, when, error = written
+        seq, when, error, unsaved = written
         if error is None:
             self._save_done(seq, when, background=True)
         else:
             self._dirty = self._urgent = True  # what it held is still unsaved: retry soon
+            self.history = (unsaved + self.history)[-HISTORY_QUEUE:]
             self._save_failed(when, error)
 
     def _save_done(self, seq: int, now: float, background: bool = False) -> None:
@@ -575,10 +489,6 @@ class Registry:
         self._retry_at = 0.0
         self.saves += 1
         self.problems.pop("save", None)
-        try:
-            self.store.compact(seq)
-        except OSError as exc:
-            self.problems["journal"] = "cannot compact the journal: %s" % exc
 
     def _save_failed(self, now: float, error: str) -> None:
         self.save_failures += 1
@@ -587,12 +497,46 @@ class Registry:
         if self.log is not None:
             self.log.error("registry: %s", self.problems["save"])
 
-    def load(self) -> int:
-        """Read the snapshot and replay the journal; what cannot be read is noted, never fatal. Returns the count."""
+    def remember(self, entry: Dict[str, Any]) -> None:
+        """A wake or nap for the stored history (written with the next snapshot)."""
+        if self.store is not None:
+            self.history.append(dict(entry))
+            del self.history[:-HISTORY_QUEUE]
+            self._dirty = True
+
+    def recent_history(self, limit: int) -> List[Dict[str, Any]]:
+        """The newest stored history entries (start-up: the API's history survives a restart)."""
+        if self.store is None:
+            return []
+        try:
+            return self.store.read_history(limit)
+        except OSError as exc:
+            self.problems["history"] = "cannot read the history: %s" % exc
+            return []
+
+    def close(self) -> None:
+        """Let a background write finish and release the store (shutdown)."""
+        self.wait_saved()
+        if self.store is not None:
+            self.store.close()
+
+    def load(self, import_json: Optional[str] = None) -> int:
+        """Read the snapshot and replay the journal; what cannot be read is noted, never fatal. Returns the count.
+
+        ``import_json``: a JSON registry (0.1's ``state_file``) taken in when the store holds nothing yet;
+        once the store has it, the file is renamed ``*.imported`` (so it is imported once).
+        """
         if self.store is None:
             return 0
         problems: List[str] = []
         snapshot, entries = self.store.read(problems)
+        imported = None
+        if snapshot is None and not entries and import_json and jsonfile.exists(import_json):
+            snapshot, entries = jsonfile.read(import_json, problems)
+            imported = import_json
+        elif import_json and jsonfile.exists(import_json) and self.log is not None:
+            self.log.warning("registry: %s not imported: the store %s holds a registry already", import_json,
+                             self.path)  # fmt: skip
         if snapshot is not None:
             replay = snapshot.get("replay")
             if isinstance(replay, dict):
@@ -618,7 +562,23 @@ class Registry:
             self.log.error("registry: %d more problems not shown", len(problems) - 20)
         if problems:
             self.problems["load"] = "; ".join(problems)[:2000]
+        if imported is not None:
+            self._imported(imported)
         return len(self.hosts)
+
+    def _imported(self, path: str) -> None:
+        """The JSON registry is in memory: write it to the store, and only then rename it aside."""
+        if not self.save(time.time()):
+            self.problems["import"] = "%s not yet in the store (imported again on the next start)" % path
+            return
+        try:
+            moved = jsonfile.set_aside(path)
+        except OSError as exc:
+            self.problems["import"] = "%s imported but cannot be renamed: %s" % (path, exc.strerror or exc)
+            return
+        if self.log is not None:
+            self.log.warning("registry: imported %d hosts from %s into %s (kept as %s)", len(self.hosts), path,
+                             self.path, ", ".join(moved))  # fmt: skip
 
     def _replay_entry(self, entry: Dict[str, Any], problems: List[str]) -> None:
         if "sender_ts" in entry:
@@ -642,31 +602,6 @@ class Registry:
             self._note_replay(message["from"], float(message["ts"]))
         except (ValueError, KeyError, TypeError) as exc:
             problems.append("a journal entry was dropped: %s" % str(exc)[:200])
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that readers and crashes see the old file or the new one, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _copy(value: Any) -> Any:

@@ -1,0 +1,219 @@
+"""What SQLite and PostgreSQL share: the tables, the snapshot diff, the journal and the history.
+
+Both speak DB-API with the same SQL (``INSERT … ON CONFLICT … DO UPDATE`` is in SQLite since 3.24
+and PostgreSQL since 9.5); a backend supplies its connection, its DDL and how its errors read.
+Records and keyed state are stored as JSON text, not ``jsonb``: the round trip is exact and a
+``\\u0000`` in some field can never make every later save fail.
+
+A snapshot writes only what changed since the last one this process wrote or read (a hash per
+host), so a 10,000-host registry with a few state changes costs a few row writes, not 10,000.
+"""
+
+import json
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import HISTORY_KEEP, RESERVED, Store, StoreError, dumps
+
+TABLES = (
+    "powerwaked_meta",
+    "powerwaked_hosts",
+    "powerwaked_replay",
+    "powerwaked_state",
+    "powerwaked_journal",
+    "powerwaked_history",
+)
+SNAPSHOT_META = ("schema", "saved", "seq")  # kept in powerwaked_meta under "snapshot"
+
+
+class SqlStore(Store):
+    PLACEHOLDER = "?"  # the backend's DB-API paramstyle for one value
+
+    def __init__(self, log: Any = None):
+        self.log = log
+        self.lock = threading.Lock()  # one connection, shared by the loop and the snapshot writer
+        self.seq = 0
+        self.journal_length = 0
+        self._hosts: Dict[str, int] = {}  # what the store holds: name -> hash of the JSON text
+        self._replay: Dict[str, float] = {}
+        self._state: Dict[str, int] = {}
+
+    # -- what a backend supplies ------------------------------------------------------------------
+    def _connection(self) -> Any:
+        """The open connection (a backend may reconnect here); StoreError when there is none."""
+        raise NotImplementedError
+
+    def _error(self, exc: Exception) -> StoreError:
+        """A backend error as a StoreError whose text is safe to log."""
+        raise NotImplementedError
+
+    def _broken(self, exc: Exception) -> None:
+        """After an error: drop a connection that is no longer usable (PostgreSQL reconnects later)."""
+
+    ERRORS: Tuple[type, ...] = ()
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text if self.PLACEHOLDER == "?" else text.replace("?", self.PLACEHOLDER)
+
+    def _transaction(self, work: Callable[[Any], Any]) -> Any:
+        """Run ``work(cursor)`` in one transaction: all of it is committed, or none of it."""
+        with self.lock:
+            conn = None
+            try:
+                conn = self._connection()
+                cursor = conn.cursor()
+                try:
+                    result = work(cursor)
+                finally:
+                    cursor.close()
+                conn.commit()
+                return result
+            except self.ERRORS as exc:
+                try:
+                    if conn is not None:
+                        conn.rollback()
+                except self.ERRORS:
+                    pass
+                self._broken(exc)
+                raise self._error(exc) from None
+
+    # -- the interface --------------------------------------------------------------------------------
+    def read(self, problems: List[str]) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
+        def work(cursor: Any) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
+            return self._read_tables(cursor, problems)
+
+        return self._transaction(work)
+
+    def _read_tables(self, cursor: Any, problems: List[str]) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
+        cursor.execute(self._sql("SELECT value FROM powerwaked_meta WHERE key = ?"), ("snapshot",))
+        row = cursor.fetchone()
+        meta = _loads(row[0], "the snapshot's header", problems) if row else None
+        snapshot: Optional[Dict[str, Any]] = dict(meta) if isinstance(meta, dict) else None
+        done = snapshot.get("seq", 0) if snapshot is not None else 0
+        done = done if isinstance(done, int) and not isinstance(done, bool) else 0
+        hosts: List[Any] = []
+        cursor.execute("SELECT name, record FROM powerwaked_hosts ORDER BY name")
+        for name, text in cursor.fetchall():
+            self._hosts[name] = hash(text)  # a bad row is known too, so the next snapshot replaces or drops it
+            record = _loads(text, "host %r" % name, problems)
+            if record is not None:
+                hosts.append(record)
+        replay: Dict[str, float] = {}
+        cursor.execute("SELECT sender, ts FROM powerwaked_replay")
+        for sender, ts in cursor.fetchall():
+            replay[sender] = self._replay[sender] = float(ts)
+        state: Dict[str, Any] = {}
+        cursor.execute("SELECT key, value FROM powerwaked_state")
+        for key, text in cursor.fetchall():
+            self._state[key] = hash(text)
+            value = _loads(text, "state %r" % key, problems)
+            if value is not None:
+                state[key] = value
+        if snapshot is not None or hosts or state:
+            snapshot = dict(snapshot or {}, hosts=hosts, replay=replay, **state)
+        entries: List[Dict[str, Any]] = []
+        cursor.execute("SELECT seq, entry FROM powerwaked_journal ORDER BY seq")
+        rows = cursor.fetchall()
+        self.seq = max([done] + [int(seq) for seq, _entry in rows])
+        for seq, text in rows:
+            entry = _loads(text, "journal entry %d" % seq, problems)
+            if isinstance(entry, dict) and seq > done:
+                entry["seq"] = int(seq)
+                entries.append(entry)
+        self.journal_length = len(rows)
+        return snapshot, entries
+
+    def append(self, entries: List[Dict[str, Any]]) -> None:
+        if not entries:
+            return
+        rows = []
+        seq = self.seq
+        for entry in entries:
+            seq += 1
+            entry["seq"] = seq
+            rows.append((seq, dumps(entry)))
+
+        def work(cursor: Any) -> None:
+            cursor.executemany(self._sql("INSERT INTO powerwaked_journal (seq, entry) VALUES (?, ?)"), rows)
+
+        self._transaction(work)
+        self.seq = seq  # only once durable: a refused batch leaves no gap the next one must explain
+        self.journal_length += len(rows)
+
+    def write_snapshot(self, data: Dict[str, Any]) -> None:
+        hosts = {}
+        for record in data.get("hosts") or ():
+            text = dumps(record)
+            hosts[str(record["name"])] = (text, hash(text))
+        changed_hosts = [(name, text) for name, (text, digest) in hosts.items() if self._hosts.get(name) != digest]
+        gone_hosts = [(name,) for name in self._hosts if name not in hosts]
+        replay = {str(k): float(v) for k, v in (data.get("replay") or {}).items()}
+        changed_replay = [(k, v) for k, v in replay.items() if self._replay.get(k) != v]
+        gone_replay = [(k,) for k in self._replay if k not in replay]
+        state = {}
+        for key, value in data.items():
+            if key not in RESERVED and key not in SNAPSHOT_META:
+                text = dumps(value)
+                state[key] = (text, hash(text))
+        changed_state = [(key, text) for key, (text, digest) in state.items() if self._state.get(key) != digest]
+        gone_state = [(key,) for key in self._state if key not in state]
+        header = dumps({key: data.get(key) for key in SNAPSHOT_META})
+        upto = int(data.get("seq") or 0)
+
+        def work(cursor: Any) -> int:
+            upsert = "INSERT INTO %s (%s, %s) VALUES (?, ?) ON CONFLICT (%s) DO UPDATE SET %s = excluded.%s"
+            for table, key, value, changed, gone in (
+                ("powerwaked_hosts", "name", "record", changed_hosts, gone_hosts),
+                ("powerwaked_replay", "sender", "ts", changed_replay, gone_replay),
+                ("powerwaked_state", "key", "value", changed_state, gone_state),
+            ):
+                if changed:
+                    cursor.executemany(self._sql(upsert % (table, key, value, key, value, value)), changed)
+                if gone:
+                    cursor.executemany(self._sql("DELETE FROM %s WHERE %s = ?" % (table, key)), gone)
+            cursor.execute(self._sql(upsert % ("powerwaked_meta", "key", "value", "key", "value", "value")),
+                           ("snapshot", header))  # fmt: skip
+            cursor.execute(self._sql("DELETE FROM powerwaked_journal WHERE seq <= ?"), (upto,))
+            cursor.execute("SELECT count(*) FROM powerwaked_journal")
+            return int(cursor.fetchone()[0])
+
+        remaining = self._transaction(work)
+        # Committed: only now does this process believe the store holds it.
+        self._hosts = {name: digest for name, (_text, digest) in hosts.items()}
+        self._replay = replay
+        self._state = {key: digest for key, (_text, digest) in state.items()}
+        self.journal_length = remaining
+
+    def append_history(self, entries: List[Dict[str, Any]]) -> None:
+        if not entries:
+            return
+        rows = [(float(entry.get("time") or 0.0), dumps(entry)) for entry in entries]
+
+        def work(cursor: Any) -> None:
+            cursor.executemany(self._sql("INSERT INTO powerwaked_history (at, entry) VALUES (?, ?)"), rows)
+            cursor.execute("SELECT max(id) FROM powerwaked_history")
+            newest = cursor.fetchone()[0] or 0
+            cursor.execute(self._sql("DELETE FROM powerwaked_history WHERE id <= ?"), (newest - HISTORY_KEEP,))
+
+        self._transaction(work)
+
+    def read_history(self, limit: int) -> List[Dict[str, Any]]:
+        def work(cursor: Any) -> List[Any]:
+            cursor.execute(self._sql("SELECT entry FROM powerwaked_history ORDER BY id DESC LIMIT ?"), (int(limit),))
+            return [row[0] for row in cursor.fetchall()]
+
+        entries = []
+        for text in reversed(self._transaction(work)):
+            entry = _loads(text, "history entry", [])
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+
+def _loads(text: Any, what: str, problems: List[str]) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        problems.append("%s unreadable (%s): skipped" % (what, str(exc)[:100]))
+        return None
