@@ -95,7 +95,8 @@ def redact(url: str) -> str:
 def parse_url(url: str) -> Tuple[str, str]:
     """``(kind, target)``: ``("sqlite", "/abs/path")`` or ``("postgresql", url)``; ValueError names the form.
 
-    The message never repeats the URL (it may hold a password).
+    The message never repeats the URL (it may hold a password), nor even its scheme in lower case: a secret
+    option's error is masked when it shows the value's first characters.
     """
     text = url.strip()
     if text.startswith("/"):
@@ -103,18 +104,18 @@ def parse_url(url: str) -> Tuple[str, str]:
     scheme = text.partition(":")[0].lower()
     if scheme == "sqlite":
         if not text.startswith("sqlite:///") or len(text) <= len("sqlite:///") or "\0" in text:
-            raise ValueError("a SQLite store is sqlite:///ABSOLUTE/PATH (three slashes, then the path)")
+            raise ValueError("a SQLite store URL needs an absolute path: three slashes after the scheme, then the path")
         return "sqlite", text[len("sqlite://") :]
     if scheme in ("postgresql", "postgres"):
         try:
             parts = urlsplit(text)
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
-            raise ValueError("a PostgreSQL store is postgresql://[USER[:PASSWORD]@][HOST][:PORT]/DBNAME[?…]") from None
+            raise ValueError("a PostgreSQL store URL with a bad host or port part") from None
         if not parts.path.strip("/") and "dbname=" not in parts.query:
-            raise ValueError("a PostgreSQL store URL must name the database (postgresql://…/DBNAME)")
+            raise ValueError("a PostgreSQL store URL must name the database (…/DBNAME)")
         return "postgresql", text
-    raise ValueError("store must be sqlite:///PATH or postgresql://… (the scheme was not recognised)")
+    raise ValueError("the store must be a SQLite or PostgreSQL URL (the scheme was not recognised)")
 
 
 def open_store(url: str, log: Any = None) -> Store:

@@ -19,6 +19,7 @@ import os
 import sqlite3
 import time
 from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import quote
 
 from . import SCHEMA, StoreError
 from .sql import TABLES, SqlStore
@@ -137,7 +138,7 @@ class SqliteStore(SqlStore):
     def _salvage(self, problems: List[str]) -> Optional[Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]]:
         """Whatever the damaged file still yields, table by table (read-only, bounded by the file)."""
         try:
-            conn = sqlite3.connect("file:%s?mode=ro" % self.path, uri=True, timeout=1.0)
+            conn = sqlite3.connect("file:%s?mode=ro" % quote(self.path), uri=True, timeout=1.0)
         except sqlite3.Error:
             return None
         try:
@@ -185,6 +186,9 @@ class _Salvager(SqlStore):
     def read(self, problems: List[str]) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
         cursor = _TolerantCursor(self.conn, problems)
         return self._read_tables(cursor, problems)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class _TolerantCursor:
