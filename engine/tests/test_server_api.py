@@ -334,6 +334,7 @@ def test_a_full_disk_keeps_the_server_running_and_shows_in_status(tmp_path):
 
         status = wait_until(status_with_the_refused_journal, what="the refused journal in /v1/status")
         assert "full" in status["registry"]["problems"]["journal"] and not status["registry"]["ok"]
+        assert status["registry"]["store"] == "sqlite"
         assert handle.thread.is_alive()
         with handle.server.lock:
             store.conn.execute("PRAGMA max_page_count = %d" % (pages * 1000))  # space is back

@@ -508,6 +508,7 @@ class Server:
             "errors": self.errors,
             "registry": {
                 "ok": not self.registry.problems,
+                "store": self.registry.store.kind if self.registry.store is not None else None,
                 "problems": dict(self.registry.problems),
                 "saves": self.registry.saves,
                 "save_failures": self.registry.save_failures,

@@ -493,7 +493,7 @@ class Registry:
     def _save_failed(self, now: float, error: str) -> None:
         self.save_failures += 1
         self._retry_at = now + SAVE_RETRY
-        self.problems["save"] = "saving %s failed (retrying every %ds): %s" % (self.path, SAVE_RETRY, error)
+        self.problems["save"] = "saving the registry failed (retrying every %ds): %s" % (SAVE_RETRY, error)
         if self.log is not None:
             self.log.error("registry: %s", self.problems["save"])
 

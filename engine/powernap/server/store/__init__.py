@@ -43,6 +43,8 @@ class Store(abc.ABC):
     journal_length = 0
     #: where it lives, safe to log (no password)
     where = ""
+    #: the engine, for /v1/status ("sqlite", "postgresql")
+    kind = ""
 
     @abc.abstractmethod
     def read(self, problems: List[str]) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:

@@ -44,6 +44,7 @@ MIGRATIONS = {
 
 class PostgresStore(SqlStore):
     PLACEHOLDER = "%s"
+    kind = "postgresql"
 
     def __init__(self, url: str, log: Any = None):
         super().__init__(log)

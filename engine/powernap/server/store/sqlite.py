@@ -42,6 +42,7 @@ class Damaged(Exception):
 
 class SqliteStore(SqlStore):
     ERRORS = (sqlite3.Error,)
+    kind = "sqlite"
 
     def __init__(self, path: str, log: Any = None):
         super().__init__(log)
