@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -42,6 +43,8 @@ def secrets(tag):
         "ipmi_password": "ipmipw-%s-77d1e0" % tag,
         "bmc_password": "bmcpw-%s-c4a2f9" % tag,
         "host_secureon": "9a:8b:7c:6d:%s:4f" % tag,
+        # powernap_server_store is a secret (a PostgreSQL URL holds a password); a SQLite path the lab can use
+        "server_store": "sqlite:///var/lib/powerwaked/store-%s-5e7d.sqlite3" % tag,
     }
 
 
@@ -61,6 +64,7 @@ powernap_host_config:
     type: wol
     secureon: "{monitor_secureon}"
 powernap_server: true
+powernap_server_store: "{server_store}"
 powernap_server_config:
   powerwaked:
     secret: "{server_secret}"
@@ -167,6 +171,12 @@ def test_no_secret_in_verbose_diff_output(secrets_lab):
     assert "sopass " + second["nic_secureon"] in rule
     server = handle.exec("h1", ["cat", "/etc/powernap/powerwaked.conf"]).stdout
     assert second["server_secret"] in server and second["bmc_password"] in server
+    assert "store = %s" % second["server_store"] in server
+    store = second["server_store"][len("sqlite://") :]
+    deadline = time.monotonic() + 20
+    while handle.exec("h1", ["stat", "-c", "%a %U", store], check=False).stdout.strip() != "600 powerwaked":
+        assert time.monotonic() < deadline, "powerwaked did not create its store %s, 0600" % store
+        time.sleep(0.5)
     modes = handle.exec(
         "h1", ["stat", "-c", "%a %n", "/etc/powernap/powernap.conf", "/etc/udev/rules.d/70-powernap-wol.rules"]
     )
