@@ -391,3 +391,25 @@ def _reopened(store_url):
     registry.load()
     assert registry.problems == {}, registry.problems
     return registry
+
+
+def test_a_database_it_cannot_use_stops_the_start_with_the_reason_and_no_password(postgresql, tmp_path):
+    config = tmp_path / "powerwaked.conf"
+    config.write_text(
+        "[powerwaked]\nsecret = %s\nlisten = 127.0.0.1\nport = %d\nannounce = no\nstate_file = %s\n"
+        "store = postgresql://powerwaked:Pa55-never-shown@/nosuchdb?host=%s\n"
+        % (SECRET, _free_port(), tmp_path / "registry.json", postgresql.socket_dir)
+    )
+    config.chmod(0o600)
+    run = subprocess.run(
+        [sys.executable, "-m", "powernap.server.daemon", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "cannot start: PostgreSQL store postgresql://powerwaked:***@/nosuchdb" in run.stderr
+    assert "nosuchdb" in run.stderr.split("cannot start", 1)[1] and "Pa55" not in run.stdout + run.stderr
+    check = subprocess.run(
+        [sys.executable, "-m", "powernap.server.daemon", "--config", str(config), "--check-config"],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE,
+    )  # fmt: skip
+    assert check.returncode == 0 and "Pa55" not in check.stdout + check.stderr
