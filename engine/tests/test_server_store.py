@@ -413,3 +413,26 @@ def test_a_database_it_cannot_use_stops_the_start_with_the_reason_and_no_passwor
         capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE,
     )  # fmt: skip
     assert check.returncode == 0 and "Pa55" not in check.stdout + check.stderr
+
+
+def test_the_daemon_imports_the_json_registry_once_into_its_default_sqlite_store(tmp_path):
+    state = tmp_path / "registry.json"
+    hosts = [{"name": "old1", "state": "asleep", "macs": ["52:54:00:00:00:41"], "wakes": 2}]
+    state.write_text(json.dumps({"schema": 1, "saved": 1.0, "seq": 0, "hosts": hosts}))
+    (tmp_path / "registry.json.journal").write_text(
+        json.dumps({"seq": 1, "report": _report("old2", time.time()), "sender": ["127.0.0.1", 4000], "at": 2.0}) + "\n"
+    )
+    daemon = _Powerwaked(tmp_path, "").start()  # store unset: registry.sqlite3 beside state_file
+    daemon.stop()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("registry")) == [
+        "registry.json.imported",
+        "registry.json.journal.imported",
+        "registry.sqlite3",
+    ]
+    assert "imported 2 hosts" in daemon.log.read_text()
+    state.write_text(json.dumps({"schema": 1, "hosts": [{"name": "stale"}]}))  # an old copy, put back
+    daemon.start().stop()
+    registry = _reopened("sqlite://%s" % (tmp_path / "registry.sqlite3"))
+    assert registry.get("old1").wakes == 2 and registry.get("old2").addr == ["127.0.0.1", 4000]
+    assert registry.get("stale") is None and "not imported" in daemon.log.read_text()
+    registry.close()
