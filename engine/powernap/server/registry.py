@@ -38,11 +38,13 @@ from ..options import (
     Integer,
     ListOf,
     MapOf,
+    Number,
     Option,
     Scalar,
     String,
 )
 from . import protocol as P
+from .energy import KEYS as ENERGY_KEYS
 
 SCHEMA = 1
 QUIET_TO_ASLEEP = 20.0  # seconds after "suspending" without a word before we call the host asleep
@@ -84,7 +86,9 @@ class RecordSchema(Declared):
         Option("wakes", Integer(0), default=0, doc="Wakes sent."),
         Option("last_wake", MapOf(String(max_length=64), Scalar(1024), 16), doc="The last wake."),
         Option("static", Boolean(), default=False, doc="From the server config."),
-    )
+        Option("energy", MapOf(Choice(*ENERGY_KEYS), Number(0, 1e18), 8), default={},
+               doc="Energy accounting: seconds per power state, joules and cost saved (energy.py)."),
+    )  # fmt: skip
 
 
 class HostRecord:
@@ -93,7 +97,7 @@ class HostRecord:
     FIELDS = (
         "name", "state", "stage", "since", "last_seen", "last_ts", "last_event", "macs", "ips", "wol",
         "wake", "bmc", "groups", "next_wake", "idle_seconds", "load", "cpus", "interval", "addr",
-        "engine", "hold", "wakes", "last_wake", "static",
+        "engine", "hold", "wakes", "last_wake", "static", "energy",
     )  # fmt: skip
 
     def __init__(self, name: str):
@@ -121,6 +125,7 @@ class HostRecord:
         self.wakes = 0
         self.last_wake: Optional[Dict[str, Any]] = None
         self.static = False
+        self.energy: Dict[str, float] = {}  # the energy meter's accumulators
 
     @property
     def mac(self) -> Optional[str]:
@@ -284,6 +289,7 @@ class Registry:
         self._saved_at = 0.0
         self._retry_at = 0.0
         self.listeners: List[Any] = []  # callables(record, old_state, cause) told of every state change
+        self.meter: Any = None  # the energy meter: told before a state ends (energy.EnergyMeter.close)
         self.replay: Dict[str, float] = {}  # per sender, the newest accepted ts (the replay guard's persisted part)
         self.pending: List[Dict[str, Any]] = []  # accepted, not yet journaled (``commit`` writes them)
         self.problems: Dict[str, str] = {}  # load / save / journal trouble, shown in /v1/status
@@ -465,6 +471,8 @@ class Registry:
     def set_state(self, record: HostRecord, state: str, cause: str, now: float) -> None:
         if record.state == state:
             return
+        if self.meter is not None:
+            self.meter.close(record, now)
         old = record.state
         record.state = state
         record.since = now
