@@ -10,11 +10,11 @@ from server_fakes import SECRET, Sent, server_config
 from test_server_api import free_port
 
 from powernap.clock import FakeClock
+from powernap.prometheus import COUNTER, GAUGE, HISTOGRAM, Histogram, MetricsRegistry, format_labels
 from powernap.server.api import ApiError, PlainText, route
 from powernap.server.config import load_config
 from powernap.server.daemon import Server
 from powernap.server.energy import JOULES_PER_KWH
-from powernap.server.metrics import COUNTER, GAUGE, HISTOGRAM, Histogram, MetricsRegistry, format_labels
 
 LOG = logging.getLogger("test.metrics")
 HOSTS = "[host.web1]\nmac = 52:54:00:00:00:01\ngroups = web\n[host.db1]\nmac = 52:54:00:00:00:02\ngroups = db\n"

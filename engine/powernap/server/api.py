@@ -49,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import unquote
 
+from ..prometheus import CONTENT_TYPE
 from .protocol import TO_SERVER, ProtocolError, http_label
 
 MAX_BODY = 65536
@@ -137,7 +138,7 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
 class PlainText(str):
     """An answer sent as it is (the Prometheus text format), not as JSON."""
 
-    content_type = "text/plain; version=0.0.4; charset=utf-8"
+    content_type = CONTENT_TYPE
 
 
 def _metrics_reader_ok(opts: Dict[str, Any], auth: Optional[str], client: Tuple[str, int]) -> None:

@@ -24,11 +24,11 @@ messages (``RecordSchema``).
 
 import json
 import os
-import tempfile
 import threading
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from ..atomicfile import atomic_write
 from ..options import (
     Boolean,
     Choice,
@@ -650,31 +650,6 @@ class Registry:
             self._note_replay(message["from"], float(message["ts"]))
         except (ValueError, KeyError, TypeError) as exc:
             problems.append("a journal entry was dropped: %s" % str(exc)[:200])
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that readers and crashes see the old file or the new one, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _copy(value: Any) -> Any:
