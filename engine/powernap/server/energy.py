@@ -20,8 +20,9 @@ is unknown (``since`` 0: a host the config names that never reported) is
 not counted.
 """
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
+from ..prometheus import COUNTER, GAUGE, escape_label
 from . import protocol as P
 from .config import POWER_STATES
 
@@ -109,8 +110,8 @@ class EnergyMeter:
         return {
             "seconds": {state: round(figures[state], 3) for state in POWER_STATES},
             "saved_joules": round(figures[SAVED_J], 1),
-            "saved_kwh": round(figures[SAVED_J] / JOULES_PER_KWH, 4),
-            "saved_cost": round(figures[SAVED_COST], 4),
+            "saved_kwh": round(figures[SAVED_J] / JOULES_PER_KWH, 6),
+            "saved_cost": round(figures[SAVED_COST], 6),
             "currency": self.currency,
         }
 
@@ -123,17 +124,26 @@ class EnergyMeter:
 
     def register_metrics(self, metrics: Any, hosts: Any, server: Any) -> None:
         """The energy families of /metrics (``metrics.server_collectors`` calls this)."""
-        from .metrics import COUNTER, GAUGE
+
+        cache: Dict[str, Any] = {"scrape": -1, "rows": []}
 
         def per_host() -> List[Any]:
-            now = server.clock.wall()
-            return [(record, self.figures(record, now)) for record in hosts()]
+            """Each host's figures, computed once per scrape for the families below."""
+            if cache["scrape"] != metrics.scrapes:
+                now = server.clock.wall()
+                cache["rows"] = [(record, self.figures(record, now)) for record in hosts()]
+                cache["scrape"] = metrics.scrapes
+            return cache["rows"]
 
         metrics.register(
             "powernap_host_power_state_seconds_total",
             COUNTER,
             "Time the host spent in each power state (on, idle, powersave, suspended, off), as accounted.",
-            lambda: [({"host": r.name, "power_state": s}, f[s]) for r, f in per_host() for s in POWER_STATES],
+            lambda: [
+                ('{host="%s",power_state="%s"}' % (escape_label(r.name), s), f[s])
+                for r, f in per_host()
+                for s in POWER_STATES
+            ],
         )
         metrics.register(
             "powernap_host_power_watts",
@@ -149,12 +159,9 @@ class EnergyMeter:
         )
 
         def per_group() -> List[Any]:
-            now = server.clock.wall()
             sums: Dict[str, Dict[str, float]] = {}
-            for record in hosts():
-                figures: Optional[Dict[str, float]] = None
+            for record, figures in per_host():
                 for group in record.groups:
-                    figures = figures or self.figures(record, now)
                     total = sums.setdefault(group, {SAVED_J: 0.0, SAVED_COST: 0.0})
                     total[SAVED_J] += figures[SAVED_J]
                     total[SAVED_COST] += figures[SAVED_COST]
@@ -168,10 +175,8 @@ class EnergyMeter:
         )
 
         def fleet() -> Dict[str, float]:
-            now = server.clock.wall()
             total = {SAVED_J: 0.0, SAVED_COST: 0.0}
-            for record in hosts():
-                figures = self.figures(record, now)
+            for _record, figures in per_host():
                 total[SAVED_J] += figures[SAVED_J]
                 total[SAVED_COST] += figures[SAVED_COST]
             return total

@@ -12,7 +12,7 @@ Host names come from the registry, so the series count is bounded by ``max_hosts
 
 from typing import Any, Dict, Iterable, List, Tuple
 
-from ..prometheus import COUNTER, GAUGE, HISTOGRAM, WAKE_BUCKETS, Histogram, MetricsRegistry
+from ..prometheus import COUNTER, GAUGE, HISTOGRAM, WAKE_BUCKETS, Histogram, MetricsRegistry, escape_label
 
 # -- powerwaked's own families -------------------------------------------------------------------
 
@@ -71,8 +71,22 @@ def server_collectors(server: Any) -> MetricsRegistry:
     stats: WakeStats = server.wake_stats
     meter = server.energy
 
+    sorted_hosts: Dict[str, Any] = {"scrape": -1, "hosts": []}
+
     def hosts() -> List[Any]:
-        return sorted(registry, key=lambda r: r.name)
+        """The registry's hosts by name, sorted once per scrape (many families walk them)."""
+        if sorted_hosts["scrape"] != metrics.scrapes:
+            sorted_hosts["hosts"] = sorted(registry, key=lambda r: r.name)
+            sorted_hosts["scrape"] = metrics.scrapes
+        return sorted_hosts["hosts"]
+
+    def host_states() -> List[Any]:
+        """Every host x every state: by far the largest family, so its label text is made here, once per host."""
+        out = []
+        for record in hosts():
+            head = '{host="%s",state="' % escape_label(record.name)
+            out.extend((head + state + '"}', 1 if record.state == state else 0) for state in P.ALL_STATES)
+        return out
 
     metrics.register("powernap_hosts", GAUGE, "Hosts in the registry.", lambda: [({}, len(registry))])
     metrics.register(
@@ -82,7 +96,7 @@ def server_collectors(server: Any) -> MetricsRegistry:
         "powernap_host_state",
         GAUGE,
         "1 for the host's current registry state, 0 for the others.",
-        lambda: [({"host": r.name, "state": s}, 1 if r.state == s else 0) for r in hosts() for s in P.ALL_STATES],
+        host_states,
     )
     metrics.register(
         "powernap_host_state_since_timestamp_seconds",
