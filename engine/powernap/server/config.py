@@ -278,8 +278,8 @@ class ClusterSection(Declared):
 
 _WATTS = Number(0, 100000)
 POWER_STATES = ("on", "idle", "powersave", "suspended", "off")  # the energy accounting's states (energy.py)
-# Typical 1U two-socket server figures (SPECpower-style measurements of recent 1U servers):
-# busy-ish ~200 W, idle ~110 W, with powersave tweaks ~85 W, S3 ~6 W, soft-off ~4 W (the BMC).
+# Typical figures of a recent 1U two-socket server: working ~200 W, idle ~110 W, with the powersave
+# tweaks ~85 W, suspended (S3) ~6 W, soft-off ~4 W (the BMC's standby).
 DEFAULT_WATTS = {"on": 200.0, "idle": 110.0, "powersave": 85.0, "suspended": 6.0, "off": 4.0}
 
 
@@ -445,6 +445,8 @@ def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
 
     _read_secret_file(config.server, "secret", where("powerwaked"), errors)
     _read_secret_file(config.metrics, "token", where("metrics"), errors)
+    if config.metrics["token"] and len(config.metrics["token"]) < MIN_MASTER:
+        errors.append(where("metrics")("the metrics token is too short (at least %d characters)" % MIN_MASTER, "token"))
     _check_energy(config, where, errors)
     if not config.server["secret"]:
         errors.append(where("powerwaked")("a fleet secret is required (secret or secret_file)", "secret"))
