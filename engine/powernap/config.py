@@ -106,6 +106,19 @@ class GlobalSection(Declared):
             default="",
             doc="Name reported in status and to the fleet server (empty: the system's hostname).",
         ),
+        Option(
+            "metrics_textfile_dir",
+            String(max_length=4096, pattern=r"(/[^\0]*)?", form="an absolute path or empty"),
+            default="",
+            doc="Write powernap.prom (state, stage, idle seconds, monitor activity) here for node_exporter's "
+            "textfile collector, e.g. /var/lib/prometheus/node-exporter; the directory must exist. Empty: off.",
+        ),
+        Option(
+            "metrics_textfile_interval",
+            Duration(minimum=5, maximum=3600),
+            default=60.0,
+            doc="Rewrite the textfile this often (and at every state change); each write is a rename, never fsynced.",
+        ),
     )
 
 

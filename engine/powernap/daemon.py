@@ -41,6 +41,7 @@ from .platform import read_power_source
 from .report import make_reporter
 from .state import AWAKE, GRACE, NapMachine, held_awake_by, human_duration, stage_after
 from .sysroot import SysRoot
+from .textfile import write as write_textfile
 
 LOCK_NAME = "powernapd.lock"
 RECORD_NAME = "powersave.json"
@@ -183,6 +184,8 @@ class Daemon:
         # Monitor fds are watched live only while napping or warning (instant recovery); while awake
         # they are read at each poll, so a busy host does not wake the daemon for every event.
         self._live_events = False
+        self._textfile_next = 0.0  # monotonic time of the next periodic textfile write
+        self._textfile_problem: Optional[str] = None  # the last write error, logged once until it changes
 
     # life cycle --------------------------------------------------------------
     def config_files(self) -> List[str]:
@@ -313,6 +316,8 @@ class Daemon:
             due = deadline is not None and deadline <= self.clock.boottime()
         if due:
             self._tick()
+        if now >= self._textfile_next:
+            self._write_textfile()
         live = self.machine.state != AWAKE
         if live != self._live_events:
             self._live_events = live
@@ -984,6 +989,24 @@ class Daemon:
         self.reporter.report(event)
         if self.machine is not None and name not in ("start", "stop"):
             sd_notify("STATUS=%s" % self.machine.state)
+            self._write_textfile()
+
+    def _write_textfile(self) -> None:
+        """Rewrite the node_exporter textfile (``[powernap] metrics_textfile_dir``), if one is configured."""
+        globals_ = self.setup.config.globals
+        self._textfile_next = self.clock.monotonic() + float(globals_["metrics_textfile_interval"])
+        if not globals_["metrics_textfile_dir"]:
+            return
+        directory = self.root.path(str(globals_["metrics_textfile_dir"]))
+        try:
+            write_textfile(directory, self.status())
+        except OSError as exc:  # a full disk or a missing directory must not stop the engine
+            problem = "cannot write the metrics textfile in %s: %s" % (directory, exc.strerror or exc)
+            if problem != self._textfile_problem:
+                self.log.warning("%s", problem)
+            self._textfile_problem = problem
+            return
+        self._textfile_problem = None
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -296,6 +296,35 @@ server:
       description: How many wakes the server has sent the host.
       type: int
       returned: when found
+    energy:
+      description:
+        - The energy the host saved against staying on, as the server accounts it over the host's state changes
+          (C([energy]) watts per state in C(powerwaked.conf)), with the time spent in each power state.
+        - Null from a server that does not account energy.
+      type: dict
+      returned: when found
+      contains:
+        seconds:
+          description: Seconds in each power state, V(on), V(idle), V(powersave), V(suspended) and V(off).
+          type: dict
+        saved_joules:
+          description: Energy saved, in joules.
+          type: float
+        saved_kwh:
+          description: Energy saved, in kWh.
+          type: float
+        saved_cost:
+          description: What the saved energy would have cost at the server's price per kWh.
+          type: float
+        currency:
+          description: The currency of RV(server.energy.saved_cost).
+          type: str
+        power_state:
+          description: The host's power state now.
+          type: str
+        watts:
+          description: What the host draws now, by the server's figures.
+          type: float
   sample: {"url": "http://nas1.example.net:7490", "host": "web1", "reachable": true, "found": true,
            "name": "web1", "state": "asleep", "since": 1790000000.0, "last_seen": 1790000000.0,
            "last_event": "action-start", "stage": 2, "idle_seconds": 3600.0, "next_wake": null, "engine": true,
@@ -322,7 +351,7 @@ ENGINE_KEYS = ("state", "idle_seconds", "stage", "next_action", "powersave", "ve
 # The registry record fields returned under `server` (see engine/powernap/server/registry.py HostRecord).
 SERVER_KEYS = (
     "name", "state", "since", "last_seen", "last_event", "stage", "idle_seconds", "next_wake", "engine", "groups",
-    "macs", "ips", "hold", "wakes",
+    "macs", "ips", "hold", "wakes", "energy",
 )  # fmt: skip
 SERVER_PORT = 7490
 VM_VENDORS = ("qemu", "kvm", "vmware", "virtualbox", "innotek", "xen", "microsoft corporation", "bochs", "parallels")

@@ -22,6 +22,11 @@ report is the engine's datagram, signed with its own host key::
     POST /v1/nap                {"kind": "request", "host": NAME, "action": "suspend|poweroff|..."}
     POST /v1/groups/NAME/demand {"kind": "request", "more": N, "ttl": SECONDS}  (external schedulers)
 
+Metrics: ``GET /metrics`` answers in the Prometheus text format (``metrics.py``).  Loopback
+clients read it without credentials (``[metrics] local``); any other client sends
+``Authorization: Bearer TOKEN`` with ``[metrics] token``; with no token set, only loopback
+is served (403).  ``[metrics] enabled = no`` turns it off (404).
+
 Answers are JSON objects; errors are ``{"error": "..."}`` with 400/401/404, 403 for a
 report the server will not take (another host than its signer, an unregistered host, the host
 cap) and 500 when a handler fails (logged; the server goes on).
@@ -33,6 +38,8 @@ with ``tls_cert``/``tls_key`` it speaks HTTPS (the handshake runs in the
 connection's thread, under the same deadline).
 """
 
+import hmac
+import ipaddress
 import json
 import socket
 import ssl
@@ -42,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import unquote
 
+from ..prometheus import CONTENT_TYPE
 from .protocol import TO_SERVER, ProtocolError, http_label
 
 MAX_BODY = 65536
@@ -56,6 +64,11 @@ class ApiError(Exception):
 def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], client: Tuple[str, int]) -> Any:
     """Dispatch one request to the daemon ``app``; returns the JSON-able answer, raises ApiError."""
     parts = [unquote(p) for p in path.split("?")[0].strip("/").split("/") if p]
+    if parts == ["metrics"] and app.config.metrics["enabled"]:
+        if method != "GET":
+            raise ApiError(405, "method %s not allowed" % method)
+        _metrics_reader_ok(app.config.metrics, auth, client)
+        return PlainText(app.api_metrics())
     if len(parts) < 2 or parts[0] != "v1":
         raise ApiError(404, "no such endpoint %s" % path)
     if method == "GET":
@@ -122,6 +135,34 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
     raise ApiError(405, "method %s not allowed" % method)
 
 
+class PlainText(str):
+    """An answer sent as it is (the Prometheus text format), not as JSON."""
+
+    content_type = CONTENT_TYPE
+
+
+def _metrics_reader_ok(opts: Dict[str, Any], auth: Optional[str], client: Tuple[str, int]) -> None:
+    """Loopback reads freely (unless [metrics] local = no); anyone else needs the bearer token."""
+    if opts["local"] and _loopback(client[0]):
+        return
+    token = str(opts["token"] or "")
+    if not token:
+        raise ApiError(403, "metrics are served to loopback only: set [metrics] token for other scrapers")
+    scheme, _space, given = (auth or "").partition(" ")
+    # compare_digest: the time taken says nothing about how much of the token was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
+        raise ApiError(401, "metrics need Authorization: Bearer with the [metrics] token")
+
+
+def _loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
+
+
 def _found(value: Any, what: str, name: Any) -> Any:
     if value is None:
         raise ApiError(404, "no such %s %r" % (what, name))
@@ -174,9 +215,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("POST")
 
     def _reply(self, status: int, answer: Any) -> None:
-        data = json.dumps(answer, sort_keys=True, default=str).encode("utf-8")
+        if isinstance(answer, PlainText):
+            data, content_type = answer.encode("utf-8"), answer.content_type
+        else:
+            data, content_type = json.dumps(answer, sort_keys=True, default=str).encode("utf-8"), "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

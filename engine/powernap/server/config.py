@@ -295,14 +295,75 @@ class ClusterSection(Declared):
     )  # fmt: skip
 
 
+_WATTS = Number(0, 100000)
+POWER_STATES = ("on", "idle", "powersave", "suspended", "off")  # the energy accounting's states (energy.py)
+# Typical figures of a recent 1U two-socket server: working ~200 W, idle ~110 W, with the powersave
+# tweaks ~85 W, suspended (S3) ~6 W, soft-off ~4 W (the BMC's standby).
+DEFAULT_WATTS = {"on": 200.0, "idle": 110.0, "powersave": 85.0, "suspended": 6.0, "off": 4.0}
+
+
+class MetricsSection(Declared):
+    """[metrics]: the Prometheus endpoint GET /metrics (same port as the API)."""
+
+    KIND = "powerwaked"
+    TYPE = "metrics"
+    OPTIONS = (
+        Option("enabled", Boolean(), default=True, doc="Serve GET /metrics (Prometheus text format)."),
+        Option("local", Boolean(), default=True,
+               doc="Serve loopback clients (127.0.0.0/8, ::1) without a token; every other client needs the token."),
+        Option("token", String(max_length=4096, pattern=r"[\x21-\x7e]*", form="printable ASCII without spaces"),
+               default="", secret=True,
+               doc="Bearer token for scrapes from other addresses (Authorization: Bearer TOKEN; Prometheus "
+                   "authorization.credentials_file). Empty: only loopback is served."),
+        Option("token_file", _path(), default="",
+               doc="Read the token from this file instead (first line); refused unless only its owner can read it."),
+    )  # fmt: skip
+
+
+class EnergySection(Declared):
+    """[energy]: the power each state draws by default, and the price of a kWh (energy saved vs always-on)."""
+
+    KIND = "powerwaked"
+    TYPE = "energy"
+    OPTIONS = tuple(
+        Option("watts_" + state, _WATTS, default=DEFAULT_WATTS[state],
+               doc="Watts a host draws %s (default: a typical 1U server)." % what)
+        for state, what in (
+            ("on", "awake and working: the always-on baseline savings are counted against"),
+            ("idle", "awake and idle (the engine's grace period before a nap)"),
+            ("powersave", "awake with the powersave tweaks applied (engine state napping)"),
+            ("suspended", "suspended or hibernated (asleep)"),
+            ("off", "powered off (the BMC's standby power)"),
+        )
+    ) + (
+        Option("price_per_kwh", Number(0, 1000), default=0.15, doc="Price of one kWh, for the cost saved."),
+        Option("currency", String(nonempty=True, max_length=16, pattern=r"[A-Za-z0-9_.$-]+", form="a currency code"),
+               default="USD", doc="Currency label of price_per_kwh (shown with the cost; e.g. EUR)."),
+    )  # fmt: skip
+
+
+class EnergyProfileSection(Declared):
+    """[energy_profile.NAME]: the watts of some hosts or groups, where they differ from [energy]."""
+
+    KIND = "powerwaked"
+    TYPE = "energy_profile"
+    OPTIONS = (
+        Option("hosts", _NAMES, default=(), doc="Hosts this profile applies to (wins over groups)."),
+        Option("groups", _NAMES, default=(), doc="Groups this profile applies to (a host takes its first such group)."),
+    ) + tuple(
+        Option("watts_" + state, _WATTS, default=None, doc="Watts %s (default: [energy] watts_%s)." % (state, state))
+        for state in POWER_STATES
+    )  # fmt: skip
+
+
 SECTIONS: Dict[str, Type[Declared]] = {
     cls.TYPE: cls
     for cls in (
         ServerSection, ProxySection, IpmiSection, HostSection, GroupSection, UpsSection, ScheduleSection,
-        ClusterSection,
+        ClusterSection, MetricsSection, EnergySection, EnergyProfileSection,
     )
 }  # fmt: skip
-NAMED = ("host", "group", "ups", "schedule", "cluster")
+NAMED = ("host", "group", "ups", "schedule", "cluster", "energy_profile")
 
 
 class ServerConfig:
@@ -311,6 +372,8 @@ class ServerConfig:
         self.server: Dict[str, Any] = ServerSection.parse_options({})
         self.proxy: Dict[str, Any] = ProxySection.parse_options({})
         self.ipmi: Dict[str, Any] = IpmiSection.parse_options({})
+        self.metrics: Dict[str, Any] = MetricsSection.parse_options({})
+        self.energy: Dict[str, Any] = EnergySection.parse_options({})
         self.named: Dict[str, Dict[str, Dict[str, Any]]] = {kind: {} for kind in NAMED}
 
     @property
@@ -329,6 +392,15 @@ class ServerConfig:
                 if host not in members.setdefault(group, []):
                     members[group].append(host)
         return members
+
+    def watts(self, profile: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
+        """Watts per power state: a profile's own values, [energy]'s for the rest."""
+        profile = profile or {}
+        return {
+            state: float(profile.get("watts_" + state) if profile.get("watts_" + state) is not None
+                         else self.energy["watts_" + state])
+            for state in POWER_STATES
+        }  # fmt: skip
 
     def nap_action(self, group: str) -> str:
         return str(self.groups.get(group, {}).get("nap_action") or "suspend")
@@ -397,25 +469,11 @@ def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
         first = config.files[0] if config.files else DEFAULT_CONFIG
         return lambda message, key=None: ConfigError("[%s] %s" % (name, message), first, 1)
 
-    secret_file = config.server["secret_file"]
-    if secret_file:
-        try:
-            with open(secret_file, encoding="utf-8") as handle:
-                readable = others_can_read(handle.fileno())
-                line = handle.readline().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"  # never the content
-            errors.append(where("powerwaked")("cannot read secret_file %s: %s" % (secret_file, reason), "secret_file"))
-        else:
-            if readable:
-                # Refused, not warned: like ssh with a private key, a loud stop that the role's 0600 never hits.
-                errors.append(
-                    where("powerwaked")(
-                        "secret_file %s is readable by its group or others: chmod 0600 it" % secret_file, "secret_file"
-                    )
-                )
-            else:
-                config.server["secret"] = line
+    _read_secret_file(config.server, "secret", where("powerwaked"), errors)
+    _read_secret_file(config.metrics, "token", where("metrics"), errors)
+    if config.metrics["token"] and len(config.metrics["token"]) < MIN_MASTER:
+        errors.append(where("metrics")("the metrics token is too short (at least %d characters)" % MIN_MASTER, "token"))
+    _check_energy(config, where, errors)
     if not config.server["secret"]:
         errors.append(where("powerwaked")("a fleet secret is required (secret or secret_file)", "secret"))
     elif len(config.server["secret"]) < MIN_MASTER:
@@ -447,6 +505,54 @@ def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
     for name, opts in config.named["schedule"].items():
         if opts["wake"] is None and opts["nap"] is None:
             errors.append(where("schedule." + name)("a schedule needs wake, nap or both"))
+
+
+def _read_secret_file(values: Dict[str, Any], key: str, error: Any, errors: List[ConfigError]) -> None:
+    """``KEY_file``: the first line of an owner-only file becomes ``KEY`` (never shown in any message)."""
+    path = values[key + "_file"]
+    if not path:
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            readable = others_can_read(handle.fileno())
+            line = handle.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"  # never the content
+        errors.append(error("cannot read %s_file %s: %s" % (key, path, reason), key + "_file"))
+        return
+    if readable:
+        errors.append(
+            error("%s_file %s is readable by its group or others: chmod 0600 it" % (key, path), key + "_file")
+        )
+    else:
+        values[key] = line
+
+
+def _check_energy(config: ServerConfig, where: Any, errors: List[ConfigError]) -> None:
+    """Every state draws at most what 'on' draws (savings are counted against always-on); no host or group in two
+    profiles."""
+    profiles = [("energy", config.energy)] + [
+        ("energy_profile." + n, o) for n, o in config.named["energy_profile"].items()
+    ]
+    for section, opts in profiles:
+        watts = config.watts(opts)
+        for state in POWER_STATES[1:]:
+            if watts[state] > watts["on"]:
+                errors.append(
+                    where(section)("watts_%s (%g) is more than watts_on (%g)" % (state, watts[state], watts["on"]),
+                                   "watts_" + state)
+                )  # fmt: skip
+    for key in ("hosts", "groups"):
+        owner: Dict[str, str] = {}
+        for name, opts in config.named["energy_profile"].items():
+            for item in opts[key]:
+                if item in owner:
+                    errors.append(
+                        where("energy_profile." + name)(
+                            "%s %r is already in [energy_profile.%s]" % (key[:-1], item, owner[item]), key
+                        )
+                    )
+                owner.setdefault(item, name)
 
 
 def config_files(main: str) -> List[str]:

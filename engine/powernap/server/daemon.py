@@ -11,6 +11,7 @@ Run: ``python3 -m powernap.server.daemon [--config FILE] [--check-config]``.
 """
 
 import argparse
+import gc
 import logging
 import queue
 import selectors
@@ -31,7 +32,9 @@ from . import protocol as P
 from .api import ApiServer, tls_context
 from .cluster import ClusterPolicy, UrlLoad
 from .config import DEFAULT_CONFIG, ServerConfig, config_files, insecure_mode, load_config
+from .energy import EnergyMeter
 from .fleet import Fleet
+from .metrics import WakeStats, server_collectors
 from .netinfo import NetView
 from .proxy import RawListener, SleepProxy, tcp_probe
 from .registry import Refused, Registry
@@ -76,6 +79,10 @@ class Server:
             waking_timeout=2 * float(opts["confirm_timeout"]) + float(config.ipmi["timeout"]) + 30.0,
         )
         self.endpoint.registry = self.registry
+        self.energy = EnergyMeter(config)
+        self.registry.meter = self.energy
+        self.wake_stats = WakeStats()
+        self.registry.listeners.append(self.wake_stats.on_state_change)
         self.members = config.group_members()
         self.net = net or NetView()
         self.claims = ClaimFilter(self.registry, config.hosts, self.log.getChild("trust"))
@@ -103,6 +110,8 @@ class Server:
         self._probes: Dict[str, float] = {}  # host -> when it was last probed after a hint
         self._probe_results: queue.SimpleQueue[Tuple[str, str, str]] = queue.SimpleQueue()
         self.started = self.clock.wall()
+        # /metrics: the families powerwaked has; later parts register theirs with self.metrics.register.
+        self.metrics = server_collectors(self)
         self._selector = selectors.DefaultSelector()
         self._watchdog: Optional[float] = None
         self._stopping = False
@@ -186,6 +195,10 @@ class Server:
                 self.log.warning("mDNS announce disabled: %s", exc)
                 self.mdns = None
         self.registry.save(now)
+        # What start-up built (config, up to max_hosts records, policies) lives as long as the daemon:
+        # out of the collector's sight, a full collection no longer walks it (at 10,000 hosts each one
+        # paused the loop for 0.2-0.3 s; benchmarks/bench_policy.py).  Nothing of it is ever a cycle to free.
+        gc.freeze()
         sd_notify("READY=1\nSTATUS=%d hosts" % len(self.registry))
 
     def _refresh_net(self, mono: float) -> None:
@@ -521,15 +534,25 @@ class Server:
             "ups": [policy.to_dict() for policy, _poller in self.ups],
             "schedules": [schedule.to_dict() for schedule in self.schedules],
             "clusters": [cluster.to_dict() for cluster in self.clusters.values()],
+            "energy": dict(self.energy.report(self.registry, self.clock.wall()), price_per_kwh=self.energy.price),
         }
 
     def api_hosts(self, full: bool = True) -> List[Dict[str, Any]]:
-        return [_shown(record.to_dict(), full) for record in sorted(self.registry, key=lambda r: r.name)]
+        return [self._host(record, full) for record in sorted(self.registry, key=lambda r: r.name)]
 
     def api_host(self, target: str, full: bool = True) -> Optional[Dict[str, Any]]:
         # By IP or MAC only for signed readers: an open lookup would confirm addresses one by one.
         record = self.registry.find(target) if full else self.registry.get(target)
-        return _shown(record.to_dict(), full) if record is not None else None
+        return self._host(record, full) if record is not None else None
+
+    def _host(self, record: Any, full: bool) -> Dict[str, Any]:
+        shown = _shown(record.to_dict(), full)
+        shown["energy"] = self.energy.host_report(record, self.clock.wall())  # the accumulators plus the running state
+        return shown
+
+    def api_metrics(self) -> str:
+        """The Prometheus text of GET /metrics (api.route checks who may read it)."""
+        return self.metrics.render()
 
     def _api_counts(self) -> Optional[Dict[str, int]]:
         if self.api is None:
@@ -555,6 +578,7 @@ class Server:
             "held": sum(1 for r in records if r.hold),
             "needed": None,
             "next_wake": earliest(self.schedules, name),
+            "energy": self.energy.report(records, self.clock.wall()),
         }
         cluster = self.clusters.get(name)
         if cluster is not None:

@@ -48,6 +48,7 @@ class Fleet:
         self.results: queue.Queue[Tuple[str, str, bool, str]] = queue.Queue()
         self.history: List[Dict[str, Any]] = []  # recent wakes and naps, for the API and tests
         self.listeners: List[Callable[[HostRecord], None]] = []  # told when a wake is sent (proxy announce)
+        self.wake_failures = 0  # wakes with no way to send them (metrics: powernap_wake_failures_total unsent)
 
     # -- wake ---------------------------------------------------------------------------------
     def wake(self, record: HostRecord, cause: str, method: str = "auto") -> Dict[str, Any]:
@@ -81,6 +82,7 @@ class Fleet:
         }
         self._remember(entry)
         if not sent:
+            self.wake_failures += 1
             self.log.warning("cannot wake %s (%s): %s", record.name, cause, "; ".join(errors) or "no wake method")
             return entry
         record.wakes += 1

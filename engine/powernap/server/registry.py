@@ -36,11 +36,13 @@ from ..options import (
     Integer,
     ListOf,
     MapOf,
+    Number,
     Option,
     Scalar,
     String,
 )
 from . import protocol as P
+from .energy import KEYS as ENERGY_KEYS
 from .store import Store, jsonfile, open_store
 
 SCHEMA = 1
@@ -84,7 +86,9 @@ class RecordSchema(Declared):
         Option("wakes", Integer(0), default=0, doc="Wakes sent."),
         Option("last_wake", MapOf(String(max_length=64), Scalar(1024), 16), doc="The last wake."),
         Option("static", Boolean(), default=False, doc="From the server config."),
-    )
+        Option("energy", MapOf(Choice(*ENERGY_KEYS), Number(0, 1e18), 8), default={},
+               doc="Energy accounting: seconds per power state, joules and cost saved (energy.py)."),
+    )  # fmt: skip
 
 
 class HostRecord:
@@ -93,7 +97,7 @@ class HostRecord:
     FIELDS = (
         "name", "state", "stage", "since", "last_seen", "last_ts", "last_event", "macs", "ips", "wol",
         "wake", "bmc", "groups", "next_wake", "idle_seconds", "load", "cpus", "interval", "addr",
-        "engine", "hold", "wakes", "last_wake", "static",
+        "engine", "hold", "wakes", "last_wake", "static", "energy",
     )  # fmt: skip
 
     def __init__(self, name: str):
@@ -121,6 +125,7 @@ class HostRecord:
         self.wakes = 0
         self.last_wake: Optional[Dict[str, Any]] = None
         self.static = False
+        self.energy: Dict[str, float] = {}  # the energy meter's accumulators
 
     @property
     def mac(self) -> Optional[str]:
@@ -187,6 +192,7 @@ class Registry:
         self._saved_at = 0.0
         self._retry_at = 0.0
         self.listeners: List[Any] = []  # callables(record, old_state, cause) told of every state change
+        self.meter: Any = None  # the energy meter: told before a state ends (energy.EnergyMeter.close)
         self.replay: Dict[str, float] = {}  # per sender, the newest accepted ts (the replay guard's persisted part)
         self.pending: List[Dict[str, Any]] = []  # accepted, not yet journaled (``commit`` writes them)
         self.history: List[Dict[str, Any]] = []  # wakes and naps not yet in the store (written with snapshots)
@@ -370,6 +376,8 @@ class Registry:
     def set_state(self, record: HostRecord, state: str, cause: str, now: float) -> None:
         if record.state == state:
             return
+        if self.meter is not None:
+            self.meter.close(record, now)
         old = record.state
         record.state = state
         record.since = now

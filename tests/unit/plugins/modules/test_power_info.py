@@ -35,6 +35,15 @@ RECORD = {
     "wakes": 3,
     "last_wake": None,
     "static": False,
+    "energy": {
+        "seconds": {"on": 60.0, "idle": 0.0, "powersave": 0.0, "suspended": 3600.0, "off": 0.0},
+        "saved_joules": 698400.0,
+        "saved_kwh": 0.194,
+        "saved_cost": 0.0291,
+        "currency": "USD",
+        "power_state": "suspended",
+        "watts": 6.0,
+    },
 }
 
 
@@ -107,6 +116,7 @@ def test_server_view_of_the_host(capsys, api):
     assert server["state"] == "asleep" and server["last_seen"] == 1790000001.25 and server["stage"] == 2
     assert server["groups"] == ["webservers"] and server["engine"] is True and server["wakes"] == 3
     assert set(server) == set(power_info.SERVER_KEYS) | {"url", "host", "reachable", "found"}
+    assert server["energy"]["saved_kwh"] == 0.194 and server["energy"]["currency"] == "USD"
     assert api.paths == ["/v1/hosts/web1"]
 
 
