@@ -103,8 +103,9 @@ def secrets_lab():
 
 
 def run_site(handle, inventory, values, *extra, verbose=True, expect_ok=True):
+    """Run site.yml with h1's host_vars from ``values`` (a set of secrets, or the host_vars text itself)."""
     with open(os.path.join(inventory, "host_vars", "h1.yml"), "w", encoding="utf-8") as f:
-        f.write(host_vars(values))
+        f.write(values if isinstance(values, str) else host_vars(values))
     env = dict(os.environ)
     env["PATH"] = ANSIBLE_BIN_DIR + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(REPO, ".cache", "collections"))
@@ -173,6 +174,40 @@ def test_no_secret_in_verbose_diff_output(secrets_lab):
     assert all(line.startswith("600 ") for line in modes.stdout.splitlines()), modes.stdout
 
 
+# h1's secrets taken away again: no token, no nut password, no SecureOn anywhere, no fleet server.
+HOST_VARS_WITHOUT_SECRETS = """---
+powernap_host_config:
+  monitor.ups:
+    type: nut
+    ups: rack1@127.0.0.1
+    username: monuser
+  monitor.wake:
+    type: wol
+powernap_server: false
+"""
+
+
+@pytest.mark.lab
+def test_removing_the_secrets_shows_no_old_value_in_the_diff(secrets_lab):
+    """--diff of a run that removes secret options: the old values must not show on the diff's "before" side."""
+    handle, inventory = secrets_lab
+    values = secrets("g7")
+    run_site(handle, inventory, values, verbose=False)
+    output = run_site(handle, inventory, HOST_VARS_WITHOUT_SECRETS)
+    found = leaks(output, values)
+    assert found == [], "old secrets shown when they are removed:\n" + "\n".join(found)
+    # The run did change the files (and showed their diffs, masked).
+    assert (
+        "before: /etc/powernap/powernap.conf" in output and "before: /etc/udev/rules.d/70-powernap-wol.rules" in output
+    )
+    config = handle.exec("h1", ["cat", "/etc/powernap/powernap.conf"]).stdout
+    assert values["token"] not in config and values["nut_password"] not in config
+    rule = handle.exec("h1", ["cat", "/etc/udev/rules.d/70-powernap-wol.rules"]).stdout
+    assert "sopass" not in rule
+    gone = handle.exec("h1", ["test", "-e", "/etc/powernap/powerwaked.conf"], check=False)
+    assert gone.returncode != 0, "the fleet server's config stayed"
+
+
 GROUPS_INVENTORY = """---
 all:
   children:
@@ -213,6 +248,9 @@ def test_a_host_in_two_groups_gets_each_groups_prefixed_overrides(secrets_lab):
             os.unlink(os.path.join(inventory, "group_vars", group + ".yml"))
 
 
+ENGINE_TASK = "Install the engine release, its config, unit and Wake-on-LAN, and run powernapd"
+
+
 def task_results(output, task):
     """The per-host result lines printed under every header of the role's task named ``task``."""
     results, inside = [], False
@@ -231,9 +269,11 @@ def test_a_normal_run_lists_no_skipped_task_and_packs_the_engine_once(secrets_la
     run_site(handle, inventory, values, "-e", "powernap_state=absent", verbose=False)
 
     output = run_site(handle, inventory, values, verbose=False)
-    # Both hosts install the engine; the controller packs it once (run_once), not once per host.
-    assert len(task_results(output, "Archive the engine package files")) == 1, output
-    assert len(task_results(output, "Unpack the engine package on the host")) == 2, output
+    # Both hosts install the engine in one task, with no task of the controller's per host: the engine module's
+    # action plugin packs the archive once per engine release, for every host and fork.
+    installs = task_results(output, ENGINE_TASK)
+    assert len(installs) == 2 and all(line.startswith("changed:") for line in installs), output
+    assert "delegate" not in output and "localhost" not in output, output
 
     output = run_site(handle, inventory, values, verbose=False)
     assert "skipping" not in output, [line for line in output.splitlines() if "skipping" in line]
@@ -321,7 +361,7 @@ def test_check_mode_on_a_fresh_host_judges_the_config_it_would_write(secrets_lab
     code, output = run_site(handle, inventory, values, "--check", "-e", bad_list, verbose=False, expect_ok=False)
     assert code != 0 and "fly" in output, output
     output = run_site(handle, inventory, values, "--check", verbose=False)
-    assert "Check it with the engine's check-config" in output
+    assert ENGINE_TASK in output
     # Nothing is skipped silently: the lists are validated and the service change is reported.
     assert "Push the hardware allow/deny lists (check mode, validated on the controller)" in output, output
     assert "powernapd would be installed, enabled and started" in output, output
