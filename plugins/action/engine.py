@@ -11,8 +11,10 @@ checked here, with the engine this collection ships.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -32,13 +34,35 @@ ENGINE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pat
 CHECK_TIMEOUT = 60
 
 
-def archive_path(manifest, engine_dir=ENGINE_DIR):
-    """The engine archive for this release, packed once on the controller (a private cache, 0700)."""
+def cache_dir():
+    """The controller's private cache of engine archives and option tables (mode 0700, this user's)."""
     cache = os.path.join(tempfile.gettempdir(), "powernap-fleet-%d" % os.geteuid())
     os.makedirs(cache, 0o700, exist_ok=True)
     info = os.lstat(cache)
-    if info.st_uid != os.geteuid() or info.st_mode & 0o077 or not os.path.isdir(cache) or os.path.islink(cache):
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077 or not stat.S_ISDIR(info.st_mode):
         raise AnsibleError("%s must be a private directory of this user (mode 0700)" % cache)
+    return cache
+
+
+def secret_options(manifest, engine_dir=ENGINE_DIR):
+    """The engine's secret option names, read from its tables once per engine release (not once per host)."""
+    cached = os.path.join(cache_dir(), "secret-options-%s.json" % manifest["digest"])
+    try:
+        with open(cached) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        pass
+    names = sorted(secret_option_names(engine_dir))
+    handle, staged = tempfile.mkstemp(dir=os.path.dirname(cached), suffix=".tmp")
+    with os.fdopen(handle, "w") as out:
+        json.dump(names, out)
+    os.replace(staged, cached)
+    return names
+
+
+def archive_path(manifest, engine_dir=ENGINE_DIR):
+    """The engine archive for this release, packed once on the controller (the private cache)."""
+    cache = cache_dir()
     target = os.path.join(cache, "engine-%s.tar.gz" % manifest["digest"])
     if os.path.exists(target):
         return target
@@ -98,14 +122,13 @@ class ActionModule(ActionBase):
             with open(os.path.join(ENGINE_DIR, "systemd", "powernapd.service")) as unit:
                 args["unit"] = unit.read()
             args["digest"] = manifest["digest"]
-            secret = sorted(secret_option_names(ENGINE_DIR))
-            args["secret_options"] = sorted(set(args.get("secret_options") or []) | set(secret))
+            args["secret_options"] = sorted(set(args.get("secret_options") or []) | set(secret_options(manifest)))
             module_result = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
             if module_result.get("package_manager") and not module_result.get("failed"):
                 module_result = self._install_packages(module_result, args, task_vars)
             if module_result.get("archive_needed"):
                 module_result = self._run_with_archive(args, manifest, task_vars)
-        except (AnsibleError, OSError, tarfile.TarError, subprocess.SubprocessError) as exc:
+        except (AnsibleError, OSError, ValueError, tarfile.TarError, subprocess.SubprocessError) as exc:
             result.update(failed=True, msg="powernap.fleet.engine: %s" % exc)
             return result
         finally:
