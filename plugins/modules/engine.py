@@ -812,7 +812,8 @@ def main():
     if not python:
         found = ".".join(str(part) for part in version) if version else "nothing"
         if module.check_mode and params["install_packages"]:
-            module.exit_json(**dict(host.result, changed=True))
+            host.result["changed"] = True  # check mode: it would be installed
+            module.exit_json(**host.result)
         module.fail_json(
             msg="the engine needs Python %d.%d+ at %s (found: %s); install %s or set python"
             % (MIN_PYTHON[0], MIN_PYTHON[1], params["python"] or " or ".join(DEFAULT_PYTHONS), found, lacking[0]),
