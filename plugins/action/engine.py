@@ -137,8 +137,9 @@ class ActionModule(ActionBase):
         module_result.pop("package_manager", None)
         config = args.get("config") or ""
         secret = set(args["secret_options"])
+        host = task_vars.get("inventory_hostname", "")
         if self._task.check_mode and not module_result.get("failed") and not module_result.get("engine_ready"):
-            self._check_here(module_result, config, args)
+            self._check_here(module_result, config, args, host)
         if module_result.get("config_errors") and module_result.get("checked_on"):
             # Each error named by section and option (the values of secret options masked).
             described = config_errors(module_result["config_errors"], mask_ini(config, secret))
@@ -147,7 +148,7 @@ class ActionModule(ActionBase):
                 if module_result.get("checked_on") == "controller"
                 else "/etc/powernap/powernap.conf was left as it was"
             )
-            module_result["msg"] = "the config is invalid (%s): %s" % (where, "; ".join(described))
+            module_result["msg"] = "%s: the config is invalid (%s): %s" % (host, where, "; ".join(described))
         macs = (module_result.get("ansible_facts") or {}).get("powernap_wol_macs")
         if macs and task_vars.get("powernap_mac") is None:
             # The wake module's MAC: the inventory's powernap_mac, else the host's first wake NIC.
@@ -157,7 +158,7 @@ class ActionModule(ActionBase):
         result["config"] = mask_ini(config, secret)
         return result
 
-    def _check_here(self, module_result, config, args):
+    def _check_here(self, module_result, config, args, host):
         """Check mode on a host without the engine: judge the config and the hardware list here instead."""
         if module_result.get("config_changed"):
             errors = check_on_controller(config)
@@ -178,8 +179,8 @@ class ActionModule(ActionBase):
                     failed=True,
                     changed=False,
                     config_errors=errors,
-                    msg="the hardware list is invalid (checked on the controller: the host has no engine yet): %s"
-                    % "; ".join(errors),
+                    msg="%s: the hardware list is invalid (checked on the controller: the host has no engine yet): %s"
+                    % (host, "; ".join(errors)),
                 )
 
     def _install_packages(self, module_result, args, task_vars):
