@@ -256,7 +256,7 @@ def task_results(output, task):
     """The per-host result lines printed under every header of the role's task named ``task``."""
     results, inside = [], False
     for line in output.splitlines():
-        if line.startswith("TASK ["):
+        if line.startswith(("TASK [", "RUNNING HANDLER [", "PLAY ")):
             inside = line.startswith("TASK [powernap.fleet.powernap : %s]" % task)
         elif inside and re.match(r"^(ok|changed|skipping|failed|fatal): \[", line):
             results.append(line)
