@@ -1,6 +1,8 @@
 # Copyright: (c) 2026, powernap.fleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The engine module on a scratch root: install, idempotence, check mode, masked diffs, and its RETURN."""
+"""The engine module on a scratch root: install, idempotence, check mode, masked diffs, and its RETURN.
+
+Here (controller context) rather than under modules/: its RETURN check is test_return_docs's."""
 
 import io
 import json
