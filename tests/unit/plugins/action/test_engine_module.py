@@ -186,3 +186,29 @@ def test_engine_returns_what_its_return_documents(capsys, host, monkeypatch):
     for index, result in enumerate(results):
         result.pop("invocation", None)
         check_against(result, doc, "engine[%d]" % index, always=not result.get("archive_needed"))
+
+
+def test_the_action_installs_what_the_module_found_missing_then_converges(monkeypatch):
+    """A host without ethtool: the package module installs it, then the engine module runs once more."""
+    from ansible_collections.powernap.fleet.plugins.action import engine as engine_action
+    from ansible_collections.powernap.fleet.tests.unit.plugins.action.test_return_docs import make_action
+
+    action = make_action(engine_action.ActionModule, {"config": CONFIG, "install_packages": True})
+    action._task.check_mode = False
+    calls = []
+
+    def execute(module_name, module_args, task_vars):
+        calls.append((module_name, dict(module_args)))
+        if module_name == "ansible.legacy.apt":
+            return {"changed": True}
+        if len(calls) == 1:
+            return {"changed": False, "missing_packages": ["ethtool"], "package_manager": "apt"}
+        return {"changed": False, "engine_ready": True, "missing_packages": [], "release": "r"}
+
+    action._execute_module = execute
+    action._remove_tmp_path = lambda path: None
+    result = action.run(task_vars={"inventory_hostname": "h1"})
+    assert [name for name, _args in calls] == ["powernap.fleet.engine", "ansible.legacy.apt", "powernap.fleet.engine"]
+    assert calls[1][1] == {"name": ["ethtool"], "state": "present"}
+    assert result["changed"] is True and result["missing_packages"] == ["ethtool"] and "package_manager" not in result
+    assert "token = ********" in result["config"] and "tok-old" not in result["config"]
