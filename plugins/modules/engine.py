@@ -680,10 +680,7 @@ def converge_wol(host, params):
         if not params["install_packages"]:
             module.warn("ethtool is not installed: Wake-on-LAN was left as it is")
         return
-    try:
-        sopass = sopass_of(params["secureon"])
-    except ValueError as exc:
-        module.fail_json(msg="secureon: %s" % exc)
+    sopass = sopass_of(params["secureon"])  # checked in main() before any change
     sys_net = path("/sys/class/net")
     nics = []
     for name in params["wol_interfaces"] or ethernet_interfaces(sys_net):
@@ -795,6 +792,11 @@ def main():
     params = module.params
     if not params["digest"] or not params["unit"]:
         module.fail_json(msg="digest and unit come from the action plugin: run this module as a task")
+    try:
+        # A bad password fails the task before anything changes (the message never holds the value).
+        sopass_of(params["secureon"])
+    except ValueError as exc:
+        module.fail_json(msg="secureon: %s" % exc)
     host = Host(module)
     python, version = resolve_python(module, params["python"])
     host.result["python"] = python

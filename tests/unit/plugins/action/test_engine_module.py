@@ -212,3 +212,10 @@ def test_the_action_installs_what_the_module_found_missing_then_converges(monkey
     assert calls[1][1] == {"name": ["ethtool"], "state": "present"}
     assert result["changed"] is True and result["missing_packages"] == ["ethtool"] and "package_manager" not in result
     assert "token = ********" in result["config"] and "tok-old" not in result["config"]
+
+
+def test_a_bad_secureon_fails_before_any_change_and_is_not_echoed(capsys, host):
+    result = run(capsys, archive=host.archive, secureon="zz:11:22:33:44:55")
+    assert result["failed"] and result["msg"].startswith("secureon: invalid SecureOn password")
+    assert "zz:11" not in json.dumps(result)
+    assert not (host.root / "usr").exists() and not (host.root / "etc").exists()
