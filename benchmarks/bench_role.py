@@ -1,5 +1,10 @@
-"""Converge time of playbooks/site.yml on 3 and 10 lab hosts: first run, idempotent run, and the idempotent
-run's cost relative to a bare ``ansible -m ping`` of the same hosts (one JSON row per figure).
+"""Converge time of playbooks/site.yml on 3 and 10 lab hosts: first run, idempotent run, and their cost relative
+to a bare ``ansible -m ping`` of the same hosts; and ``ansible -m powernap.fleet.wake`` against the same hosts,
+all awake (confirm only).  One JSON row per figure.
+
+Targets (issue 15), as ratios within one run on the 10-host lab: the idempotent run <= 3x ping with 0 changed,
+the first run <= 10x ping, the wake of awake hosts <= 1.5x ping.  A missed target is a row with ``ok: false``,
+which fails ``make bench`` (benchmarks/run.py).  Pipelining comes from the lab's inventory, as a user's would.
 
 Each size gets its own lab (mixed profiles: webservers, fileservers, standby), brought up and taken down here.
 Set BENCH_ROLE_SIZES=3,10 to choose the sizes.  Needs root (the lab).
@@ -18,6 +23,9 @@ OVERLAY = os.path.join(REPO, "molecule", "shared", "inventory")
 GROUP_CYCLE = ("webservers", "fileservers", "standby")
 FORKS = 20
 TIMEOUT = 1200
+# Ratio targets, checked on the lab of this size (the issue's); smaller labs report their ratios only.
+TARGET_SIZE = 10
+TARGETS = {"idempotent": 3.0, "first": 10.0, "wake": 1.5}
 
 
 def row(metric, value, unit, target=None, ok=None):
@@ -39,7 +47,7 @@ def env():
     e = dict(os.environ)
     e["PATH"] = BIN + os.pathsep + e.get("PATH", "")
     e.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(REPO, ".cache", "collections"))
-    e.update(ANSIBLE_NOCOLOR="1", ANSIBLE_PIPELINING="1", ANSIBLE_FORKS=str(FORKS), PYTHONDONTWRITEBYTECODE="1")
+    e.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORKS=str(FORKS), PYTHONDONTWRITEBYTECODE="1")
     return e
 
 
@@ -71,6 +79,15 @@ def changed_total(output):
     return total
 
 
+def ratio(what, size, value, target):
+    metric = "%s, %d hosts" % (what, size)
+    if size == TARGET_SIZE:
+        limit = TARGETS[target]
+        row(metric, round(value, 2), "x", target="<= %g" % limit, ok=value <= limit)
+    else:
+        row(metric, round(value, 2), "x")
+
+
 def bench(size):
     name = "brole%d" % size
     groups = {}
@@ -89,17 +106,26 @@ def bench(size):
             OVERLAY,
             os.path.join(REPO, "playbooks", "site.yml"),
         ]
-        ping = [os.path.join(BIN, "ansible"), "-i", inventory, "lab", "-m", "ansible.builtin.ping", "-f", str(FORKS)]
+        adhoc = [os.path.join(BIN, "ansible"), "-i", inventory, "lab", "-f", str(FORKS), "-m"]
+        ping = adhoc + ["ansible.builtin.ping"]
+        wake = adhoc + ["powernap.fleet.wake"]
         timed(name, ping)  # warm the SSH connections the same way for every figure below
+        ping_before, _out = timed(name, ping)
         first, _out = timed(name, site)
         again, out = timed(name, site)
         changed = changed_total(out)
-        ping_time, _out = timed(name, ping)
+        ping_after, _out = timed(name, ping)
+        wake_time, _out = timed(name, wake)
+        # The round trip that the ratios count in: the faster of two pings of this run (one before, one after).
+        ping_time = min(ping_before, ping_after)
         row("site.yml first run, %d hosts" % size, round(first, 1), "s")
         row("site.yml idempotent run, %d hosts" % size, round(again, 1), "s")
         row("idempotent run changed tasks, %d hosts" % size, changed, "tasks", target="0", ok=changed == 0)
-        row("ansible -m ping, %d hosts" % size, round(ping_time, 1), "s")
-        row("idempotent run / ping, %d hosts" % size, round(again / ping_time, 1), "x")
+        row("ansible -m ping, %d hosts" % size, round(ping_time, 2), "s")
+        row("ansible -m powernap.fleet.wake (awake hosts), %d hosts" % size, round(wake_time, 2), "s")
+        ratio("idempotent run / ping", size, again / ping_time, "idempotent")
+        ratio("first run / ping", size, first / ping_time, "first")
+        ratio("wake (awake hosts) / ping", size, wake_time / ping_time, "wake")
     finally:
         subprocess.run([LAB_TOOL, "--name", name, "down"], capture_output=True, timeout=300, check=False)
 

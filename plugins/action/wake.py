@@ -143,17 +143,20 @@ class PowerActionBase(ActionBase):
         display.warning("the connection plugin does not allow its connection timeout to be set; connect_timeout unused")
         return None, None
 
-    def _wait_for_connection(self, task_vars, deadline, connect_timeout, address, port):
+    def _wait_for_connection(self, task_vars, deadline, connect_timeout, address, port, reuse_first=False):
         """Until ``deadline``: the host answers its Ansible connection (ping module).  Returns seconds waited.
 
         Backoff with jitter (capped at 12 s) between tries, a cheap TCP probe
         first so a sleeping host does not cost a full SSH timeout per try, and
-        the connection's own timeout restored afterwards.
+        the connection's own timeout restored afterwards.  Each try opens a new
+        connection (one from before a sleep may hang), except the first with
+        ``reuse_first`` (a host that was up all along: its connection is good).
         """
         start = time.monotonic()
         option, original = self._set_connect_timeout(max(1, int(min(connect_timeout, deadline - start))))
         delay = 1.0
         last_error = "no answer"
+        reconnected = False
         try:
             while time.monotonic() < deadline:
                 remaining = deadline - time.monotonic()
@@ -163,7 +166,10 @@ class PowerActionBase(ActionBase):
                     try:
                         if option:
                             self._connection.set_option(option, max(1, int(min(connect_timeout, remaining))))
-                        self._connection.reset()
+                        if not reuse_first:
+                            self._connection.reset()
+                            reconnected = True
+                        reuse_first = False
                         ping = self._execute_module(
                             module_name="ansible.legacy.ping", module_args={}, task_vars=task_vars
                         )
@@ -179,7 +185,8 @@ class PowerActionBase(ActionBase):
             if option:
                 try:
                     self._connection.set_option(option, original)
-                    self._connection.reset()
+                    if reconnected:
+                        self._connection.reset()
                 except (AnsibleError, KeyError) as exc:
                     display.debug("powernap: could not restore %s: %s" % (option, exc))
         raise AnsibleError("Timed out waiting for the connection (%s)" % last_error)
@@ -232,7 +239,12 @@ class ActionModule(PowerActionBase):
             result["changed"] = False
         try:
             self._wait_for_connection(
-                task_vars, deadline, params["connect_timeout"], params["address"], params["ssh_port"]
+                task_vars,
+                deadline,
+                params["connect_timeout"],
+                params["address"],
+                params["ssh_port"],
+                reuse_first=result.get("msg") == "already up",
             )
         except AnsibleError as exc:
             result.update(

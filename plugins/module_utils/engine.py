@@ -9,6 +9,7 @@ host, or a command over the Ansible connection from an action plugin.  Python 3.
 
 import json
 import os
+import re
 
 from ansible_collections.powernap.fleet.plugins.module_utils.power import (
     CAN_POWER_OFF,
@@ -149,3 +150,25 @@ def set_rtc_alarm(epoch, root="/"):
         handle.write("0\n")
     with open(path, "w") as handle:
         handle.write("%d\n" % int(epoch))
+
+
+# An INI option line: indentation, name, separator, value.
+_INI_OPTION_RE = re.compile(r"^(\s*)([^\s=:#;\[][^=:]*?)(\s*[=:]\s*)(\S.*)$")
+SECRET_MASK = "********"
+
+
+def mask_ini(text, secret_names):
+    """An engine config's text with the value of every option named in ``secret_names`` masked (for diffs)."""
+    lines = []
+    for line in (text or "").splitlines(True):
+        match = _INI_OPTION_RE.match(line.rstrip("\n"))
+        if match and match.group(2) in secret_names:
+            line = "%s%s%s%s%s" % (
+                match.group(1),
+                match.group(2),
+                match.group(3),
+                SECRET_MASK,
+                "\n" if line.endswith("\n") else "",
+            )
+        lines.append(line)
+    return "".join(lines)

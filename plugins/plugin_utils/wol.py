@@ -2,18 +2,10 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Which NICs of a host can wake by magic packet, read from ``ethtool IF`` output, and what to change."""
 
-import re
-
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_text
 
-from ansible_collections.powernap.fleet.plugins.module_utils.magic_packet import format_mac, parse_secureon
-
-_SUPPORTS_RE = re.compile(r"^\s*Supports Wake-on:\s*(\S+)", re.MULTILINE)
-_CURRENT_RE = re.compile(r"^\s*Wake-on:\s*(\S+)", re.MULTILINE)
-_SOPASS_RE = re.compile(r"^\s*SecureOn password:\s*(\S+)", re.MULTILINE)
-MAGIC = "g"
-SECUREON = "s"
+from ansible_collections.powernap.fleet.plugins.module_utils.nic_wol import plan_nic, sopass_of
 
 
 def _mac_of(facts, name):
@@ -29,13 +21,10 @@ def secureon_sopass(secureon):
     on a NIC, so a 4-byte one gives "" (the NIC wakes on the plain magic packet, which the wake module
     still sends with the 4 bytes appended).  Errors never echo the value: it is a secret.
     """
-    if secureon is None or to_text(secureon).strip() == "":
-        return ""
     try:
-        raw = parse_secureon(to_text(secureon))
+        return sopass_of(None if secureon is None else to_text(secureon))
     except ValueError as exc:
         raise AnsibleFilterError("powernap_secureon: %s" % exc) from None
-    return format_mac(raw) if len(raw) == 6 else ""
 
 
 def wol_nics(ethtool_results, facts=None, secureon=None):
@@ -45,31 +34,13 @@ def wol_nics(ethtool_results, facts=None, secureon=None):
     (``g``, or ``gs`` with a 6-byte SecureOn password) and ``change`` (whether ``ethtool -s IF wol ...`` must run).
     NICs whose ethtool call failed or that do not list ``g`` under "Supports Wake-on" are left out.
     """
-    secureon = secureon_sopass(secureon)
-    wanted = MAGIC + SECUREON if secureon else MAGIC
+    sopass = secureon_sopass(secureon)
     nics = []
     for result in ethtool_results or []:
         if not isinstance(result, dict) or result.get("rc") != 0 or result.get("skipped"):
             continue
         name = to_text(result.get("item"))
-        out = to_text(result.get("stdout") or "")
-        supports = _SUPPORTS_RE.search(out)
-        current = _CURRENT_RE.search(out)
-        supports = supports.group(1) if supports else ""
-        current = current.group(1) if current else "d"
-        if MAGIC not in supports or (secureon and SECUREON not in supports):
-            continue
-        sopass = _SOPASS_RE.search(out)
-        sopass = sopass.group(1).lower() if sopass else None
-        change = set(current) != set(wanted) or bool(secureon and sopass != secureon)
-        nics.append(
-            {
-                "name": name,
-                "mac": _mac_of(facts, name),
-                "supports": supports,
-                "current": current,
-                "wanted": wanted,
-                "change": change,
-            }
-        )
+        nic = plan_nic(name, _mac_of(facts, name), to_text(result.get("stdout") or ""), sopass)
+        if nic is not None:
+            nics.append(nic)
     return nics

@@ -1,5 +1,6 @@
 """benchmarks/run.py: a failed bench script or a missed target fails `make bench`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -40,3 +41,20 @@ def test_runner_exit_code_reflects_failures(tmp_path, selected, code, says):
         assert says in proc.stdout
     else:
         assert "FAILED" not in proc.stdout
+
+
+def test_role_bench_declares_the_issue_15_ratio_targets(capsys):
+    """bench_role's ratios on the 10-host lab carry their targets; a missed one is a row that fails the run."""
+    sys.path.insert(0, os.path.dirname(RUNNER))
+    try:
+        import bench_role
+    finally:
+        sys.path.pop(0)
+    assert bench_role.TARGET_SIZE == 10
+    assert bench_role.TARGETS == {"idempotent": 3.0, "first": 10.0, "wake": 1.5}
+    bench_role.ratio("idempotent run / ping", 10, 3.4, "idempotent")
+    bench_role.ratio("wake (awake hosts) / ping", 10, 1.2, "wake")
+    bench_role.ratio("idempotent run / ping", 3, 9.0, "idempotent")  # other sizes: a figure, no target
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row.get("ok") for row in rows] == [False, True, None]
+    assert rows[0]["target"] == "<= 3"

@@ -8,6 +8,7 @@ segment's fleet server, powerwaked's ``secret``, ``[ipmi] password`` and a host'
 ``secureon``. The role runs three times with ``-vvv --diff``: a fresh install, a change of every secret
 (the diff would show old and new values) and a check-mode run with a third set. No value of any set may
 appear in the output, in any spelling; the host must hold the second set, so the runs really wrote them.
+A run that takes the secrets away again shows none of the old values on the "before" side of its diff.
 
 Merge across groups: in two groups, each with its own ``powernap_config_<group>``, h1 gets both groups'
 overrides.
@@ -107,8 +108,9 @@ def secrets_lab():
 
 
 def run_site(handle, inventory, values, *extra, verbose=True, expect_ok=True):
+    """Run site.yml with h1's host_vars from ``values`` (a set of secrets, or the host_vars text itself)."""
     with open(os.path.join(inventory, "host_vars", "h1.yml"), "w", encoding="utf-8") as f:
-        f.write(host_vars(values))
+        f.write(values if isinstance(values, str) else host_vars(values))
     env = dict(os.environ)
     env["PATH"] = ANSIBLE_BIN_DIR + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(REPO, ".cache", "collections"))
@@ -142,8 +144,8 @@ def test_no_secret_in_verbose_diff_output(secrets_lab):
 
     output = run_site(handle, inventory, first)
     assert leaks(output, first) == [], "secrets shown on a fresh install:\n" + "\n".join(leaks(output, first))
-    # The resolved config is still shown at -v, with its secrets masked.
-    assert "__powernap_config_shown" in output and "********" in output
+    # The config is still shown at -v (the engine module's "config"), with its secrets masked.
+    assert '"config": "' in output and "token = ********" in output
 
     output = run_site(handle, inventory, second)
     found = leaks(output, first, second)
@@ -181,6 +183,40 @@ def test_no_secret_in_verbose_diff_output(secrets_lab):
         "h1", ["stat", "-c", "%a %n", "/etc/powernap/powernap.conf", "/etc/udev/rules.d/70-powernap-wol.rules"]
     )
     assert all(line.startswith("600 ") for line in modes.stdout.splitlines()), modes.stdout
+
+
+# h1's secrets taken away again: no token, no nut password, no SecureOn anywhere, no fleet server.
+HOST_VARS_WITHOUT_SECRETS = """---
+powernap_host_config:
+  monitor.ups:
+    type: nut
+    ups: rack1@127.0.0.1
+    username: monuser
+  monitor.wake:
+    type: wol
+powernap_server: false
+"""
+
+
+@pytest.mark.lab
+def test_removing_the_secrets_shows_no_old_value_in_the_diff(secrets_lab):
+    """--diff of a run that removes secret options: the old values must not show on the diff's "before" side."""
+    handle, inventory = secrets_lab
+    values = secrets("b8")
+    run_site(handle, inventory, values, verbose=False)
+    output = run_site(handle, inventory, HOST_VARS_WITHOUT_SECRETS)
+    found = leaks(output, values)
+    assert found == [], "old secrets shown when they are removed:\n" + "\n".join(found)
+    # The run did change the files (and showed their diffs, masked).
+    assert (
+        "before: /etc/powernap/powernap.conf" in output and "before: /etc/udev/rules.d/70-powernap-wol.rules" in output
+    )
+    config = handle.exec("h1", ["cat", "/etc/powernap/powernap.conf"]).stdout
+    assert values["token"] not in config and values["nut_password"] not in config
+    rule = handle.exec("h1", ["cat", "/etc/udev/rules.d/70-powernap-wol.rules"]).stdout
+    assert "sopass" not in rule
+    gone = handle.exec("h1", ["test", "-e", "/etc/powernap/powerwaked.conf"], check=False)
+    assert gone.returncode != 0, "the fleet server's config stayed"
 
 
 GROUPS_INVENTORY = """---
@@ -223,11 +259,14 @@ def test_a_host_in_two_groups_gets_each_groups_prefixed_overrides(secrets_lab):
             os.unlink(os.path.join(inventory, "group_vars", group + ".yml"))
 
 
+ENGINE_TASK = "Install the engine release, its config, unit and Wake-on-LAN, and run powernapd"
+
+
 def task_results(output, task):
     """The per-host result lines printed under every header of the role's task named ``task``."""
     results, inside = [], False
     for line in output.splitlines():
-        if line.startswith("TASK ["):
+        if line.startswith(("TASK [", "RUNNING HANDLER [", "PLAY ")):
             inside = line.startswith("TASK [powernap.fleet.powernap : %s]" % task)
         elif inside and re.match(r"^(ok|changed|skipping|failed|fatal): \[", line):
             results.append(line)
@@ -241,16 +280,20 @@ def test_a_normal_run_lists_no_skipped_task_and_packs_the_engine_once(secrets_la
     run_site(handle, inventory, values, "-e", "powernap_state=absent", verbose=False)
 
     output = run_site(handle, inventory, values, verbose=False)
-    # Both hosts install the engine; the controller packs it once (run_once), not once per host.
-    assert len(task_results(output, "Archive the engine package files")) == 1, output
-    assert len(task_results(output, "Unpack the engine package on the host")) == 2, output
+    # Both hosts install the engine in one task, with no task of the controller's per host: the engine module's
+    # action plugin packs the archive once per engine release, for every host and fork.
+    installs = task_results(output, ENGINE_TASK)
+    assert len(installs) == 2 and all(line.startswith("changed:") for line in installs), output
+    assert "delegate" not in output and "localhost" not in output, output
 
     output = run_site(handle, inventory, values, verbose=False)
     assert "skipping" not in output, [line for line in output.splitlines() if "skipping" in line]
     recap = [line for line in output.splitlines() if re.match(r"^h[12] +:", line)]
     assert len(recap) == 2 and all("changed=0" in line and "skipped=0" in line for line in recap), recap
-    # The fleet server's removal step runs once per play (it ran twice: from present and from absent).
-    assert output.count("TASK [powernap.fleet.powernap : Check for the powerwaked unit]") == 1, output
+    # A host that runs no fleet server has any earlier one removed by the engine module, in its one round trip:
+    # no separate removal step (it once ran twice per play).
+    assert "Check for the powerwaked unit" not in output, output
+    assert len(task_results(output, ENGINE_TASK)) == 2, output  # once per host
 
 
 def run_ups(handle, inventory, record):
@@ -330,11 +373,10 @@ def test_check_mode_on_a_fresh_host_judges_the_config_it_would_write(secrets_lab
     )
     code, output = run_site(handle, inventory, values, "--check", "-e", bad_list, verbose=False, expect_ok=False)
     assert code != 0 and "fly" in output, output
-    output = run_site(handle, inventory, values, "--check", verbose=False)
-    assert "Check it with the engine's check-config" in output
-    # Nothing is skipped silently: the lists are validated and the service change is reported.
-    assert "Push the hardware allow/deny lists (check mode, validated on the controller)" in output, output
-    assert "powernapd would be installed, enabled and started" in output, output
+    output = run_site(handle, inventory, values, "--check", "-v", verbose=False)
+    # Nothing is skipped silently: the config (and list) are judged on the controller, the service change reported.
+    assert ENGINE_TASK in output and '"checked_on": "controller"' in output, output
+    assert '"engine_ready": false' in output and '"action": "start"' in output, output
     gone = handle.exec("h1", ["test", "-e", "/etc/powernap/powernap.conf"], check=False)
     assert gone.returncode != 0, "check mode wrote the config"
     gone = handle.exec("h1", ["test", "-e", "/etc/powernap/hardware.d"], check=False)

@@ -173,6 +173,28 @@ def test_wake_waits_over_the_connection_and_fails_when_it_never_answers(receiver
     assert action._execute_module.call_args.kwargs["module_name"] == "ansible.legacy.ping"
 
 
+def test_wake_of_a_host_that_is_up_confirms_over_its_open_connection(receiver, monkeypatch):
+    """An awake host costs one ping over the connection it has: no reconnect (issue 15: wake <= 1.5x ping)."""
+    args = {"broadcast": "127.0.0.1", "port": receiver.getsockname()[1], "repeat": 1, "wait": True, "timeout": 3}
+    monkeypatch.setattr(probe, "tcp_probe", lambda *a: probe.UP)
+    action = make_action(wake_action.ActionModule, args)
+    action._connection.get_option.return_value = 10
+    action._execute_module = MagicMock(return_value={"ping": "pong"})
+    result = action.run(task_vars=host_vars(powernap_mac="02:50:4e:00:00:24"))
+    assert result["confirmed"] is True and result["changed"] is False and result["msg"] == "already up"
+    assert action._execute_module.call_count == 1 and action._connection.reset.call_count == 0
+    # A host that was woken: every try on a new connection (one from before its sleep may hang).
+    answers = []
+    monkeypatch.setattr(
+        probe, "tcp_probe", lambda *a: probe.UP if answers.append(1) or len(answers) > 1 else probe.DOWN
+    )
+    action = make_action(wake_action.ActionModule, args)
+    action._connection.get_option.return_value = 10
+    action._execute_module = MagicMock(return_value={"ping": "pong"})
+    result = action.run(task_vars=host_vars(powernap_mac="02:50:4e:00:00:24"))
+    assert result["confirmed"] is True and result["changed"] is True and action._connection.reset.call_count >= 1
+
+
 class OnlyTimeoutConnection:
     """The ssh plugin's shape: a ``timeout`` option, no ``connection_timeout``."""
 
