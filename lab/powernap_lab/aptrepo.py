@@ -21,7 +21,7 @@ import time
 from . import image
 from .common import CACHE_ROOT, CONTROLLER_LAN, LabError, run
 
-# What the role installs on a Debian host (roles/powernap/vars/main.yml, __powernap_packages), plus
+# What the role installs on a Debian host when it lacks it (the engine module's missing_packages), plus
 # python3-apt, which ansible.builtin.apt installs for itself when the host lacks it.
 DEFAULT_PACKAGES = ("python3-apt", "python3", "tar", "ethtool")
 # Debian policy 5.6.1: lowercase letters, digits, + - . ; at least two characters, starting alphanumeric.
@@ -30,7 +30,7 @@ PORT = 8080
 URL = "http://%s:%d/" % (CONTROLLER_LAN, PORT)
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Bump when the way the repository is made changes: it is part of the cache key.
-REPO_VERSION = 1
+REPO_VERSION = 2
 # The one apt source of every lab host (the image's own sources.list points outside the lab).
 HOST_SOURCES_LIST = "# powernap lab: no route out of the lab; the lab's repository is in sources.list.d/\n"
 HOST_SOURCE = "deb [trusted=yes] %s ./\n" % URL
@@ -98,7 +98,9 @@ def _build(suite, packages, image_root, mirror, tmp):
     with open(os.path.join(work, "sources.list"), "w", encoding="utf-8") as f:
         f.write("deb [signed-by=%s] %s %s main\n" % (KEYRING, mirror, suite))
     _apt(work, image_root, "update")
-    _apt(work, image_root, "install", "--download-only", "--yes", "--no-install-recommends", *packages)
+    # --reinstall: the named packages themselves even where the image has them (a test may purge one so that
+    # the role installs it), plus whatever they need that the image lacks.
+    _apt(work, image_root, "install", "--download-only", "--reinstall", "--yes", "--no-install-recommends", *packages)
     repo = os.path.join(tmp, "repo")
     os.makedirs(repo)
     for deb in glob.glob(os.path.join(work, "debs", "*.deb")):

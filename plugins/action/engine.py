@@ -186,10 +186,13 @@ class ActionModule(ActionBase):
     def _install_packages(self, module_result, args, task_vars):
         """Install what the module found missing with the host's package module, then run the module again."""
         missing = module_result["missing_packages"]
+        manager = module_result["package_manager"]
+        package_args = {"name": missing, "state": "present"}
+        if manager == "apt":
+            # A host without package lists (a minimal image) knows no package: refresh lists older than an hour.
+            package_args.update(update_cache=True, cache_valid_time=3600)
         installed = self._execute_module(
-            module_name="ansible.legacy." + module_result["package_manager"],
-            module_args={"name": missing, "state": "present"},
-            task_vars=task_vars,
+            module_name="ansible.legacy." + manager, module_args=package_args, task_vars=task_vars
         )
         if installed.get("failed"):
             return dict(

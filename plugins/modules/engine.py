@@ -826,7 +826,8 @@ def main():
     # What the engine, Wake-on-LAN and a PostgreSQL store need and the host lacks: its Python, an ethtool
     # command, psycopg 3.
     lacking = [] if python else [python_package()]
-    lacking += ["ethtool"] if params["wol"] and not module.get_bin_path("ethtool") else []
+    # The package's own ethtool, where the udev rule runs it at boot (another ethtool on PATH is not enough).
+    lacking += ["ethtool"] if params["wol"] and not os.access(path(params["wol_ethtool"]), os.X_OK) else []
     store_package = psycopg_package(module, python) if python and params["psycopg"] else None
     lacking += [store_package] if store_package else []
     host.result["missing_packages"] = lacking

@@ -28,9 +28,9 @@ def role_lab():
             tear_down(LAB_NAME)
 
 
-def run_scenario(lab, scenario):
+def run_scenario(lab, scenario, extra_env=None):
     """``molecule test -s SCENARIO`` in the lab's controller namespace; fail with molecule's output."""
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     env["PATH"] = ANSIBLE_BIN_DIR + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(REPO, ".cache", "collections"))
     env["ANSIBLE_NOCOLOR"] = "1"

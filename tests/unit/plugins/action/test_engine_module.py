@@ -85,6 +85,10 @@ def host(tmp_path, monkeypatch):
             bundle.addfile(info, io.BytesIO(content))
     fake.archive = str(archive)
     fake.root = tmp_path
+    ethtool = tmp_path / "usr/sbin/ethtool"  # the package's, where the udev rule runs it
+    ethtool.parent.mkdir(parents=True)
+    ethtool.write_text("#!/bin/sh\n")
+    ethtool.chmod(0o755)
     return fake
 
 
@@ -110,7 +114,7 @@ def test_mask_ini_and_mask_rule_hide_values_only():
 def test_install_then_nothing_to_do(capsys, host):
     first = run(capsys)
     assert first["archive_needed"] and not first["changed"]
-    assert not (host.root / "usr").exists(), "nothing may change before the archive is there"
+    assert not (host.root / "usr/local").exists(), "nothing may change before the archive is there"
     installed = run(capsys, archive=host.archive, secureon="01:02:03:04:05:06", _ansible_diff=True)
     assert installed["changed"] and installed["release_changed"] and installed["config_changed"]
     release = host.root / "usr/local/lib/powernap/releases" / installed["release"]
@@ -162,7 +166,7 @@ def test_check_mode_on_a_fresh_host_changes_nothing(capsys, host):
     result = run(capsys, _ansible_check_mode=True)
     assert result["changed"] and not result["engine_ready"] and result["release_changed"]
     assert "checked_on" not in result  # the action plugin checks it on the controller
-    assert not (host.root / "usr").exists() and not (host.root / "etc").exists()
+    assert not (host.root / "usr/local").exists() and not (host.root / "etc").exists()
     assert not any(call[0] == "systemctl" and call[1] in ("start", "enable") for call in host.calls)
 
 
@@ -180,7 +184,7 @@ def test_engine_returns_what_its_return_documents(capsys, host, monkeypatch):
     host.reject = False
     results.append(run(capsys, hardware_list="fleet", hardware_entries=[LIST_ENTRY], _ansible_diff=True))
     host.commands["apt-get"] = "/usr/bin/apt-get"
-    del host.commands["ethtool"]
+    (host.root / "usr/sbin/ethtool").unlink()
     results.append(run(capsys, install_packages=True))
     assert results[-1]["package_manager"] == "apt" and results[-1]["missing_packages"] == ["ethtool"]
     monkeypatch.setattr(engine, "resolve_python", lambda module, wanted: ("", (3, 6)))
@@ -225,7 +229,7 @@ def test_the_action_installs_what_the_module_found_missing_then_converges(monkey
     action._remove_tmp_path = lambda path: None
     result = action.run(task_vars={"inventory_hostname": "h1"})
     assert [name for name, _args in calls] == ["powernap.fleet.engine", "ansible.legacy.apt", "powernap.fleet.engine"]
-    assert calls[1][1] == {"name": ["ethtool"], "state": "present"}
+    assert calls[1][1] == {"name": ["ethtool"], "state": "present", "update_cache": True, "cache_valid_time": 3600}
     assert result["changed"] is True and result["missing_packages"] == ["ethtool"] and "package_manager" not in result
     assert "token = ********" in result["config"] and "tok-old" not in result["config"]
 
@@ -234,4 +238,4 @@ def test_a_bad_secureon_fails_before_any_change_and_is_not_echoed(capsys, host):
     result = run(capsys, archive=host.archive, secureon="zz:11:22:33:44:55")
     assert result["failed"] and result["msg"].startswith("secureon: invalid SecureOn password")
     assert "zz:11" not in json.dumps(result)
-    assert not (host.root / "usr").exists() and not (host.root / "etc").exists()
+    assert not (host.root / "usr/local").exists() and not (host.root / "etc").exists()
