@@ -612,3 +612,16 @@ def test_engine_veto_monitors_must_name_configured_monitors(tmp_path):
     config, errors = load_engine_config([str(path)])
     assert [str(e) for e in errors] == ["%s:8: veto_monitors: no [monitor.backup] section" % path]
     assert config.server["veto_for"] == 1800.0
+
+
+def test_heartbeats_carry_the_idle_time_and_the_veto_from_the_daemon_status():
+    reporter = P.FleetReporter.__new__(P.FleetReporter)
+    reporter.host, reporter.state, reporter.stage, reporter.heartbeat = "h1", "awake", None, 30.0
+    reporter.root, reporter.control_path, reporter._facts = None, None, {"macs": []}
+    reporter.veto_monitors, reporter.veto_for = ("backup",), 600.0
+    status = {"state": "awake", "stage": None, "idle_seconds": 321.0, "next_wake": None,
+              "monitors": [{"name": "backup", "active": True, "reason": "tar"}]}  # fmt: skip
+    reporter._status = lambda: status
+    message = reporter._message({"event": "heartbeat"})
+    assert message["idle_seconds"] == 321.0 and message["veto_for"] == 600.0
+    assert P.check_message(dict(message, v=1, ts=1.0, nonce="ab"))["veto_reason"] == "monitor backup: tar"
