@@ -625,3 +625,16 @@ def test_heartbeats_carry_the_idle_time_and_the_veto_from_the_daemon_status():
     message = reporter._message({"event": "heartbeat"})
     assert message["idle_seconds"] == 321.0 and message["veto_for"] == 600.0
     assert P.check_message(dict(message, v=1, ts=1.0, nonce="ab"))["veto_reason"] == "monitor backup: tar"
+
+
+def test_a_cluster_nap_the_gate_held_is_asked_again_at_the_next_step(tmp_path):
+    cluster = "[cluster.web]\ngroup = web\nmin_awake = 2\ncapacity = 10\nlow_for = 0\nstep = 5s\n"
+    world = World(tmp_path, hosts(3, extra=WINDOW) + cluster, start=NOON + 8 * 3600 - 10)  # 19:59:50
+    policy = ClusterPolicy("web", world.config.named["cluster"]["web"], world.rails, world.members, LOG)
+    for _second in range(0, 20, 5):
+        for name in ("h01", "h02", "h03"):
+            world.report(name, "awake", load=0.0)
+        policy.tick(world.clock.wall())
+        world.advance(5)
+    # Refused at 19:59:50 and 19:59:55; napped at 20:00:00, not a minute later.
+    assert world.naps() == ["h01"] and world.fleet.history[-1]["time"] == NOON + 8 * 3600

@@ -179,12 +179,14 @@ class ClusterPolicy:
         victim = min(candidates, key=lambda r: (float(r.load or 0.0) / max(1, int(r.cpus or 1)), r.name))
         self.last_nap = now
         self.napped[victim.name] = now
-        self.fleet.nap(
+        answer = self.fleet.nap(
             victim,
             self.fleet.config.nap_action(self.group),
             "cluster %s: load %.2f needs %d of %d awake" % (self.name, self.load, self.needed, len(awake)),
             source="cluster",
         )
+        if answer.get("what") in ("refused", "decision"):
+            self.napped.pop(victim.name, None)  # the policy gate held it: nothing napped, ask again next step
 
     def to_dict(self, now: Optional[float] = None) -> Dict[str, Any]:
         return {
