@@ -843,14 +843,21 @@ class PowerRails:
         }  # fmt: skip
 
     def host_view(self, name: str, now: float) -> Dict[str, Any]:
+        """For /v1/hosts/NAME (and so power_info): this host's transitions, queued request, decisions, vetoes."""
         seen = self.transitions.get(name)
         queued = self.queue.get(name)
+        record = self.registry.get(name)
         return {
             "last_wake": seen.last_wake if seen else None,
             "last_nap": seen.last_nap if seen else None,
             "transitions_today": seen.today(now) if seen else 0,
             "queued": queued.to_dict() if queued is not None else None,
-            "decisions": [d["id"] for d in self.decisions.values() if d["host"] == name],
+            "decisions": [
+                {"id": d["id"], "kind": d["kind"], "expires": d["expires"]}
+                for d in self.decisions.values()
+                if d["host"] == name
+            ],
+            "vetoes": [v for g in (record.groups if record is not None else ()) for v in self.active_vetoes(g, now)],
         }
 
     # -- persistence (the registry snapshot's extras.rails) -------------------------------------
