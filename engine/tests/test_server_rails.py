@@ -28,7 +28,7 @@ def hosts(count, group="web", extra=""):
     names = ["h%02d" % i for i in range(1, count + 1)]
     text = "[group.%s]\nhosts = %s\n%s" % (group, ", ".join(names), extra)
     for index, name in enumerate(names, 1):
-        text += "[host.%s]\nmac = 52:54:00:00:0c:%02x\n" % (name, index)
+        text += "[host.%s]\nmac = 52:54:00:%02x:0c:%02x\n" % (name, index >> 8, index & 255)
     return text
 
 
@@ -110,9 +110,10 @@ def test_group_limits_bind_their_group_only_and_keep_fifo_per_bucket(tmp_path):
     world.asleep("h01", "h02", "h03", "f1")
     for name in ("h01", "h02", "h03", "f1"):
         world.rails.wake(world.host(name), "x", source="schedule")
-    # slow is held to one a minute; fast is not behind slow's queue.
+    # slow is held to one a minute; fast is not held behind slow's queue (it goes at the next tick).
+    world.advance(0.25)
     assert world.sent.wol == ["52:54:00:00:0c:01", "52:54:00:00:0d:01"]
-    world.advance(59)
+    world.advance(58.75)
     assert len(world.sent.wol) == 2
     world.advance(1)
     assert world.sent.wol[-1] == "52:54:00:00:0c:02"

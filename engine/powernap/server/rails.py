@@ -54,6 +54,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..options import Boolean, Choice, Declared, Integer, Option, String
 from . import protocol as P
+from .config import GroupSection
 
 SOURCES = ("proxy", "schedule", "cluster", "ups", "api", "approved")
 POLICY_SOURCES = ("schedule", "cluster")  # nap windows, recommend-only mode and vetoes govern these
@@ -460,6 +461,8 @@ class PowerRails:
         self.rules: List[Rule] = [make(self) for make in DEFAULT_RULES]
         self._logged: Dict[Tuple[str, str, str], float] = {}
         self._swept = now
+        self._queue_logged = float("-inf")
+        self.group_names = set(config.group_members())  # groups that may be vetoed
 
     # -- what the policies call -----------------------------------------------------------------
     def add_rule(self, rule: Rule) -> None:
@@ -502,14 +505,27 @@ class PowerRails:
             return self._recommend(request, now)
         if refusal is not None:
             request.not_before = refusal.retry_at
-        self._enqueue(request)
-        done = self.drain(now, first=request)
-        if done is not None:
-            return done
+        keys = self._bucket_keys(request)
+        # Straight through when nothing waits ahead of it (FIFO) and its buckets allow; a request that must
+        # wait joins the queue, served every tick (so a burst costs O(1) per request, not a queue scan).
+        # (Requests waiting out a cooldown hold no place in line.)
+        ahead = keys and any(h != request.host and (r.not_before or 0.0) <= now for h, r in self.queue.items())
+        if request.not_before is None and not ahead and all(self.buckets[key].ready(now) for key in keys):
+            for key in keys:
+                self.buckets[key].take()
+            superseded = self.queue.pop(request.host, None)
+            if superseded is not None:
+                self.counts["cancelled" if superseded.kind != request.kind else "merged"] += 1
+                self.registry.touch()
+            return self._dispatch(request, record, now)
+        position = self._enqueue(request)
         request.waited = True
         why = refusal.reason if refusal is not None else "rate limit"
         self.counts["queued"] += 1
-        self.log.info("%s of %s (%s) queued: %s", request.kind, request.host, request.source, why)
+        self.log.debug("%s of %s (%s) queued: %s", request.kind, request.host, request.source, why)
+        if now - self._queue_logged >= 60.0:
+            self._queue_logged = now
+            self.log.info("%d requests queued (rate limits, cooldowns); see /v1/status policy.queue", len(self.queue))
         return {
             "time": now,
             "host": request.host,
@@ -518,7 +534,7 @@ class PowerRails:
             "source": request.source,
             "cause": request.cause,
             "reason": why,
-            "position": list(self.queue).index(request.host) + 1 if request.host in self.queue else None,
+            "position": position,
         }
 
     # -- rules ----------------------------------------------------------------------------------
@@ -659,7 +675,7 @@ class PowerRails:
         owner = "host %s" % record.name
         seconds = float(message.get("veto_for") or 0.0)
         for group in record.groups:
-            if group not in self.config.groups and group not in self.vetoes:
+            if group not in self.group_names:
                 continue  # only configured groups (a report cannot grow the table)
             if seconds > 0:
                 self.veto(group, owner, seconds, str(message.get("veto_reason") or "engine veto"), now)
@@ -688,7 +704,8 @@ class PowerRails:
         self.transitions.setdefault(record.name, Transitions()).note(kind, now, counted=True)
 
     # -- the queue ------------------------------------------------------------------------------
-    def _enqueue(self, request: Request) -> None:
+    def _enqueue(self, request: Request) -> int:
+        """Queue ``request`` (one per host); returns its place in line (1 = next)."""
         queued = self.queue.get(request.host)
         if queued is not None and queued.kind == request.kind:
             # The same wish again: it keeps its place in line; the newer details win.
@@ -696,7 +713,7 @@ class PowerRails:
             if queued.not_before is not None and request.not_before is None:
                 request.not_before = queued.not_before
             self.queue[request.host] = request
-            return
+            return list(self.queue).index(request.host) + 1
         if queued is not None:
             del self.queue[request.host]  # the opposite wish: the older one is void
             self.counts["cancelled"] += 1
@@ -706,20 +723,20 @@ class PowerRails:
             self._refuse(dropped, "dropped from a full queue (queue_size = %d)" % self.queue_size, self.clock.wall())
         self.queue[request.host] = request
         self.registry.touch()
+        return len(self.queue)
 
-    def drain(self, now: float, first: Optional[Request] = None) -> Optional[Dict[str, Any]]:
-        """Serve the queue in order, as rules and rate limits allow; returns ``first``'s entry if it ran.
+    def drain(self, now: float) -> None:
+        """Serve the queue in order, as rules and rate limits allow (every tick).
 
         A queued request needing a bucket that an earlier one is waiting for waits too (FIFO per
         bucket); one whose turn comes but is moot (a wake of a host that is up, a nap of one that is
         not) is dropped; rules are asked again at its turn (a veto may have come meanwhile).
         """
-        answer: Optional[Dict[str, Any]] = None
         if now - self._swept >= 60.0:
             self._swept = now
             self._expire(now)
         if not self.queue:
-            return None
+            return
         blocked: set = set()
         full_kinds: set = set()
         for host, request in list(self.queue.items()):
@@ -757,10 +774,7 @@ class PowerRails:
                 self.buckets[key].take()
             del self.queue[host]
             self.registry.touch()
-            entry = self._dispatch(request, record, now)
-            if request is first:
-                answer = entry
-        return answer
+            self._dispatch(request, record, now)
 
     def _bucket_keys(self, request: Request) -> List[Tuple[str, str]]:
         if request.kind == "nap" and request.urgent:
@@ -796,8 +810,7 @@ class PowerRails:
 
     # -- views ----------------------------------------------------------------------------------
     def _group(self, name: str) -> Dict[str, Any]:
-        from .config import GroupSection  # the defaults of a group only named by [host.X] groups
-
+        """A group's options (the defaults for a group only named by [host.X] groups)."""
         return self.config.groups.get(name) or _group_defaults(GroupSection)
 
     def group_options(self, record: Any) -> List[Dict[str, Any]]:
@@ -809,6 +822,8 @@ class PowerRails:
         """For /v1/status: the rate limits, the queue (its head), vetoes, decisions and recent refusals."""
         queued = collections.Counter(r.kind for r in self.queue.values())
         self._expire(now)
+        for bucket in self.buckets.values():
+            bucket.ready(now)  # refills it: "available" as of now
         return {
             "rates": {"%s %s" % (kind, group or "fleet"): b.to_dict() for (kind, group), b in self.buckets.items()},
             "queue": {
