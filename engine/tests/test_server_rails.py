@@ -639,3 +639,21 @@ def test_a_cluster_nap_the_gate_held_is_asked_again_at_the_next_step(tmp_path):
         world.advance(5)
     # Refused at 19:59:50 and 19:59:55; napped at 20:00:00, not a minute later.
     assert world.naps() == ["h01"] and world.fleet.history[-1]["time"] == NOON + 8 * 3600
+
+
+def test_the_daemon_hands_every_policy_and_the_proxy_the_gate(tmp_path):
+    text = hosts(3) + "[schedule.s]\ngroups = web\nwake = 07:00\n[cluster.c]\ngroup = web\n"
+    text += "[ups.u]\nups = u\nhost = 127.0.0.1\nport = 1\ngroups = web\npoll = 60s\ntimeout = 0.2s\n"
+    sent = Sent()
+    handle, _port = _server(tmp_path, text, sent)
+    try:
+        server = handle.server
+        assert server.schedules[0].fleet is server.rails and server.clusters["web"].fleet is server.rails
+        assert server.ups[0][0].fleet is server.rails
+        with server.lock:
+            for name in ("h01", "h02", "h03"):
+                server.registry.get(name).state = "asleep"
+                answer = server._proxy_wake(server.registry.get(name), "who-has")
+        assert answer["what"] == "queued" and answer["source"] == "proxy" and len(sent.wol) == 2  # wake_rate = 2
+    finally:
+        handle.stop()
