@@ -56,7 +56,8 @@ from ..options import Boolean, Choice, Declared, Integer, Option, String
 from . import protocol as P
 from .config import GroupSection
 
-SOURCES = ("proxy", "schedule", "cluster", "ups", "api", "approved")
+# Who may ask.  "health" is for the wake-health service's retries and test wakes: bound like the proxy.
+SOURCES = ("proxy", "schedule", "cluster", "ups", "api", "approved", "health")
 POLICY_SOURCES = ("schedule", "cluster")  # nap windows, recommend-only mode and vetoes govern these
 ADMIN_SOURCES = ("api", "approved")  # an admin's explicit act
 KINDS = ("wake", "nap")
