@@ -307,16 +307,27 @@ def test_recommend_only_records_decisions_does_nothing_and_acts_once_approved(tm
     wake = world.rails.wake(world.host("h03"), "schedule: 07:00", source="schedule")
     assert wake["what"] == "decision"
     assert world.naps() == [] and world.sent.wol == []  # no power change at all
-    assert world.rails.wake(world.host("h03"), "admin", source="api")["what"] == "wake"  # admins still act
     assert world.rails.group_view("web", world.clock.wall())["decisions"] == 2
+    assert world.rails.wake(world.host("h03"), "admin", source="api")["what"] == "wake"  # admins still act
+    assert [d["id"] for d in world.rails.list_decisions()] == [first["id"]]  # the wake decision is moot now
     done = world.rails.decide(first["id"], True, "alice")
     assert done["what"] == "nap" and done["source"] == "approved" and "approved by alice" in done["cause"]
     assert world.naps() == ["h01"] and world.rails.decide(first["id"], True, "alice") is None
-    rejected = world.rails.decide(wake["id"], False, "bob")
-    assert rejected["what"] == "rejected" and not world.rails.list_decisions()
+    second = world.rails.nap(world.host("h02"), None, "surplus", source="cluster")
+    rejected = world.rails.decide(second["id"], False, "bob")
+    assert rejected["what"] == "rejected" and not world.rails.list_decisions() and world.naps() == ["h01"]
     third = world.rails.nap(world.host("h02"), None, "surplus", source="schedule")
     world.clock.advance(601)
     assert world.rails.list_decisions() == [] and world.rails.decide(third["id"], True, "late") is None
+
+
+def test_a_decision_whose_point_is_gone_is_dropped(tmp_path):
+    world = World(tmp_path, hosts(2, extra="mode = recommend\n"))
+    world.asleep("h01")
+    decision = world.rails.wake(world.host("h01"), "cluster: need", source="cluster")
+    assert [d["id"] for d in world.rails.list_decisions()] == [decision["id"]]
+    world.report("h01", "awake")  # it came up by itself
+    assert world.rails.list_decisions() == [] and world.rails.decide(decision["id"], True, "late") is None
 
 
 def test_decisions_are_bounded(tmp_path):

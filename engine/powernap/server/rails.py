@@ -629,11 +629,16 @@ class PowerRails:
         return [dict(d) for d in self.decisions.values()]
 
     def _expire(self, now: float) -> None:
-        for decision_id in [i for i, d in self.decisions.items() if d["expires"] <= now]:
-            decision = self.decisions.pop(decision_id)
+        """Drop decisions that lapsed, and those whose point is gone (a wake of a host that came up)."""
+        for decision_id, decision in list(self.decisions.items()):
+            record = self.registry.get(decision["host"])
+            if decision["expires"] > now and record is not None and not _moot(decision["kind"], record):
+                continue
+            del self.decisions[decision_id]
             self.counts["decisions_expired"] += 1
             self.registry.touch()
-            self.log.info("decision %s (%s %s) expired unapproved", decision_id, decision["kind"], decision["host"])
+            why = "expired unapproved" if decision["expires"] <= now else "dropped: no longer needed"
+            self.log.info("decision %s (%s %s) %s", decision_id, decision["kind"], decision["host"], why)
 
     # -- vetoes ---------------------------------------------------------------------------------
     def veto(self, group: str, owner: str, seconds: float, reason: str, now: float) -> Dict[str, Any]:
@@ -750,7 +755,7 @@ class PowerRails:
             if request.kind in full_kinds or (request.not_before is not None and now < request.not_before):
                 continue
             record = request.record = self.registry.get(host)
-            if record is None or (request.waited and self._moot(request, record)):
+            if record is None or (request.waited and _moot(request.kind, record)):
                 del self.queue[host]
                 self.counts["moot"] += 1
                 continue
@@ -784,12 +789,6 @@ class PowerRails:
         if request.record is not None:
             keys += [(request.kind, g) for g in request.record.groups if (request.kind, g) in self.buckets]
         return keys
-
-    @staticmethod
-    def _moot(request: Request, record: Any) -> bool:
-        if request.kind == "wake":
-            return bool(record.up or record.state == P.WAKING)
-        return not (record.up or record.state in (P.WAKING, P.UNKNOWN))
 
     def _dispatch(self, request: Request, record: Any, now: float) -> Dict[str, Any]:
         cause = request.cause if not request.waited else "%s (waited %ds)" % (request.cause, now - request.at)
@@ -931,6 +930,13 @@ class PowerRails:
         for problem in problems[:10]:
             self.log.error("policy state: %s", problem)
         return problems
+
+
+def _moot(kind: str, record: Any) -> bool:
+    """A wake of a host that is up (or waking), a nap of one that is not up: nothing left to do."""
+    if kind == "wake":
+        return bool(record.up or record.state == P.WAKING)
+    return not (record.up or record.state in (P.WAKING, P.UNKNOWN))
 
 
 def _items(value: Any, limit: int) -> List[Any]:
