@@ -463,11 +463,11 @@ def test_schedule_naps_and_wakes_pass_the_gate_with_their_source(tmp_path):
 
 
 # -- the daemon: every path goes through the gate; the API -----------------------------------------
-def _server(tmp_path, text, sent):
+def _server(tmp_path, text, sent, server=""):
     from test_server_api import Running, free_port
 
     port = free_port()
-    config = server_config(tmp_path, "port = %d\nwake_rate = 2\n\n%s" % (port, text))
+    config = server_config(tmp_path, "port = %d\nwake_rate = 2\n%s\n%s" % (port, server, text))
     handle = Running.__new__(Running)
     from powernap.server.daemon import Server
 
@@ -666,5 +666,28 @@ def test_the_daemon_hands_every_policy_and_the_proxy_the_gate(tmp_path):
                 server.registry.get(name).state = "asleep"
                 answer = server._proxy_wake(server.registry.get(name), "who-has")
         assert answer["what"] == "queued" and answer["source"] == "proxy" and len(sent.wol) == 2  # wake_rate = 2
+    finally:
+        handle.stop()
+
+
+def test_unsigned_readers_get_no_causes_they_may_name_addresses(tmp_path):
+    import json
+    import urllib.request
+
+    sent = Sent()
+    handle, _port = _server(tmp_path, hosts(3), sent, server="read_auth = no\n")
+    try:
+        client = powerwake.ServerClient(handle.url, SECRET)
+        for name in ("h01", "h02", "h03"):
+            client.post("/v1/wake", {"host": name})
+        with handle.server.lock:
+            handle.server._proxy_wake(handle.server.registry.get("h03"), "who-has 10.0.0.3 from 10.0.0.9")
+        with urllib.request.urlopen(handle.url + "/v1/status", timeout=5) as reply:
+            head = json.loads(reply.read())["policy"]["queue"]["head"]
+        assert head and all("cause" not in entry for entry in head)
+        with urllib.request.urlopen(handle.url + "/v1/hosts/h03", timeout=5) as reply:
+            queued = json.loads(reply.read())["policy"]["queued"]
+        assert queued["source"] == "proxy" and "cause" not in queued
+        assert "10.0.0.9" in client.get("/v1/status")["policy"]["queue"]["head"][0]["cause"]  # signed: all of it
     finally:
         handle.stop()

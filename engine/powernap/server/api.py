@@ -71,7 +71,7 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
             _verify(app, (auth or "").encode("utf-8"), "read", http_label(method, path), path=path.split("?")[0])
             signed = True
         if parts[1:] == ["status"]:
-            return app.api_status()
+            return app.api_status(full=signed)
         if parts[1:] == ["hosts"]:
             return {"hosts": app.api_hosts(full=signed)}
         if parts[1] == "hosts" and len(parts) == 3:

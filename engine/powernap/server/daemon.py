@@ -127,8 +127,6 @@ class Server:
         if self.registry.problems:
             self.log.error("registry: started with what could be read; see /v1/status 'registry'")
         self.endpoint.guard.restore(self.registry.replay)
-        if self.rails.restore(self.registry.saved_extras.get("rails")):
-            self.registry.problems["policy"] = "some saved policy state was dropped (see the log)"
         for name, host in self.config.hosts.items():
             self.registry.define(name, host["mac"], host["ip"], host["groups"], host["bmc"] or None, host["wake"])
         for group, names in self.members.items():
@@ -136,6 +134,8 @@ class Server:
                 record = self.registry.get(name) or self.registry.define(name)
                 if group not in record.groups:
                     record.groups.append(group)
+        if self.rails.restore(self.registry.saved_extras.get("rails")):
+            self.registry.problems["policy"] = "some saved policy state was dropped (see the log)"
         self.log.info("powerwaked %s: %d hosts (%d from the saved registry)", __version__, len(self.registry), loaded)
         self._refresh_net(time.monotonic())
         family = socket.AF_INET6 if ":" in opts["listen"] else socket.AF_INET
@@ -508,7 +508,7 @@ class Server:
         saved = self.registry.commit() if commit else True
         return {"host": record.name, "state": record.state, "saved": saved}
 
-    def api_status(self) -> Dict[str, Any]:
+    def api_status(self, full: bool = True) -> Dict[str, Any]:
         counts: Dict[str, int] = {}
         for record in self.registry:
             counts[record.state] = counts.get(record.state, 0) + 1
@@ -535,7 +535,7 @@ class Server:
             "ups": [policy.to_dict() for policy, _poller in self.ups],
             "schedules": [schedule.to_dict() for schedule in self.schedules],
             "clusters": [cluster.to_dict() for cluster in self.clusters.values()],
-            "policy": self.rails.to_dict(self.clock.wall()),
+            "policy": self.rails.to_dict(self.clock.wall(), full),
             "test_clock": isinstance(self.clock, TestClock),
         }
 
@@ -548,7 +548,7 @@ class Server:
         return self._host(record, full) if record is not None else None
 
     def _host(self, record: Any, full: bool) -> Dict[str, Any]:
-        return dict(_shown(record.to_dict(), full), policy=self.rails.host_view(record.name, self.clock.wall()))
+        return dict(_shown(record.to_dict(), full), policy=self.rails.host_view(record.name, self.clock.wall(), full))
 
     def _api_counts(self) -> Optional[Dict[str, int]]:
         if self.api is None:

@@ -818,8 +818,11 @@ class PowerRails:
             return []
         return [self.config.groups[g] for g in record.groups if g in self.config.groups]
 
-    def to_dict(self, now: float) -> Dict[str, Any]:
-        """For /v1/status: the rate limits, the queue (its head), vetoes, decisions and recent refusals."""
+    def to_dict(self, now: float, full: bool = True) -> Dict[str, Any]:
+        """For /v1/status: the rate limits, the queue (its head), vetoes, decisions and recent refusals.
+
+        Not ``full`` (an unsigned reader): without the causes, which may name addresses (the proxy's).
+        """
         queued = collections.Counter(r.kind for r in self.queue.values())
         self._expire(now)
         for bucket in self.buckets.values():
@@ -831,23 +834,23 @@ class PowerRails:
                 "wake": queued.get("wake", 0),
                 "nap": queued.get("nap", 0),
                 "max": self.queue_size,
-                "head": [r.to_dict() for r in list(self.queue.values())[:20]],
+                "head": [_shown(r.to_dict(), full) for r in list(self.queue.values())[:20]],
             },
             "decisions": len(self.decisions),
             "vetoes": [v for group in sorted(self.vetoes) for v in self.active_vetoes(group, now)],
-            "refused": list(self.refused)[-20:],
+            "refused": [_shown(r, full) for r in list(self.refused)[-20:]],
             "counts": dict(self.counts),
         }
 
     def group_view(self, group: str, now: float) -> Dict[str, Any]:
         opts = self._group(group)
-        members = {r.host for r in self.queue.values() if r.record is not None and group in r.record.groups}
         window = self.windows.get(group)
         vetoes = self.active_vetoes(group, now)
         return {
             "mode": opts["mode"],
             "queued": {
-                kind: sum(1 for r in self.queue.values() if r.kind == kind and r.host in members) for kind in KINDS
+                kind: sum(1 for r in self.queue.values() if r.kind == kind and group in _groups(r.record))
+                for kind in KINDS
             },
             "nap_window": None if window is None else {
                 "open": window.open(now), "opens": window.opens(now), "closes": window.closes(now),
@@ -857,7 +860,7 @@ class PowerRails:
             "decisions": sum(1 for d in self.decisions.values() if d.get("group") == group),
         }  # fmt: skip
 
-    def host_view(self, name: str, now: float) -> Dict[str, Any]:
+    def host_view(self, name: str, now: float, full: bool = True) -> Dict[str, Any]:
         """For /v1/hosts/NAME (and so power_info): this host's transitions, queued request, decisions, vetoes."""
         seen = self.transitions.get(name)
         queued = self.queue.get(name)
@@ -866,7 +869,7 @@ class PowerRails:
             "last_wake": seen.last_wake if seen else None,
             "last_nap": seen.last_nap if seen else None,
             "transitions_today": seen.today(now) if seen else 0,
-            "queued": queued.to_dict() if queued is not None else None,
+            "queued": _shown(queued.to_dict(), full) if queued is not None else None,
             "decisions": [
                 {"id": d["id"], "kind": d["kind"], "expires": d["expires"]}
                 for d in self.decisions.values()
@@ -930,6 +933,14 @@ class PowerRails:
         for problem in problems[:10]:
             self.log.error("policy state: %s", problem)
         return problems
+
+
+def _shown(entry: Dict[str, Any], full: bool) -> Dict[str, Any]:
+    return entry if full else {key: value for key, value in entry.items() if key != "cause"}
+
+
+def _groups(record: Any) -> List[str]:
+    return record.groups if record is not None else []
 
 
 def _moot(kind: str, record: Any) -> bool:
