@@ -545,7 +545,11 @@ class PowerRails:
             try:
                 refusal = rule.check(request, now)
             except Exception:  # a broken rule must not stop the fleet (nor let it crash the daemon)
-                self.log.exception("rule %s failed on %s", getattr(rule, "name", rule), request.host)
+                self.counts["rule_errors"] += 1
+                key = ("", "", "rule %s" % getattr(rule, "name", rule))
+                if now - self._logged.get(key, float("-inf")) >= REFUSAL_LOG_EVERY:  # once per 5 minutes
+                    self._logged[key] = now
+                    self.log.exception("rule %s failed on %s (ignored)", getattr(rule, "name", rule), request.host)
                 continue
             if refusal is None:
                 continue
