@@ -446,6 +446,8 @@ def schema_markdown(data: Dict[str, Any]) -> str:
     prefix = {"section": "", "monitor": "monitor: ", "tweak": "tweak: "}
     out = []
     for kind in ("section", "monitor", "tweak"):
+        if kind not in data:
+            continue  # powerwaked's reference has sections only
         out.append("### %s\n" % titles[kind])
         for name, entry in data.get(kind, {}).items():
             heading = (

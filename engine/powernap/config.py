@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 from . import ini
 from .actions import ACTIONS, CUSTOM, POWERSAVE, ActionsSection
 from .errors import ConfigError
-from .options import Boolean, Choice, Declared, Duration, Option, String, registry
+from .options import Boolean, Choice, Declared, Duration, ListOf, Option, String, registry
 from .server.protocol import parse_server_url
 from .sysroot import SysRoot
 
@@ -180,6 +180,21 @@ class ServerSection(Declared):
             default=5.0,
             doc="Longest a single report may take; reports never block napping.",
         ),
+        Option(
+            "veto_monitors",
+            ListOf(String(nonempty=True, max_length=64, pattern=r"[a-z0-9][a-z0-9_-]*", form="a monitor name")),
+            default=(),
+            doc="Monitors ([monitor.NAME] names) whose activity vetoes the fleet's naps of this host's groups: "
+            "while one is busy, every report asks powerwaked to keep the groups awake for veto_for (e.g. a "
+            "backup running on a file server keeps its whole group up).",
+        ),
+        Option(
+            "veto_for",
+            Duration(minimum=60, maximum=7 * 86400),
+            default=900.0,
+            doc="How long one report's veto lasts; renewed with every report while the monitor is busy, lifted by "
+            "the first report after it is idle.",
+        ),
     )
 
 
@@ -301,6 +316,15 @@ def load_config(paths: Sequence[str], root: Optional[SysRoot] = None) -> Tuple[C
             )
 
     config.stages = _load_stages(raw_stages, config, errors, parse)
+    names = {m.name for m in config.monitors}
+    for name in config.server["veto_monitors"]:
+        if name not in names:
+            section = doc.get("server")
+            errors.append(
+                section.error("veto_monitors: no [monitor.%s] section" % name, "veto_monitors")
+                if section is not None
+                else ConfigError("veto_monitors: no [monitor.%s] section" % name, paths[0] if paths else None)
+            )
     if not raw_stages:
         errors.append(
             ConfigError("no [stage.N] section: the engine would never do anything", paths[0] if paths else None)

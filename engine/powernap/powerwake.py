@@ -435,6 +435,66 @@ def cmd_status(args: argparse.Namespace, server: Optional[ServerClient], out: An
     return 0
 
 
+def cmd_policy(args: argparse.Namespace, server: Optional[ServerClient], out: Any) -> int:
+    """decisions / approve / reject / veto: the policy gate's admin side (signed with the master secret)."""
+    if server is None:
+        print("powerwake: no fleet server configured (--server, $POWERWAKE_SERVER or [server] url)", file=sys.stderr)
+        return 1
+    quote = urllib.request.quote
+    try:
+        if args.command == "decisions":
+            answer = server.get("/v1/decisions")["decisions"]
+        elif args.command in ("approve", "reject"):
+            body = {"force": True} if getattr(args, "force", False) else {}
+            answer = server.post("/v1/decisions/%s/%s" % (quote(args.id, safe=""), args.command), body)
+        elif args.clear:
+            answer = server.post("/v1/groups/%s/veto" % quote(args.group, safe=""), {"clear": True})
+        else:
+            body = {"ttl": args.duration, "reason": args.reason}
+            answer = server.post("/v1/groups/%s/veto" % quote(args.group, safe=""), body)
+    except urllib.error.HTTPError as exc:
+        print("powerwake %s: %s" % (args.command, _http_error(exc)), file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError) as exc:
+        print("powerwake: cannot reach %s: %s" % (server.url, exc), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True), file=out)
+    elif args.command == "decisions":
+        print("%-16s %-5s %-20s %-9s %-8s %s" % ("ID", "DO", "HOST", "SOURCE", "EXPIRES", "WHY"), file=out)
+        now = time.time()
+        for decision in answer:
+            print(
+                "%-16s %-5s %-20s %-9s %-8s %s"
+                % (decision["id"], decision["kind"], decision["host"], decision["source"],
+                   _ago(decision["expires"], now), decision["cause"]),
+                file=out,
+            )  # fmt: skip
+    else:
+        print(_summary(answer), file=out)
+    refused = isinstance(answer, dict) and answer.get("what") == "refused"
+    return 1 if refused else 0
+
+
+def _summary(answer: Dict[str, Any]) -> str:
+    if "lifted" in answer:
+        return "%s: %d veto(es) lifted" % (answer["group"], answer["lifted"])
+    if "owner" in answer:
+        return "%s: naps vetoed until %s (%s)" % (
+            answer["group"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(answer["until"])), answer["reason"],
+        )  # fmt: skip
+    what = answer.get("what")
+    detail = answer.get("reason") or answer.get("method") or ""
+    return "%s %s: %s%s" % (answer.get("host"), answer.get("kind") or "", what, " (%s)" % detail if detail else "")
+
+
+def _http_error(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.read().decode("utf-8"))["error"])[:300]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "HTTP %s" % exc.code
+
+
 def _ago(now: float, then: Optional[float]) -> str:
     if not then:
         return "never"
@@ -444,6 +504,23 @@ def _ago(now: float, then: Optional[float]) -> str:
     if seconds < 7200:
         return "%dm" % (seconds // 60)
     return "%dh" % (seconds // 3600)
+
+
+POLICY_COMMANDS = {
+    "decisions": "List the fleet server's pending decisions (groups in recommend-only mode).",
+    "approve": "Approve a pending decision: the server carries it out (rate limits still apply).",
+    "reject": "Reject a pending decision.",
+    "veto": "Stop a group's policy naps for a while (or lift its vetoes with --clear).",
+}
+
+
+def _seconds(text: str) -> float:
+    from .options import Duration
+
+    try:
+        return float(Duration(minimum=1, maximum=7 * 86400).parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser(prog: str = "powerwake") -> argparse.ArgumentParser:
@@ -474,6 +551,24 @@ def _server_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     out = out or sys.stdout
+    if argv and argv[0] in POLICY_COMMANDS:
+        sub = argparse.ArgumentParser(prog="powerwake " + argv[0], description=POLICY_COMMANDS[argv[0]])
+        if argv[0] in ("approve", "reject"):
+            sub.add_argument("id", help="the decision's id (powerwake decisions)")
+        if argv[0] == "approve":
+            sub.add_argument("--force", action="store_true", help="nap even though the group's naps are vetoed")
+        if argv[0] == "veto":
+            sub.add_argument("group")
+            sub.add_argument("--for", dest="duration", type=_seconds, default=3600.0, help="how long (e.g. 2h)")
+            sub.add_argument("--reason", default="", help="shown with the veto")
+            sub.add_argument("--clear", action="store_true", help="lift every veto of the group")
+        sub.add_argument("--json", action="store_true")
+        _server_args(sub)
+        args = sub.parse_args(argv[1:])
+        args.command = argv[0]
+        server_config = read_server_config(args.config)
+        url, secret = server_from_configs(args.server, args.engine_config, server_config)
+        return cmd_policy(args, server_client(url, secret, server_config), out)
     if argv and argv[0] in ("list", "status"):
         sub = argparse.ArgumentParser(prog="powerwake " + argv[0])
         if argv[0] == "status":

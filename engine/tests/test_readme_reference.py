@@ -1,4 +1,4 @@
-"""The config reference in engine/README.md is generated from the option tables: keep it in step.
+"""The config references in engine/README.md are generated from the option tables: keep them in step.
 
 Regenerate with: python3 tests/test_readme_reference.py --write   (run from engine/)
 """
@@ -6,32 +6,44 @@ Regenerate with: python3 tests/test_readme_reference.py --write   (run from engi
 import os
 import sys
 
+import pytest
+
 from powernap.cli import schema_markdown
 from powernap.config import schema
+from powernap.server.config import schema as server_schema
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-HEADING = "## Reference (generated: `powernap schema --markdown`)\n\n"
-END = "<!-- end of generated reference -->\n"
+# (heading, end marker, the option tables): the engine's, and powerwaked's.
+REFERENCES = (
+    ("## Reference (generated: `powernap schema --markdown`)\n\n", "<!-- end of generated reference -->\n", schema),
+    (
+        "### powerwaked options (generated: `python3 -m powernap.server.daemon --schema-markdown`)\n\n",
+        "<!-- end of generated powerwaked reference -->\n",
+        server_schema,
+    ),
+)
 
 
-def _split(text):
-    start = text.index(HEADING) + len(HEADING)
-    end = text.index(END, start)
+def _split(text, heading, end_marker):
+    start = text.index(heading) + len(heading)
+    end = text.index(end_marker, start)
     return text[:start], text[start:end], text[end:]
 
 
-def _generated():
-    return schema_markdown(schema()).rstrip("\n") + "\n"
+def _generated(tables):
+    return schema_markdown(tables()).rstrip("\n") + "\n"
 
 
-def test_readme_reference_matches_the_option_tables():
+@pytest.mark.parametrize("heading, end_marker, tables", REFERENCES, ids=["engine", "powerwaked"])
+def test_readme_reference_matches_the_option_tables(heading, end_marker, tables):
     with open(README, encoding="utf-8") as handle:
-        _head, body, _tail = _split(handle.read())
-    assert body == _generated(), "engine/README.md reference is stale: run tests/test_readme_reference.py --write"
+        _head, body, _tail = _split(handle.read(), heading, end_marker)
+    assert body == _generated(tables), "engine/README.md reference is stale: run tests/test_readme_reference.py --write"
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
-    with open(README, encoding="utf-8") as handle:
-        head, _body, tail = _split(handle.read())
-    with open(README, "w", encoding="utf-8") as handle:
-        handle.write(head + _generated() + tail)
+    for heading, end_marker, tables in REFERENCES:
+        with open(README, encoding="utf-8") as handle:
+            head, _body, tail = _split(handle.read(), heading, end_marker)
+        with open(README, "w", encoding="utf-8") as handle:
+            handle.write(head + _generated(tables) + tail)

@@ -325,6 +325,15 @@ server:
         watts:
           description: What the host draws now, by the server's figures.
           type: float
+    policy:
+      description:
+        - The server's policy gate for the host (C(powerwaked) 16+, null before)
+        - V(last_wake) and V(last_nap) (epoch seconds or null), V(transitions_today), V(queued) (a request waiting
+          for a rate limit or cooldown, or null), V(decisions) (pending recommend-only decisions, each with V(id),
+          V(kind), V(expires)) and V(vetoes) (the active vetoes on the host's groups, each with V(group), V(owner),
+          V(reason), V(until), V(since)).
+      type: dict
+      returned: when found
   sample: {"url": "http://nas1.example.net:7490", "host": "web1", "reachable": true, "found": true,
            "name": "web1", "state": "asleep", "since": 1790000000.0, "last_seen": 1790000000.0,
            "last_event": "action-start", "stage": 2, "idle_seconds": 3600.0, "next_wake": null, "engine": true,
@@ -351,7 +360,7 @@ ENGINE_KEYS = ("state", "idle_seconds", "stage", "next_action", "powersave", "ve
 # The registry record fields returned under `server` (see engine/powernap/server/registry.py HostRecord).
 SERVER_KEYS = (
     "name", "state", "since", "last_seen", "last_event", "stage", "idle_seconds", "next_wake", "engine", "groups",
-    "macs", "ips", "hold", "wakes", "energy",
+    "macs", "ips", "hold", "wakes", "energy", "policy",
 )  # fmt: skip
 SERVER_PORT = 7490
 VM_VENDORS = ("qemu", "kvm", "vmware", "virtualbox", "innotek", "xen", "microsoft corporation", "bochs", "parallels")

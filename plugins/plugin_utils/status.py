@@ -53,6 +53,24 @@ def _verdict(verdict):
     return "denied: " + "; ".join("%s (%s)" % (", ".join(actions), reason) for reason, actions in by_reason.items())
 
 
+def fleet_policy(result):
+    """What the fleet server's policy gate holds for the host (power_info's server.policy): vetoes, decisions,
+    a queued request; None when the server was not asked."""
+    server = result.get("server") if isinstance(result, dict) else None
+    policy = server.get("policy") if isinstance(server, dict) else None
+    if not isinstance(policy, dict):
+        return None
+    parts = []
+    for veto in policy.get("vetoes") or ():
+        parts.append("%s vetoed by %s: %s" % (veto.get("group"), veto.get("owner"), veto.get("reason")))
+    for decision in policy.get("decisions") or ():
+        parts.append("%s awaits approval (decision %s)" % (decision.get("kind"), decision.get("id")))
+    queued = policy.get("queued")
+    if isinstance(queued, dict):
+        parts.append("%s queued (%s)" % (queued.get("kind"), queued.get("source")))
+    return "; ".join(to_text(part) for part in parts) or "-"
+
+
 def status_row(host, result):
     """Cells for one host from its registered powernap.fleet.power_info result (or its absence)."""
     host = to_text(host)
@@ -95,8 +113,17 @@ def _registered(hosts, hostvars, var):
 
 
 def status_table(hosts, hostvars, var):
-    """A text table of every host (state, idle time, next action, verdict) from registered power_info results."""
-    return _table(HEADERS, [status_row(host, result) for host, result in _registered(hosts, hostvars, var)])
+    """A text table of every host (state, idle time, next action, verdict) from registered power_info results.
+
+    When the fleet server was asked (power_info server_url), a FLEET POLICY column shows its vetoes,
+    pending decisions and queued requests for each host.
+    """
+    results = list(_registered(hosts, hostvars, var))
+    rows = [status_row(host, result) for host, result in results]
+    policies = [fleet_policy(result) for _host, result in results]
+    if all(policy is None for policy in policies):
+        return _table(HEADERS, rows)
+    return _table(HEADERS + ("FLEET POLICY",), [rows[i] + (policies[i] or "-",) for i in range(len(rows))])
 
 
 def _cell(value):

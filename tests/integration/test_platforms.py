@@ -4,8 +4,9 @@
 ``lab/powernap_lab/image.py`` (``SUITES``: bullseye with Python 3.9, trixie with Python 3.13) gets a lab of
 its own (3 hosts, from the same image recipe), and ``molecule test -s default`` converges it with package
 installation on (from the lab's apt repository: ``ethtool`` is purged from every host first and the udev
-rule names the package's ethtool, so the role really installs it), checks that a second run changes nothing, and verifies the
-config, the services, Wake-on-LAN and the installed packages.  ``make platforms`` runs this file.
+rule names the package's ethtool, so the role really installs it), checks that a second run changes
+nothing, and verifies the config, the services, Wake-on-LAN and the installed packages.  ``make platforms``
+runs this file.
 """
 
 import os

@@ -12,6 +12,7 @@ readers; lookups by IP or MAC need a signature as well::
     GET /v1/groups              every group: members, awake, asleep, needed, demand
     GET /v1/groups/NAME         one group
     GET /v1/history             recent wakes, naps, escalations
+    GET /v1/decisions           pending decisions of groups in recommend-only mode
 
 Writes: the body is one message signed with the master secret for its method
 and path (``protocol.http_label``: a wake body is refused at ``/v1/nap``); a
@@ -19,8 +20,14 @@ report is the engine's datagram, signed with its own host key::
 
     POST /v1/report             an engine report (same bytes as the UDP datagram)
     POST /v1/wake               {"kind": "request", "host": NAME, "method": "auto|wol|ipmi"}
-    POST /v1/nap                {"kind": "request", "host": NAME, "action": "suspend|poweroff|..."}
+    POST /v1/nap                {"kind": "request", "host": NAME, "action": "suspend|poweroff|...", "force": BOOL}
     POST /v1/groups/NAME/demand {"kind": "request", "more": N, "ttl": SECONDS}  (external schedulers)
+    POST /v1/groups/NAME/veto   {"kind": "request", "ttl": SECONDS, "reason": TEXT} or {..., "clear": true}
+    POST /v1/decisions/ID/approve  {"kind": "request", "force": BOOL}  (act on a recommend-only decision)
+    POST /v1/decisions/ID/reject   {"kind": "request"}
+
+Wakes and naps pass the policy gate (``rails``): the answer is the history entry of
+what was done, or ``{"what": "queued" | "refused" | "decision", "reason": ...}``.
 
 Metrics: ``GET /metrics`` answers in the Prometheus text format (``metrics.py``).  Loopback
 clients read it without credentials (``[metrics] local``); any other client sends
@@ -77,7 +84,7 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
             _verify(app, (auth or "").encode("utf-8"), "read", http_label(method, path), path=path.split("?")[0])
             signed = True
         if parts[1:] == ["status"]:
-            return app.api_status()
+            return app.api_status(full=signed)
         if parts[1:] == ["hosts"]:
             return {"hosts": app.api_hosts(full=signed)}
         if parts[1] == "hosts" and len(parts) == 3:
@@ -90,6 +97,10 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
             if not signed:
                 raise ApiError(401, "the history names addresses: send a signed read")
             return {"history": app.api_history()}
+        if parts[1:] == ["decisions"]:
+            if not signed:
+                raise ApiError(401, "decisions name hosts and causes: send a signed read")
+            return {"decisions": app.api_decisions()}
         raise ApiError(404, "no such endpoint %s" % path)
     if method == "POST":
         if parts[1:] == ["report"]:
@@ -118,6 +129,7 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
                     str(message.get("host")),
                     message.get("action"),
                     "API request from %s (%s)" % (message["from"], client[0]),
+                    bool(message.get("force")),
                 ),
                 "host",
                 message.get("host"),
@@ -131,6 +143,17 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
             if more < 0 or ttl <= 0:
                 raise ApiError(400, "'more' must be >= 0 and 'ttl' > 0")
             return _found(app.api_demand(parts[2], more, ttl, message["from"]), "cluster group", parts[2])
+        if parts[1] == "groups" and len(parts) == 4 and parts[3] == "veto":
+            clear = bool(message.get("clear"))
+            if not clear and message.get("ttl") is None:
+                raise ApiError(400, "a veto needs 'ttl' (seconds), or 'clear': true")
+            answer = app.api_veto(
+                parts[2], message["from"], message.get("ttl"), str(message.get("reason") or ""), clear
+            )
+            return _found(answer, "group", parts[2])
+        if parts[1] == "decisions" and len(parts) == 4 and parts[3] in ("approve", "reject"):
+            answer = app.api_decide(parts[2], parts[3] == "approve", message["from"], bool(message.get("force")))
+            return _found(answer, "pending decision", parts[2])
         raise ApiError(404, "no such endpoint %s" % path)
     raise ApiError(405, "method %s not allowed" % method)
 

@@ -13,6 +13,8 @@ needed = max(min_awake, ceil(load / capacity) + headroom, external demand)
 * External schedulers ask for "N more awake hosts" through the API
   (``demand``): the need becomes at least the awake count at that moment
   plus N, until the demand's ttl ends.
+* ``fleet`` is the policy gate (``rails.PowerRails``): its rate limits, nap
+  windows, anti-flap rules and recommend-only mode apply (source ``cluster``).
 """
 
 import math
@@ -156,7 +158,9 @@ class ClusterPolicy:
             sleepers = [r for r in self.hosts() if not r.up and r.state != P.WAKING and not r.hold]
             for record in sleepers[: self.needed - len(awake)]:
                 self.napped.pop(record.name, None)
-                self.fleet.wake(record, "cluster %s: %d awake, %d needed" % (self.name, len(awake), self.needed))
+                self.fleet.wake(
+                    record, "cluster %s: %d awake, %d needed" % (self.name, len(awake), self.needed), source="cluster"
+                )
             return
         surplus = len(awake) > self.needed and self.load is not None
         if not surplus:
@@ -175,11 +179,14 @@ class ClusterPolicy:
         victim = min(candidates, key=lambda r: (float(r.load or 0.0) / max(1, int(r.cpus or 1)), r.name))
         self.last_nap = now
         self.napped[victim.name] = now
-        self.fleet.nap(
+        answer = self.fleet.nap(
             victim,
             self.fleet.config.nap_action(self.group),
             "cluster %s: load %.2f needs %d of %d awake" % (self.name, self.load, self.needed, len(awake)),
+            source="cluster",
         )
+        if answer.get("what") in ("refused", "decision"):
+            self.napped.pop(victim.name, None)  # the policy gate held it: nothing napped, ask again next step
 
     def to_dict(self, now: Optional[float] = None) -> Dict[str, Any]:
         return {

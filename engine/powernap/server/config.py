@@ -158,6 +158,25 @@ class ServerSection(Declared):
                doc="At most this many hosts in the registry; reports for further new hosts are refused."),
         Option("register", Boolean(), default=True,
                doc="Accept reports from hosts the config does not name ([host.NAME] or a group); no: refuse them."),
+        # The policy gate (rails.py): every wake and nap of every source passes it.
+        Option("wake_rate", Number(0, 100000), default=300.0,
+               doc="Fleet-wide: at most this many hosts woken per minute, by any path (proxy, schedules, cluster, "
+                   "UPS, API); a minute's worth may go at once, the rest is paced and queued (0: no limit; Slurm's "
+                   "ResumeRate default)."),
+        Option("nap_rate", Number(0, 100000), default=60.0,
+               doc="Fleet-wide: at most this many hosts napped per minute (0: no limit; Slurm's SuspendRate default). "
+                   "UPS naps on low battery or forced shutdown are never held back."),
+        Option("queue_size", Integer(1, 100000), default=10000,
+               doc="Requests over a rate limit wait in one FIFO queue of at most this many (one per host); when it "
+                   "is full the oldest is dropped (and shown under refused)."),
+        Option("queue_timeout", Duration(minimum=1, maximum=86400), default=3600.0,
+               doc="A queued request that waited this long is dropped (refused, with the reason)."),
+        Option("decision_ttl", Duration(minimum=10, maximum=7 * 86400), default=3600.0,
+               doc="Recommend-only mode: a decision not approved within this lapses."),
+        Option("max_decisions", Integer(1, 10000), default=1000,
+               doc="Recommend-only mode: at most this many pending decisions (the oldest make room)."),
+        Option("max_veto", Duration(minimum=60, maximum=7 * 86400), default=86400.0,
+               doc="The longest veto an engine or an API client may set on a group's naps (longer ones are cut)."),
     )  # fmt: skip
 
 
@@ -231,7 +250,30 @@ class GroupSection(Declared):
     OPTIONS = (
         Option("hosts", _NAMES, default=(), doc="Member hosts."),
         Option("nap_action", Choice(*NAP_ACTIONS), default="suspend", doc="What 'nap' means for this group."),
-    )
+        Option("wake_rate", Number(0, 100000), default=0.0,
+               doc="At most this many of the group's hosts woken per minute, on top of [powerwaked] wake_rate "
+                   "(0: only the fleet-wide limit)."),
+        Option("nap_rate", Number(0, 100000), default=0.0,
+               doc="At most this many of the group's hosts napped per minute (0: only the fleet-wide limit)."),
+        Option("wake_after_nap", Duration(maximum=7 * 86400), default=0.0,
+               doc="Anti-flap: a host napped less than this ago is woken by the proxy, a schedule or the cluster "
+                   "policy only once this has passed (the wake waits in the queue); admins and the UPS policy are "
+                   "not held back."),
+        Option("nap_after_wake", Duration(maximum=7 * 86400), default=0.0,
+               doc="Anti-flap: a host woken less than this ago is not napped by a schedule or the cluster policy "
+                   "(refused, with the reason)."),
+        Option("max_transitions", Integer(0, 100000), default=0,
+               doc="At most this many naps plus wakes of one host per local day by the proxy, schedules and the "
+                   "cluster policy; more are refused (0: no cap). Admin and UPS requests are not capped."),
+        Option("nap_from", Calendar(), default=None,
+               doc="Nap window: schedules and the cluster policy nap this group's hosts only from this event until "
+                   "the next nap_until event (e.g. Mon..Fri 20:00); admin and UPS naps are not bound by it."),
+        Option("nap_until", Calendar(), default=None,
+               doc="End of the nap window (e.g. Mon..Fri 07:00); goes with nap_from."),
+        Option("mode", Choice("act", "recommend"), default="act",
+               doc="recommend: schedules and the cluster policy only record what they would do (GET /v1/decisions) "
+                   "until an admin approves it (powerwake approve ID); act: they act."),
+    )  # fmt: skip
 
 
 class UpsSection(Declared):
@@ -502,6 +544,9 @@ def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
             errors.append(where("cluster." + name)("unknown group %r" % opts["group"], "group"))
         if opts["source"] == "url" and not opts["url"]:
             errors.append(where("cluster." + name)("source = url needs url", "source"))
+    for name, opts in config.groups.items():
+        if (opts["nap_from"] is None) != (opts["nap_until"] is None):
+            errors.append(where("group." + name)("nap_from and nap_until go together", "nap_from"))
     for name, opts in config.named["schedule"].items():
         if opts["wake"] is None and opts["nap"] is None:
             errors.append(where("schedule." + name)("a schedule needs wake, nap or both"))
@@ -553,6 +598,13 @@ def _check_energy(config: ServerConfig, where: Any, errors: List[ConfigError]) -
                         )
                     )
                 owner.setdefault(item, name)
+
+
+def schema() -> Dict[str, Any]:
+    """Every powerwaked section's options (the source of its reference in engine/README.md)."""
+    return {
+        "section": {(kind + ".NAME" if kind in NAMED else kind): cls.schema() for kind, cls in sorted(SECTIONS.items())}
+    }
 
 
 def config_files(main: str) -> List[str]:

@@ -13,6 +13,7 @@ Run: ``python3 -m powernap.server.daemon [--config FILE] [--check-config]``.
 import argparse
 import gc
 import logging
+import os
 import queue
 import selectors
 import signal
@@ -37,6 +38,7 @@ from .fleet import Fleet
 from .metrics import WakeStats, server_collectors
 from .netinfo import NetView
 from .proxy import RawListener, SleepProxy, tcp_probe
+from .rails import PowerRails
 from .registry import Refused, Registry
 from .schedule import SchedulePolicy, earliest
 from .trust import ClaimFilter
@@ -44,6 +46,7 @@ from .ups import UpsPolicy, UpsPoller
 from .wake import WolSender, interface_mac
 
 TICK = 0.25
+TEST_CLOCK_ENV = "POWERWAKED_TEST_CLOCK"  # must be "yes" for --test-clock-start to be taken (tests only)
 PROBE_EVERY = 5.0  # seconds between confirmation probes of one host
 MAX_PROBES = 16  # probes running at once
 NET_REFRESH = 60.0  # seconds between re-reads of our addresses, gateways and links
@@ -67,7 +70,10 @@ class Server:
         self.read_auth = bool(opts["read_auth"])
         # Each host's key is derived from the master secret: a report verifies only with its sender's key.
         self.keys = P.ServerKeys(config.secret.encode("utf-8"))
-        self.endpoint = _Endpoint(self.keys.for_message, float(opts["max_skew"]), clock=self.clock.wall)
+        # Signed messages are checked against the real clock even under a test clock (their senders use it).
+        self.endpoint = _Endpoint(
+            self.keys.for_message, float(opts["max_skew"]), clock=getattr(self.clock, "real_wall", self.clock.wall)
+        )
         self.registry = Registry(
             config.store,  # opened here: a store it cannot open (a newer schema, a database refused) stops the start
             float(opts["stale_factor"]),
@@ -91,6 +97,10 @@ class Server:
         self.fleet = Fleet(
             self.registry, config, self.clock, self.wol.send, self._send_datagram, log=self.log.getChild("fleet")
         )
+        # Every wake and nap (proxy, policies, API) passes the policy gate on its way to the fleet.
+        self.rails = PowerRails(self.fleet, config, self.clock, log=self.log.getChild("rails"))
+        self.registry.extras["rails"] = self.rails.export
+        self.registry.listeners.append(self.rails.on_state_change)
         self.udp: Optional[socket.socket] = None
         self.api: Optional[ApiServer] = None
         self.raw: Optional[RawListener] = None
@@ -134,6 +144,8 @@ class Server:
                 record = self.registry.get(name) or self.registry.define(name)
                 if group not in record.groups:
                     record.groups.append(group)
+        if self.rails.restore(self.registry.saved_extras.get("rails")):
+            self.registry.problems["policy"] = "some saved policy state was dropped (see the log)"
         self.log.info("powerwaked %s: %d hosts (%d from the saved registry)", __version__, len(self.registry), loaded)
         self._refresh_net(time.monotonic())
         family = socket.AF_INET6 if ":" in opts["listen"] else socket.AF_INET
@@ -161,7 +173,7 @@ class Server:
         for name, ups_opts in self.config.named["ups"].items():
             poller = UpsPoller(ups_opts, self.log.getChild("ups"))
             poller.start()
-            self.ups.append((UpsPolicy(name, ups_opts, self.fleet, self.members, self.log.getChild("ups")), poller))
+            self.ups.append((UpsPolicy(name, ups_opts, self.rails, self.members, self.log.getChild("ups")), poller))
         holds = {policy.hold for policy, _poller in self.ups}
         for record in self.registry:
             if record.hold and record.hold not in holds:
@@ -170,7 +182,7 @@ class Server:
                 record.hold = None
         for name, sched_opts in self.config.named["schedule"].items():
             self.schedules.append(
-                SchedulePolicy(name, sched_opts, self.fleet, self.members, self.log.getChild("schedule"), now)
+                SchedulePolicy(name, sched_opts, self.rails, self.members, self.log.getChild("schedule"), now)
             )
         for name, cl_opts in self.config.named["cluster"].items():
             url_load = None
@@ -179,7 +191,7 @@ class Server:
                 url_load.start()
                 self.url_loads.append(url_load)
             self.clusters[cl_opts["group"]] = ClusterPolicy(
-                name, cl_opts, self.fleet, self.members, self.log.getChild("cluster"), url_load
+                name, cl_opts, self.rails, self.members, self.log.getChild("cluster"), url_load
             )
         if opts["announce"]:
             try:
@@ -220,7 +232,7 @@ class Server:
         own = format_mac(interface_mac(opts["interface"]))
         self.proxy = SleepProxy(
             self.registry,
-            self.fleet.wake,
+            self._proxy_wake,
             own_macs=[own],
             ignore_macs=proxy_opts["ignore_macs"],
             cooldown=proxy_opts["cooldown"],
@@ -242,6 +254,9 @@ class Server:
         for fd in self.raw.fds():
             self._selector.register(fd, selectors.EVENT_READ, self._on_raw)
         self.log.info("sleep proxy on %s (answer_arp=%s)", opts["interface"], proxy_opts["answer_arp"])
+
+    def _proxy_wake(self, record: Any, cause: str) -> Any:
+        return self.rails.wake(record, cause, source="proxy")
 
     def _on_state_change(self, record: Any, old: str, cause: str) -> None:
         if self.proxy is not None and old == P.WAKING and record.up:
@@ -303,13 +318,14 @@ class Server:
                     [ip for record in self.registry for ip in record.ips if ":" in ip],
                 )
         self._isolated("wake service tick", self.fleet.tick)
+        self._isolated("policy gate", self.rails.tick)
         for policy, poller in self.ups:
             self._isolated("UPS %s" % policy.name, policy.observe, poller.latest, now)
         for schedule in self.schedules:
             self._isolated("schedule %s" % schedule.name, schedule.tick, now)
         for cluster in self.clusters.values():
             self._isolated("cluster %s" % cluster.name, cluster.tick, now)
-        self._isolated("replay state", self._prune_replay, now)
+        self._isolated("replay state", self._prune_replay, self.endpoint.clock())  # message time (real)
         self._isolated("registry save", self.registry.save_if_due, now)
 
     # -- confirmation probes ------------------------------------------------------------------
@@ -502,11 +518,12 @@ class Server:
         # acks and commands still go there.
         sender_ip_ok = sender is not None and self.claims.sender_ok(host, sender[0])
         record = self.registry.accept_report(claimed, sender, self.clock.wall(), sender_ip_ok=sender_ip_ok)
+        self.rails.engine_veto(record, claimed, self.clock.wall())
         self.reports += 1
         saved = self.registry.commit() if commit else True
         return {"host": record.name, "state": record.state, "saved": saved}
 
-    def api_status(self) -> Dict[str, Any]:
+    def api_status(self, full: bool = True) -> Dict[str, Any]:
         counts: Dict[str, int] = {}
         for record in self.registry:
             counts[record.state] = counts.get(record.state, 0) + 1
@@ -535,6 +552,8 @@ class Server:
             "schedules": [schedule.to_dict() for schedule in self.schedules],
             "clusters": [cluster.to_dict() for cluster in self.clusters.values()],
             "energy": dict(self.energy.report(self.registry, self.clock.wall()), price_per_kwh=self.energy.price),
+            "policy": self.rails.to_dict(self.clock.wall(), full),
+            "test_clock": isinstance(self.clock, TestClock),
         }
 
     def api_hosts(self, full: bool = True) -> List[Dict[str, Any]]:
@@ -546,7 +565,7 @@ class Server:
         return self._host(record, full) if record is not None else None
 
     def _host(self, record: Any, full: bool) -> Dict[str, Any]:
-        shown = _shown(record.to_dict(), full)
+        shown = dict(_shown(record.to_dict(), full), policy=self.rails.host_view(record.name, self.clock.wall(), full))
         shown["energy"] = self.energy.host_report(record, self.clock.wall())  # the accumulators plus the running state
         return shown
 
@@ -584,6 +603,7 @@ class Server:
         if cluster is not None:
             info["needed"] = cluster.needed
             info["cluster"] = cluster.to_dict()
+        info["policy"] = self.rails.group_view(name, self.clock.wall())
         return info
 
     def api_history(self) -> List[Dict[str, Any]]:
@@ -595,20 +615,57 @@ class Server:
             return None
         if method not in ("auto", "wol", "ipmi"):
             method = "auto"
-        return self.fleet.wake(record, cause, method)
+        return self.rails.wake(record, cause, method, source="api")
 
-    def api_nap(self, target: str, action: Optional[str], cause: str) -> Optional[Dict[str, Any]]:
+    def api_nap(self, target: str, action: Optional[str], cause: str, force: bool = False) -> Optional[Dict[str, Any]]:
         record = self.registry.find(target)
         if record is None:
             return None
         group = record.groups[0] if record.groups else ""
-        return self.fleet.nap(record, str(action or self.config.nap_action(group)), cause)
+        return self.rails.nap(record, str(action or self.config.nap_action(group)), cause, source="api", force=force)
+
+    def api_decisions(self) -> List[Dict[str, Any]]:
+        return self.rails.list_decisions()
+
+    def api_decide(self, decision_id: str, approve: bool, who: str, force: bool = False) -> Optional[Dict[str, Any]]:
+        return self.rails.decide(decision_id, approve, who, force)
+
+    def api_veto(
+        self, group: str, who: str, ttl: Optional[float], reason: str, clear: bool
+    ) -> Optional[Dict[str, Any]]:
+        """Set (or with ``clear``, lift) the API client ``who``'s veto on a group's naps; None: no such group."""
+        if group not in self.members:
+            return None
+        now = self.clock.wall()
+        owner = "api %s" % who
+        if clear:  # every veto of the group (an engine whose monitor is still busy sets its own again)
+            return {"group": group, "lifted": self.rails.clear_veto(group, None)}
+        return self.rails.veto(group, owner, float(ttl if ttl is not None else 3600.0), reason, now)
 
     def api_demand(self, group: str, more: int, ttl: float, who: str) -> Optional[Dict[str, Any]]:
         cluster = self.clusters.get(group)
         if cluster is None:
             return None
         return cluster.demand(more, ttl, who, self.clock.wall())
+
+
+class TestClock(Clock):
+    """TESTS ONLY: the server's policy clock started at another wall time (calendar events come sooner).
+
+    Enabled by ``--test-clock-start EPOCH`` together with ``POWERWAKED_TEST_CLOCK=yes`` in the
+    environment (either alone is refused), never by a config file; logged as a warning and shown as
+    ``test_clock`` in /v1/status.  It runs at real speed, offset; signed messages are still checked
+    against the real clock (``real_wall``).
+    """
+
+    def __init__(self, start: float):
+        self.offset = start - time.time()
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def real_wall(self) -> float:
+        return time.time()
 
 
 class _Endpoint(P.Endpoint):
@@ -656,9 +713,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="print HOST's own key (its engine's [server] token), derived from the config's master secret",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--test-clock-start", type=float, metavar="EPOCH", help=argparse.SUPPRESS)
+    parser.add_argument("--schema-markdown", action="store_true", help="print the option reference and exit")
     parser.add_argument("--version", action="version", version="powerwaked " + __version__)
     args = parser.parse_args(argv)
-    from ..cli import setup_logging
+    from ..cli import schema_markdown, setup_logging
+
+    if args.schema_markdown:
+        from .config import schema
+
+        print(schema_markdown(schema()))
+        return 0
 
     log = setup_logging(args.log_level).getChild("powerwaked")
     config, errors = load_config(config_files(args.config))
@@ -675,8 +740,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     insecure = [path for path in config.files if insecure_mode(path)]
     for path in insecure:
         log.warning("%s holds secrets but its group or others can read it: chmod 0600 it", path)
+    clock: Optional[Clock] = None
+    if args.test_clock_start is not None:
+        if os.environ.get(TEST_CLOCK_ENV) != "yes":
+            print("powerwaked: --test-clock-start is for tests only (needs %s=yes)" % TEST_CLOCK_ENV, file=sys.stderr)
+            return 2
+        clock = TestClock(args.test_clock_start)
+        log.warning("TEST CLOCK: the policy clock starts at %s, not now", time.ctime(args.test_clock_start))
     try:
-        server = Server(config, log=log)
+        server = Server(config, clock=clock, log=log)
     except OSError as exc:  # the store: StoreError names it (never its password)
         log.error("cannot start: %s", exc)
         return 1

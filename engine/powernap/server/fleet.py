@@ -1,8 +1,10 @@
 """The fleet's actions on hosts: wake (WoL, confirm, escalate to IPMI) and nap (engine command or IPMI).
 
 Everything that wakes or naps a host (sleep proxy, UPS policy, schedules,
-cluster policy, the API) goes through ``Fleet.wake`` / ``Fleet.nap``, so the
-confirmation, escalation and logging rules live in one place.  The class owns
+cluster policy, the API) goes through the policy gate (``rails.PowerRails``:
+rules, rate limits, recommend-only mode) and then ``Fleet.wake`` /
+``Fleet.nap``, so the confirmation, escalation and logging rules live in one
+place.  The class owns
 no sockets: the daemon hands it ``send_wol(mac, secureon)``,
 ``send_datagram(data, addr)`` and an ``ipmi(target, action)`` runner, so
 tests drive it with fakes and a FakeClock.
@@ -51,8 +53,8 @@ class Fleet:
         self.wake_failures = 0  # wakes with no way to send them (metrics: powernap_wake_failures_total unsent)
 
     # -- wake ---------------------------------------------------------------------------------
-    def wake(self, record: HostRecord, cause: str, method: str = "auto") -> Dict[str, Any]:
-        """Wake a host now; ``method`` auto (WoL, then IPMI if unconfirmed), wol or ipmi."""
+    def wake(self, record: HostRecord, cause: str, method: str = "auto", source: str = "") -> Dict[str, Any]:
+        """Wake a host now; ``method`` auto (WoL, then IPMI if unconfirmed), wol or ipmi; ``source``: who asked."""
         now = self.clock.wall()
         sent: List[str] = []
         errors: List[str] = []
@@ -80,6 +82,8 @@ class Fleet:
             "cause": cause,
             "errors": errors,
         }
+        if source:
+            entry["source"] = source
         self._remember(entry)
         if not sent:
             self.wake_failures += 1
@@ -142,10 +146,25 @@ class Fleet:
             return True
         return action == "poweroff" and self._ipmi_target(record) is not None
 
-    def nap(self, record: HostRecord, action: str, cause: str, wake_at: Optional[float] = None) -> Dict[str, Any]:
-        """Ask a host's engine to nap now (``action``: suspend, poweroff, ...); IPMI soft-off as the fallback."""
+    def nap(
+        self,
+        record: HostRecord,
+        action: str,
+        cause: str,
+        wake_at: Optional[float] = None,
+        source: str = "",
+        urgent: bool = False,
+    ) -> Dict[str, Any]:
+        """Ask a host's engine to nap now (``action``: suspend, poweroff, ...); IPMI soft-off as the fallback.
+
+        ``source`` (who asked) and ``urgent`` (a UPS emergency) are recorded in the history.
+        """
         now = self.clock.wall()
-        entry = {"time": now, "host": record.name, "what": "nap", "action": action, "cause": cause}
+        entry: Dict[str, Any] = {"time": now, "host": record.name, "what": "nap", "action": action, "cause": cause}
+        if source:
+            entry["source"] = source
+        if urgent:
+            entry["urgent"] = True
         self.waiting.pop(record.name, None)
         if record.engine and record.addr and self.send_datagram is not None:
             message = {

@@ -26,7 +26,9 @@ Kinds:
     ``host``, ``event`` (the engine event that caused it, or ``heartbeat``),
     ``state`` (``STATES``), ``stage``, ``idle_seconds``, ``next_wake``,
     ``macs``, ``ips``, ``wol`` (``{mac: "g"|"d"|null}``), ``load``, ``cpus``,
-    ``interval`` (seconds to the next heartbeat).  The server answers ``ack``.
+    ``interval`` (seconds to the next heartbeat), ``veto_for`` and
+    ``veto_reason`` (keep the host's groups from napping: ``[server]
+    veto_monitors``).  The server answers ``ack``.
 ``ack`` (server to engine)
     ``re`` (the acknowledged nonce).
 ``command`` (server to engine, sent to the address the last report came from)
@@ -281,6 +283,10 @@ class ReportMessage(Envelope):
         Option("interval", Duration(minimum=1, maximum=3600), default=30.0, doc="Seconds to the next heartbeat."),
         Option("detail", MapOf(String(nonempty=True, max_length=64), Scalar(1024), 32), default={},
                doc="The engine event's own fields."),
+        Option("veto_for", Duration(maximum=7 * 86400),
+               doc="Keep this host's groups from napping for this long (a [server] veto_monitors monitor is busy); "
+                   "0 lifts the host's veto. The server cuts it to its max_veto."),
+        Option("veto_reason", String(max_length=200), doc="Why (shown with the veto)."),
     )  # fmt: skip
 
 
@@ -330,7 +336,10 @@ class RequestMessage(Envelope):
         Option("method", Choice("auto", "wol", "ipmi"), doc="Wake method."),
         Option("action", Choice(*NAP_ACTIONS), doc="Nap action."),
         Option("more", Integer(0, 10000), doc="Demand: this many more awake hosts."),
-        Option("ttl", Duration(minimum=1, maximum=7 * 86400), doc="Demand: for this long."),
+        Option("ttl", Duration(minimum=1, maximum=7 * 86400), doc="Demand, veto: for this long."),
+        Option("reason", String(max_length=200), doc="Veto: why the group must not nap."),
+        Option("clear", Boolean(), doc="Veto: lift the group's vetoes instead."),
+        Option("force", Boolean(), doc="Nap, approve: act even though the group's naps are vetoed."),
     )  # fmt: skip
 
 
@@ -552,6 +561,9 @@ class FleetReporter(Reporter):
     forgotten (found again) when it stops answering.
     """
 
+    veto_monitors: Tuple[str, ...] = ()  # their activity vetoes the fleet's naps of our groups
+    veto_for = 900.0
+
     def __init__(
         self,
         secret: str,
@@ -563,8 +575,12 @@ class FleetReporter(Reporter):
         heartbeat: float = 30.0,
         log: Optional[logging.Logger] = None,
         discover: Optional[Callable[[float], Optional[Tuple[str, int]]]] = None,
+        veto_monitors: Tuple[str, ...] = (),
+        veto_for: float = 900.0,
     ):
         self.secret = secret.encode("utf-8")
+        self.veto_monitors = tuple(veto_monitors)
+        self.veto_for = veto_for
         self.host = host
         self.timeout = timeout
         self.control_path = control_path
@@ -650,8 +666,9 @@ class FleetReporter(Reporter):
 
     def _message(self, event: Dict[str, Any]) -> Dict[str, Any]:
         name = event.get("event")
+        beat: Dict[str, Any] = {}
         if name == "heartbeat":
-            status = self._status()
+            status = beat = self._status()
             if status:
                 # The daemon's own state wins on heartbeats, except while a sleep action runs.
                 if self.state not in (SUSPENDING, HIBERNATING, POWERING_OFF) or status.get("state") == AWAKE:
@@ -666,7 +683,10 @@ class FleetReporter(Reporter):
                 self.stage = None
         if name in ("start", "heartbeat", "resume", "reload") or not self._facts:
             self._facts = host_facts(self.root) if self.root is not None else {}
-        status = self._status() if name != "heartbeat" and self.state not in SLEEPING_STATES else {}
+        if name == "heartbeat":
+            status = beat
+        else:
+            status = self._status() if self.state not in SLEEPING_STATES else {}
         message = {
             "kind": "report",
             "from": self.host,
@@ -685,7 +705,18 @@ class FleetReporter(Reporter):
         for key in ("idle_seconds", "next_wake"):
             if key in status:
                 message[key] = status[key]
+        message.update(self.veto(status))
         return message
+
+    def veto(self, status: Dict[str, Any]) -> Dict[str, Any]:
+        """``veto_for``/``veto_reason`` while a ``veto_monitors`` monitor is busy, ``veto_for = 0`` once none is."""
+        if not self.veto_monitors or not isinstance(status.get("monitors"), list):
+            return {}  # no veto monitors, or the daemon's status unknown: say nothing either way
+        for monitor in status["monitors"]:
+            if isinstance(monitor, dict) and monitor.get("name") in self.veto_monitors and monitor.get("active"):
+                reason = "monitor %s: %s" % (monitor["name"], monitor.get("reason") or "busy")
+                return {"veto_for": self.veto_for, "veto_reason": reason[:200]}
+        return {"veto_for": 0.0}
 
     def _status(self) -> Dict[str, Any]:
         if not self.control_path:
@@ -855,6 +886,8 @@ def make_fleet_reporter(
         root=root,
         log=log,
         discover=discover,
+        veto_monitors=tuple(server.get("veto_monitors") or ()),
+        veto_for=float(server.get("veto_for") or 900.0),
     )
 
 

@@ -25,7 +25,7 @@ wire messages (``RecordSchema``).
 
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..options import (
     Boolean,
@@ -197,6 +197,11 @@ class Registry:
         self.pending: List[Dict[str, Any]] = []  # accepted, not yet journaled (``commit`` writes them)
         self.history: List[Dict[str, Any]] = []  # wakes and naps not yet in the store (written with snapshots)
         self.problems: Dict[str, str] = {}  # load / save / journal trouble, shown in /v1/status
+        # Other parts' small state saved with the snapshot (name -> a function giving a JSON-able copy, called
+        # under the caller's lock), e.g. the policy gate's queue and vetoes; what the last snapshot held is in
+        # ``saved_extras`` after ``load`` (unvalidated: each owner checks its own).
+        self.extras: Dict[str, Callable[[], Any]] = {}
+        self.saved_extras: Dict[str, Any] = {}
         self.saves = 0
         self.save_failures = 0
         self._writer: Optional[threading.Thread] = None
@@ -388,6 +393,11 @@ class Registry:
         for listener in self.listeners:
             listener(record, old, cause)
 
+    def touch(self, urgent: bool = False) -> None:
+        """Something saved with the snapshot (``extras``) changed: write it soon (``urgent``: within a second)."""
+        self._dirty = True
+        self._urgent = self._urgent or urgent
+
     def seen(self, record: HostRecord, now: float, cause: str) -> None:
         """Proof of life without a report (a confirmed probe, a TCP answer)."""
         record.last_seen = now
@@ -416,6 +426,7 @@ class Registry:
             "seq": self.store.seq if self.store is not None else 0,
             "replay": dict(self.replay),
             "hosts": [r.to_dict() for r in self.hosts.values()],
+            "extras": {name: export() for name, export in self.extras.items()},
         }
 
     def save(self, now: float) -> bool:
@@ -551,6 +562,8 @@ class Registry:
                 for sender, ts in replay.items():
                     if isinstance(sender, str) and isinstance(ts, (int, float)) and not isinstance(ts, bool):
                         self.replay[sender] = float(ts)
+            extras = snapshot.get("extras")
+            self.saved_extras = dict(extras) if isinstance(extras, dict) else {}
             items = snapshot.get("hosts")
             for item in items if isinstance(items, list) else ():
                 try:

@@ -7,7 +7,9 @@ told to nap, carrying the next wake time so its engine also programs the
 RTC alarm (the host then wakes on its own even if the server is down).
 Calendar expressions are the engine's OnCalendar subset
 (``powernap.monitors.oncalendar``), so host and server read them alike.
-Hosts on hold (UPS) are left alone.
+Hosts on hold (UPS) are left alone.  ``fleet`` is the policy gate
+(``rails.PowerRails``): its rate limits, nap windows, anti-flap rules and
+recommend-only mode apply to every request made here (source ``schedule``).
 """
 
 from typing import Any, Dict, List, Optional
@@ -48,7 +50,7 @@ class SchedulePolicy:
             self.napped.clear()
             for record in self.hosts():
                 if not record.up and record.state != P.WAKING and not record.hold:
-                    self.fleet.wake(record, "schedule %s: wake time" % self.name)
+                    self.fleet.wake(record, "schedule %s: wake time" % self.name, source="schedule")
         if self.next_nap is not None and now >= self.next_nap:
             self.next_nap = self.opts["nap"].next_after(now)
             self.napping = True
@@ -63,6 +65,7 @@ class SchedulePolicy:
                         self.fleet.config.nap_action(group),
                         "schedule %s: nap window, idle %ds" % (self.name, record.idle_seconds or 0),
                         wake_at=self.next_wake,
+                        source="schedule",
                     )
 
     def _idle_enough(self, record: Any) -> bool:

@@ -11,6 +11,11 @@ come back in reverse order, one per ``step``.  An unknown UPS state (upsd
 unreachable, ``ERR DATA-STALE``, ``ERR DRIVER-NOT-CONNECTED``) takes no
 action at all: the policy waits where it is.
 
+Requests go through the policy gate (``rails.PowerRails``, source ``ups``):
+UPS naps pass its anti-flap, daily-cap, nap-window and veto rules, and LB/FSD
+naps (``urgent``) its nap rate limit too; wakes back on mains are paced by
+the wake rate limit (the surge the limit exists for).
+
 The NUT protocol client is the nut monitor's (``powernap.monitors.nut``),
 the one home of that protocol in the engine.  upsd is asked from a
 background thread so that a slow upsd never stalls the sleep proxy.
@@ -134,7 +139,7 @@ class UpsPolicy:
             self.online_since = None
             self.on_battery_since = self.on_battery_since or now
             while len(self.shed) < len(self.opts["groups"]):
-                self._shed_next(now, "UPS %s %s" % (self.name, " ".join(tokens)))
+                self._shed_next(now, "UPS %s %s" % (self.name, " ".join(tokens)), urgent=True)
         elif "OB" in tokens:
             self.state = "on-battery"
             self.online_since = None
@@ -162,7 +167,7 @@ class UpsPolicy:
             return self.charge >= self.opts["resume_charge"]
         return self.online_since is not None and now - self.online_since >= self.opts["resume_delay"]
 
-    def _shed_next(self, now: float, cause: str) -> None:
+    def _shed_next(self, now: float, cause: str, urgent: bool = False) -> None:
         group = next(g for g in self.opts["groups"] if g not in self.shed)
         self.shed.append(group)
         self.last_step = now
@@ -171,7 +176,7 @@ class UpsPolicy:
         for record in self._hosts(group):
             record.hold = self.hold
             if record.up or record.state in (P.WAKING, P.UNKNOWN):
-                self.fleet.nap(record, action, cause)
+                self.fleet.nap(record, action, cause, source="ups", urgent=urgent)
         self.registry.save(now)
 
     def _restore_last(self, now: float) -> None:
@@ -182,7 +187,7 @@ class UpsPolicy:
             if record.hold == self.hold:
                 record.hold = None
             if not record.up:
-                self.fleet.wake(record, "UPS %s back on mains" % self.name)
+                self.fleet.wake(record, "UPS %s back on mains" % self.name, source="ups")
         self.registry.save(now)
 
     def to_dict(self) -> Dict[str, Any]:

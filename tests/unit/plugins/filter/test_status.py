@@ -99,3 +99,22 @@ def test_multi_line_texts_stay_on_their_row():
         "denied: suspend (systemctl said: Failed to connect to bus (no systemd))"
     )
     assert lines[3].startswith("web1") and lines[3].endswith("systemctl failed:")
+
+
+def test_the_fleet_policy_column_shows_vetoes_decisions_and_queued_requests():
+    engine = {"present": True, "running": True, "state": "awake", "idle_seconds": 5}
+    veto = {"group": "web", "owner": "host nas1", "reason": "monitor backup: rsync", "until": 2e9, "since": 1e9}
+    hostvars = {
+        "web1": {"r": {"engine": engine, "server": {"found": True, "policy": {"vetoes": [veto], "decisions": [],
+                                                                            "queued": None}}}},
+        "web2": {"r": {"engine": engine, "server": {"found": True, "policy": {
+            "vetoes": [], "decisions": [{"id": "0a1b2c3d", "kind": "nap", "expires": 2e9}],
+            "queued": {"kind": "wake", "source": "proxy"}}}}},
+        "web3": {"r": {"engine": engine}},
+    }  # fmt: skip
+    lines = status_table(["web1", "web2", "web3"], hostvars, "r")
+    assert lines[0].split()[-2:] == ["FLEET", "POLICY"]
+    assert lines[2].endswith("web vetoed by host nas1: monitor backup: rsync")
+    assert lines[3].endswith("nap awaits approval (decision 0a1b2c3d); wake queued (proxy)")
+    assert lines[4].endswith("-")
+    assert status_table(["web3"], hostvars, "r")[0].split()[-1] == "VERDICT"  # no server asked: no column
