@@ -184,6 +184,10 @@ class SqlStore(Store):
         self._replay = replay
         self._state = {key: digest for key, (_text, digest) in state.items()}
         self.journal_length = remaining
+        self._after_snapshot()
+
+    def _after_snapshot(self) -> None:
+        """Housekeeping after a committed snapshot (SQLite gives free pages back)."""
 
     def append_history(self, entries: List[Dict[str, Any]]) -> None:
         if not entries:

@@ -34,6 +34,7 @@ DDL = (
     "entry TEXT NOT NULL)",
 )
 BUSY_TIMEOUT = 10.0  # seconds to wait for another connection's write lock (a sqlite3 shell, a backup)
+FREE_PAGES_KEPT = 256  # pages (1 MiB) of a shrunk journal kept for the next burst; more are given back
 
 
 class Damaged(Exception):
@@ -77,6 +78,9 @@ class SqliteStore(SqlStore):
         try:
             # isolation_level=None: this class says BEGIN and COMMIT itself (see _begin).
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            # A new file gives back the pages the journal no longer needs (see after_snapshot); an
+            # existing file keeps the mode it was made with (changing it takes a VACUUM).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 self._problems.append("store %s: WAL mode refused by the file system (%s)" % (self.path, mode))
@@ -157,6 +161,20 @@ class SqliteStore(SqlStore):
 
     def _error(self, exc: Exception) -> StoreError:
         return StoreError("SQLite store %s: %s" % (self.path, exc))
+
+    def _after_snapshot(self) -> None:
+        """A snapshot emptied the journal: give the free pages beyond FREE_PAGES_KEPT back to the file system."""
+        with self.lock:
+            if self.conn is None:
+                return
+            try:
+                free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+                if free > FREE_PAGES_KEPT:
+                    # executescript steps it to the end (execute frees a single page)
+                    self.conn.executescript("PRAGMA incremental_vacuum(%d);" % (free - FREE_PAGES_KEPT))
+            except sqlite3.Error as exc:  # only space not given back: the snapshot itself is committed
+                if self.log is not None:
+                    self.log.warning("store %s: incremental vacuum failed: %s", self.path, exc)
 
     def read(self, problems: List[str]) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
         problems.extend(self._problems)
