@@ -264,3 +264,29 @@ def test_the_running_state_counts_when_read_and_the_past_is_kept_in_the_record(t
     before = server.energy.figures(record, clock.wall())["saved_joules"]
     clock.advance(50)
     assert server.energy.figures(record, clock.wall())["saved_joules"] == before  # on saves nothing
+
+
+def test_the_policy_gates_queue_decisions_and_vetoes_are_in_the_metrics(tmp_path):
+    """A rate limit of 1 a minute: the second and third wakes wait; a recommend-only group's nap is a decision."""
+    clock = FakeClock()
+    hosts = "".join("[host.h%d]\nmac = 52:54:00:00:01:%02d\ngroups = farm\n" % (n, n) for n in range(4))
+    extra = hosts + "[group.farm]\nwake_rate = 1\nmode = recommend\n"
+    server = make_server(tmp_path, extra=extra, clock=clock)
+    server.start()
+    try:
+        for n in range(3):
+            report(server, "h%d" % n, "asleep")
+        for n in range(3):
+            server.rails.wake(server.registry.get("h%d" % n), "test", source="api")
+        report(server, "h3", "awake")
+        server.rails.nap(server.registry.get("h3"), "suspend", "cluster test", source="cluster")
+        server.rails.veto("farm", "admin", 600, "batch", clock.wall())
+        text = server.api_metrics()
+    finally:
+        server.shutdown()
+    promtool_check(text)
+    assert value(text, 'powernap_policy_queue_length{kind="wake"}') == 2
+    assert value(text, 'powernap_policy_decisions_total{outcome="wakes"}') == 1
+    assert value(text, 'powernap_policy_decisions_total{outcome="queued"}') == 2
+    assert value(text, "powernap_policy_decisions_pending") == 1
+    assert value(text, 'powernap_policy_vetoes{group="farm"}') == 1

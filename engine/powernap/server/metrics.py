@@ -179,4 +179,60 @@ def server_collectors(server: Any) -> MetricsRegistry:
         lambda: [({}, registry.save_failures)],
     )
     meter.register_metrics(metrics, hosts, server)
+    _policy_collectors(metrics, server)
     return metrics
+
+
+# The policy gate's outcomes (rails.counts) that are events; the others in it are bookkeeping.
+POLICY_OUTCOMES = (
+    "wakes",
+    "naps",
+    "queued",
+    "refused",
+    "decisions",
+    "decisions_expired",
+    "merged",
+    "cancelled",
+    "moot",
+)
+
+
+def _policy_collectors(metrics: MetricsRegistry, server: Any) -> None:
+    """The policy gate (``server.rails``): its queue, pending decisions, vetoes and what it did with requests."""
+    rails = server.rails
+
+    def queue_lengths() -> List[Any]:
+        kinds = {"wake": 0, "nap": 0}
+        for request in rails.queue.values():
+            kinds[request.kind] = kinds.get(request.kind, 0) + 1
+        return [({"kind": kind}, n) for kind, n in sorted(kinds.items())]
+
+    def vetoes() -> List[Any]:
+        now = server.clock.wall()
+        return [({"group": group}, len(rails.active_vetoes(group, now))) for group in sorted(rails.vetoes)]
+
+    metrics.register(
+        "powernap_policy_queue_length", GAUGE, "Requests waiting for a rate limit or cooldown.", queue_lengths
+    )
+    metrics.register(
+        "powernap_policy_queue_max", GAUGE, "The queue's size limit (queue_size).", lambda: [({}, rails.queue_size)]
+    )
+    metrics.register(
+        "powernap_policy_decisions_pending",
+        GAUGE,
+        "Recommend-only decisions waiting for an admin.",
+        lambda: [({}, len(rails.decisions))],
+    )
+    metrics.register("powernap_policy_vetoes", GAUGE, "Active vetoes on a group's naps.", vetoes)
+    metrics.register(
+        "powernap_policy_decisions_total",
+        COUNTER,
+        "What the policy gate did with wake and nap requests, by outcome (wakes/naps: sent on).",
+        lambda: [({"outcome": outcome}, rails.counts.get(outcome, 0)) for outcome in POLICY_OUTCOMES],
+    )
+    metrics.register(
+        "powernap_policy_rule_errors_total",
+        COUNTER,
+        "Policy rules that raised (logged; the request was let through the rule).",
+        lambda: [({}, rails.counts.get("rule_errors", 0))],
+    )
