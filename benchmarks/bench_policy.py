@@ -19,7 +19,8 @@ Targets: a tick's p99 within the loop's TICK (0.25 s), so the loop never falls b
 like the daemon's loop (one per TICK, real time), so the registry's background snapshot
 writer runs as often as it would in service; a scrape is rendered every 15 s inside the run.
 
-**To extend** (the policy gate, wake health): write ``def feature_NAME(server, names, rng)`` that
+The policy gate (rate limits, queue, anti-flap, daily cap, nap windows, recommend-only, vetoes) is on in
+every group, and every proxy wake passes it.  **To extend**: write ``def feature_NAME(server, names, rng)`` that
 switches the part on (and returns a per-tick callable, or None) and add it to ``FEATURES``; its
 cost then lands in every figure here.  Run alone: ``python3 benchmarks/bench_policy.py`` or
 ``BENCH=policy make bench``.
@@ -89,8 +90,13 @@ def config_text(workdir, names):
     for index, name in enumerate(names):
         group = groups[min(index // GROUP_SIZE, len(groups) - 1)]
         lines += ["[host.%s]" % name, "mac = %s" % mac_of(index), "ip = %s" % ip_of(index), "groups = %s" % group]
-    for group in groups:
-        lines += ["[group.%s]" % group, "nap_action = suspend"]
+    for number, group in enumerate(groups):
+        # The policy gate with every rule on: group rate limits, anti-flap cooldowns, a daily cap, a nap
+        # window, and recommend-only mode on every fifth group.
+        lines += ["[group.%s]" % group, "nap_action = suspend", "wake_rate = 30", "nap_rate = 10"]
+        lines += ["wake_after_nap = 5m", "nap_after_wake = 10m", "max_transitions = 24"]
+        lines += ["nap_from = *-*-* 19:00", "nap_until = *-*-* 07:00"]
+        lines += ["mode = recommend"] if number % 5 == 0 else []
         lines += ["[cluster.%s]" % group, "group = %s" % group, "min_awake = 10", "low_for = 60s", "step = 10s"]
     for start in range(0, len(groups), 10):
         chunk = ", ".join(groups[start : start + 10])
@@ -131,7 +137,7 @@ def feature_proxy(server, names, rng):
     from powernap.server.proxy import Frame
 
     server.proxy = SleepProxy(
-        server.registry, server.fleet.wake, own_macs=["02:00:00:00:00:01"], cooldown=60.0, rate=10.0, burst=20,
+        server.registry, server._proxy_wake, own_macs=["02:00:00:00:00:01"], cooldown=60.0, rate=10.0, burst=20,
         send_frame=lambda frame: None, now=server.clock.wall(), probe=None, source_wakes=0,
         log=server.log.getChild("proxy"),
     )  # fmt: skip
@@ -160,7 +166,24 @@ def feature_metrics(server, names, rng):
     return None
 
 
-FEATURES = [feature_reports, feature_proxy, feature_ups, feature_metrics]
+def feature_gate(server, names, rng):
+    """The policy gate: every tick a few API wakes and naps pass it (rate limits, queue, rules), and one group
+    in ten carries a veto."""
+    for group in sorted(server.rails.group_names)[::10]:
+        server.rails.veto(group, "bench", 3600, "benchmark veto", server.clock.wall())
+
+    def tick():
+        for name in rng.sample(names, 10):
+            record = server.registry.get(name)
+            if record.up:
+                server.rails.nap(record, "suspend", "bench", source="cluster")
+            else:
+                server.rails.wake(record, "bench", source="api")
+
+    return tick
+
+
+FEATURES = [feature_reports, feature_proxy, feature_ups, feature_gate, feature_metrics]
 
 
 def percentile(values, fraction):
