@@ -108,6 +108,9 @@ class Server:
         self._stopping = False
         self._signal_r: Optional[socket.socket] = None
         self._signal_w: Optional[socket.socket] = None
+        # Parts of /v1/status contributed by the policy modules (name -> callable(now)); the policy gate
+        # (rate limits, queues, vetoes, decisions) adds its own here.
+        self.status_parts: Dict[str, Any] = {"wake_health": self.fleet.health.to_dict}
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -518,6 +521,7 @@ class Server:
             "ups": [policy.to_dict() for policy, _poller in self.ups],
             "schedules": [schedule.to_dict() for schedule in self.schedules],
             "clusters": [cluster.to_dict() for cluster in self.clusters.values()],
+            **{name: part(self.clock.wall()) for name, part in self.status_parts.items()},
         }
 
     def api_hosts(self, full: bool = True) -> List[Dict[str, Any]]:
@@ -570,12 +574,20 @@ class Server:
             method = "auto"
         return self.fleet.wake(record, cause, method)
 
-    def api_nap(self, target: str, action: Optional[str], cause: str) -> Optional[Dict[str, Any]]:
+    def api_nap(self, target: str, action: Optional[str], cause: str, force: bool = False) -> Optional[Dict[str, Any]]:
+        """Nap a host; the answer carries ``refused`` when a rule (a failed wake) keeps it up and not ``force``."""
         record = self.registry.find(target)
         if record is None:
             return None
         group = record.groups[0] if record.groups else ""
-        return self.fleet.nap(record, str(action or self.config.nap_action(group)), cause)
+        return self.fleet.nap(record, str(action or self.config.nap_action(group)), cause, force=force)
+
+    def api_clear_mark(self, target: str, who: str) -> Optional[Dict[str, Any]]:
+        """An admin clears a host's failed-wake mark (it may nap again, and the policies wake it again)."""
+        record = self.registry.find(target)
+        if record is None:
+            return None
+        return self.fleet.health.clear(record, who, self.clock.wall())
 
     def api_demand(self, group: str, more: int, ttl: float, who: str) -> Optional[Dict[str, Any]]:
         cluster = self.clusters.get(group)

@@ -14,6 +14,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import protocol as P
+from .health import WakeHealth
 from .registry import HostRecord, Registry
 from .wake import IpmiTarget, WakeError, ipmi_power
 
@@ -48,10 +49,11 @@ class Fleet:
         self.results: queue.Queue[Tuple[str, str, bool, str]] = queue.Queue()
         self.history: List[Dict[str, Any]] = []  # recent wakes and naps, for the API and tests
         self.listeners: List[Callable[[HostRecord], None]] = []  # told when a wake is sent (proxy announce)
+        self.health = WakeHealth(self, config, self.log.getChild("health"))  # records every wake's outcome
 
     # -- wake ---------------------------------------------------------------------------------
-    def wake(self, record: HostRecord, cause: str, method: str = "auto") -> Dict[str, Any]:
-        """Wake a host now; ``method`` auto (WoL, then IPMI if unconfirmed), wol or ipmi."""
+    def wake(self, record: HostRecord, cause: str, method: str = "auto", test: bool = False) -> Dict[str, Any]:
+        """Wake a host now; ``method`` auto (WoL, then IPMI if unconfirmed), wol or ipmi; ``test``: a test wake."""
         now = self.clock.wall()
         sent: List[str] = []
         errors: List[str] = []
@@ -82,11 +84,14 @@ class Fleet:
         self._remember(entry)
         if not sent:
             self.log.warning("cannot wake %s (%s): %s", record.name, cause, "; ".join(errors) or "no wake method")
+            if not record.up:  # a wake was wanted and there is no way to do it
+                self.health.failed(record, now, "no way to wake it (no MAC with WoL, no BMC)", method="none")
             return entry
         record.wakes += 1
         record.last_wake = {"time": now, "method": entry["method"], "cause": cause}
         self.log.info("waking %s by %s: %s", record.name, entry["method"], cause)
         self.waiting[record.name] = {"sent": now, "escalated": "ipmi" in sent, "method": method}
+        self.health.started(record, now, "ipmi" if "ipmi" in sent else "wol", cause, test)
         if not record.up:
             self.registry.set_state(record, P.WAKING, cause, now)
         for listener in self.listeners:
@@ -140,10 +145,24 @@ class Fleet:
             return True
         return action == "poweroff" and self._ipmi_target(record) is not None
 
-    def nap(self, record: HostRecord, action: str, cause: str, wake_at: Optional[float] = None) -> Dict[str, Any]:
-        """Ask a host's engine to nap now (``action``: suspend, poweroff, ...); IPMI soft-off as the fallback."""
+    def nap(
+        self, record: HostRecord, action: str, cause: str, wake_at: Optional[float] = None, force: bool = False
+    ) -> Dict[str, Any]:
+        """Ask a host's engine to nap now (``action``: suspend, poweroff, ...); IPMI soft-off as the fallback.
+
+        A host whose wake failed is not napped (``refused`` says why) unless ``force`` (a UPS emergency,
+        an admin's forced nap)."""
         now = self.clock.wall()
         entry = {"time": now, "host": record.name, "what": "nap", "action": action, "cause": cause}
+        refusal = self.health.nap_refusal(record, now)
+        if refusal is not None and not force:
+            entry.update(method="none", refused=refusal)
+            self.log.warning("not napping %s (%s): %s", record.name, cause, refusal)
+            self._remember(entry)
+            return entry
+        if refusal is not None:
+            self.log.warning("napping %s although its wake failed (forced: %s)", record.name, cause)
+        self.health.napped(record)
         self.waiting.pop(record.name, None)
         if record.engine and record.addr and self.send_datagram is not None:
             message = {
@@ -226,6 +245,7 @@ class Fleet:
                     self._remember(
                         {"time": now, "host": name, "what": "confirmed", "after": round(now - wait["sent"], 3)}
                     )
+                    self.health.succeeded(record, now)
                 del self.waiting[name]
                 continue
             if now - wait["sent"] < self.confirm_timeout:
@@ -233,11 +253,13 @@ class Fleet:
             if not wait["escalated"] and wait["method"] == "auto" and self._start_ipmi(record, "on"):
                 self.log.warning("%s did not wake by WoL within %gs: escalating to IPMI", name, self.confirm_timeout)
                 self._remember({"time": now, "host": name, "what": "escalate", "method": "ipmi"})
+                self.health.escalated(record)
                 wait["escalated"] = True
                 wait["sent"] = now
                 continue
             self.log.warning("wake of %s not confirmed", name)
             del self.waiting[name]
+            self.health.failed(record, now, "not confirmed within %gs" % self.confirm_timeout)
             if record.state == P.WAKING:
                 self.registry.set_state(record, P.ASLEEP, "wake not confirmed", now)
         for nonce, pending in list(self.commands.items()):
@@ -254,6 +276,7 @@ class Fleet:
             pending["tries"] += 1
             self.commands[_nonce_of(data)] = pending
             self._send(data, record)
+        self.health.tick(now)
 
     def _remember(self, entry: Dict[str, Any]) -> None:
         self.history.append(entry)

@@ -320,7 +320,7 @@ class CommandAckMessage(Envelope):
 
 
 class RequestMessage(Envelope):
-    """request: an API write (wake, nap, demand)."""
+    """request: an API write (wake, nap, demand, clear-mark)."""
 
     KIND = "message"
     TYPE = "request"
@@ -331,6 +331,7 @@ class RequestMessage(Envelope):
         Option("action", Choice(*NAP_ACTIONS), doc="Nap action."),
         Option("more", Integer(0, 10000), doc="Demand: this many more awake hosts."),
         Option("ttl", Duration(minimum=1, maximum=7 * 86400), doc="Demand: for this long."),
+        Option("force", Boolean(), default=False, doc="Nap: even a host marked by a failed wake."),
     )  # fmt: skip
 
 

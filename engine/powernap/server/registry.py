@@ -34,10 +34,12 @@ from ..options import (
     Choice,
     Declared,
     Duration,
+    Fields,
     HostAddress,
     Integer,
     ListOf,
     MapOf,
+    Number,
     Option,
     Scalar,
     String,
@@ -53,6 +55,32 @@ JOURNAL_LIMIT = 20000  # entries; beyond this a snapshot is written at once (it 
 
 class Refused(P.ProtocolError):
     """A valid report the registry will not take (unknown host, host cap reached)."""
+
+
+class WakeHealthSchema(Declared):
+    """A host's wake health (``HostRecord.wake_health``; kept by ``health.WakeHealth``), like DPM's
+    "last time exited standby": the last wake attempt, its result, and the failed-wake mark."""
+
+    OPTIONS = (
+        Option("result", Choice("never", "succeeded", "failed"), default="never",
+               doc="How the last finished wake attempt ended (never: no wake was ever tried)."),
+        Option("marked", Boolean(), default=False,
+               doc="A wake failed and no wake has succeeded since: the host is kept out of napping."),
+        Option("method", Choice("wol", "ipmi", "escalated", "none"),
+               doc="How the last attempt woke: wol, ipmi, escalated (WoL, then IPMI) or none (no way to wake)."),
+        Option("cause", String(max_length=256), doc="Why the last attempt was made."),
+        Option("started", P.TIME, doc="When the last attempt began."),
+        Option("ended", P.TIME, doc="When its result was known."),
+        Option("seconds", Number(0, 1e7), doc="How long the last finished attempt took (to the confirmation)."),
+        Option("error", String(max_length=256), doc="Why the last attempt failed."),
+        Option("test", Boolean(), default=False, doc="The last attempt was a test wake."),
+        Option("in_flight", Boolean(), default=False, doc="An attempt is being confirmed."),
+        Option("failures", Integer(0), default=0, doc="Failed attempts in a row."),
+        Option("retries", Integer(0), default=0, doc="Automatic retries since the mark was set."),
+        Option("retry_at", P.TIME, doc="When the next automatic retry is due (null: none)."),
+        Option("last_success", P.TIME, doc="When a wake last succeeded."),
+        Option("cleared", String(max_length=256), doc="Who cleared the mark by hand, and when (the last time)."),
+    )  # fmt: skip
 
 
 class RecordSchema(Declared):
@@ -84,6 +112,8 @@ class RecordSchema(Declared):
         Option("wakes", Integer(0), default=0, doc="Wakes sent."),
         Option("last_wake", MapOf(String(max_length=64), Scalar(1024), 16), doc="The last wake."),
         Option("static", Boolean(), default=False, doc="From the server config."),
+        Option("power_since", P.TIME, default=0.0, doc="When the host last came up or went down (rotation)."),
+        Option("wake_health", Fields(WakeHealthSchema), default={}, doc="Wake health (WakeHealthSchema)."),
     )
 
 
@@ -93,7 +123,7 @@ class HostRecord:
     FIELDS = (
         "name", "state", "stage", "since", "last_seen", "last_ts", "last_event", "macs", "ips", "wol",
         "wake", "bmc", "groups", "next_wake", "idle_seconds", "load", "cpus", "interval", "addr",
-        "engine", "hold", "wakes", "last_wake", "static",
+        "engine", "hold", "wakes", "last_wake", "static", "power_since", "wake_health",
     )  # fmt: skip
 
     def __init__(self, name: str):
@@ -121,6 +151,8 @@ class HostRecord:
         self.wakes = 0
         self.last_wake: Optional[Dict[str, Any]] = None
         self.static = False
+        self.power_since = 0.0  # when it last went from down to up or back: the cluster's rotation order
+        self.wake_health: Dict[str, Any] = {"result": "never", "marked": False}
 
     @property
     def mac(self) -> Optional[str]:
@@ -468,12 +500,19 @@ class Registry:
         old = record.state
         record.state = state
         record.since = now
+        if (old in P.UP_STATES) != (state in P.UP_STATES):
+            record.power_since = now
         self._dirty = True
         self._urgent = True
         if self.log is not None:
             self.log.info("host %s: %s -> %s (%s)", record.name, old, state, cause)
         for listener in self.listeners:
             listener(record, old, cause)
+
+    def touch(self, urgent: bool = False) -> None:
+        """A record changed outside a report or a state change (wake health): save it soon."""
+        self._dirty = True
+        self._urgent = self._urgent or urgent
 
     def seen(self, record: HostRecord, now: float, cause: str) -> None:
         """Proof of life without a report (a confirmed probe, a TCP answer)."""
@@ -642,6 +681,11 @@ class Registry:
             self._note_replay(message["from"], float(message["ts"]))
         except (ValueError, KeyError, TypeError) as exc:
             problems.append("a journal entry was dropped: %s" % str(exc)[:200])
+
+
+def by_power_since(records: Iterable[HostRecord]) -> List[HostRecord]:
+    """Longest in its power state first (awake longest, or asleep longest), then by name: the rotation order."""
+    return sorted(records, key=lambda record: (float(record.power_since or 0.0), record.name))
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:

@@ -7,7 +7,8 @@ told to nap, carrying the next wake time so its engine also programs the
 RTC alarm (the host then wakes on its own even if the server is down).
 Calendar expressions are the engine's OnCalendar subset
 (``powernap.monitors.oncalendar``), so host and server read them alike.
-Hosts on hold (UPS) are left alone.
+Hosts on hold (UPS) are left alone, and hosts marked by a failed wake
+(``health``) are not napped.
 """
 
 from typing import Any, Dict, List, Optional
@@ -55,7 +56,11 @@ class SchedulePolicy:
             self.log.info("schedule %s: nap window open until %s", self.name, self.next_wake)
         if self.napping:
             for record in self.hosts():
-                if self._idle_enough(record) and now - self.napped.get(record.name, 0.0) > 60.0:
+                if (
+                    self._idle_enough(record)
+                    and now - self.napped.get(record.name, 0.0) > 60.0
+                    and self.fleet.health.nap_refusal(record, now) is None  # a host that failed to wake stays up
+                ):
                     self.napped[record.name] = now
                     group = next((g for g in self.opts["groups"] if g in record.groups), self.opts["groups"][0])
                     self.fleet.nap(

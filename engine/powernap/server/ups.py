@@ -171,7 +171,8 @@ class UpsPolicy:
         for record in self._hosts(group):
             record.hold = self.hold
             if record.up or record.state in (P.WAKING, P.UNKNOWN):
-                self.fleet.nap(record, action, cause)
+                # Forced: shedding load on battery outranks a failed-wake mark (the battery would end it anyway).
+                self.fleet.nap(record, action, cause, force=True)
         self.registry.save(now)
 
     def _restore_last(self, now: float) -> None:
