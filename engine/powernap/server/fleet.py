@@ -259,9 +259,9 @@ class Fleet:
                 continue
             self.log.warning("wake of %s not confirmed", name)
             del self.waiting[name]
-            self.health.failed(record, now, "not confirmed within %gs" % self.confirm_timeout)
             if record.state == P.WAKING:
                 self.registry.set_state(record, P.ASLEEP, "wake not confirmed", now)
+            self.health.failed(record, now, "not confirmed within %gs" % self.confirm_timeout)
         for nonce, pending in list(self.commands.items()):
             if now - pending["sent"] < COMMAND_RETRY * pending["tries"]:
                 continue
