@@ -99,3 +99,39 @@ def test_multi_line_texts_stay_on_their_row():
         "denied: suspend (systemctl said: Failed to connect to bus (no systemd))"
     )
     assert lines[3].startswith("web1") and lines[3].endswith("systemctl failed:")
+
+
+def test_status_table_shows_wake_health_when_the_fleet_server_was_asked():
+    engine = {"present": True, "running": True, "state": "awake", "idle_seconds": 5}
+
+    def info(server):
+        return {"info": {"engine": engine, "verdict": {"denied": {}}, "server": server}}
+
+    hostvars = {
+        "h1": info(
+            {"found": True, "wake_health": {"result": "failed", "marked": True, "method": "wol", "seconds": 45.0}}
+        ),
+        "h2": info(
+            {
+                "found": True,
+                "wake_health": {
+                    "result": "succeeded",
+                    "marked": False,
+                    "method": "escalated",
+                    "seconds": 75,
+                    "test": True,
+                },
+            }
+        ),  # fmt: skip
+        "h3": info({"found": True, "wake_health": {"result": "never", "marked": False}}),
+        "h4": info({"found": False, "error": "HTTP 404"}),
+        "h5": {"info": {"unreachable": True}},
+    }
+    lines = status_table(sorted(hostvars), hostvars, "info")
+    assert lines[0].split()[-2:] == ["LAST", "WAKE"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert rows["h1"].endswith("FAILED, marked (wol, 45s)")
+    assert rows["h2"].endswith("succeeded (escalated, 1m15s, test)")
+    assert rows["h3"].endswith("never") and rows["h4"].endswith("-") and rows["h5"].endswith("-")
+    without = {"h1": {"info": {"engine": engine}}}
+    assert "LAST WAKE" not in status_table(["h1"], without, "info")[0]  # no server asked: no column

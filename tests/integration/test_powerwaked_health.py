@@ -1,0 +1,99 @@
+"""Wake health in the lab (issue 16): a host whose wake fails is marked and kept out of napping, and comes
+back after a successful test wake (root, lab).
+
+powerwaked runs in the controller namespace as in test_powerwaked.py.  h2 has WoL disabled on its NIC
+(``lab wol h2 d``) and no BMC in the server's config, so the magic packet reaches a NIC that ignores it.
+"""
+
+import json
+import re
+import time
+
+import pytest
+
+from .test_powerwaked import ENGINE, PORT, PYTHON, SECRET, Powerwaked, power_events
+
+pytestmark = pytest.mark.lab
+
+API_POST = r"""
+import json, sys, urllib.error
+sys.path.insert(0, %(engine)r)
+from powernap.powerwake import ServerClient
+try:
+    answer = ServerClient("http://127.0.0.1:%(port)d", %(secret)r).post(sys.argv[1], json.loads(sys.argv[2]))
+    print(json.dumps({"status": 200, "answer": answer}))
+except urllib.error.HTTPError as exc:
+    print(json.dumps({"status": exc.code, "answer": json.loads(exc.read())}))
+"""
+
+
+def post(lab, path, message):
+    script = API_POST % {"engine": ENGINE, "secret": SECRET, "port": PORT}
+    return json.loads(lab.ctl([PYTHON, "-c", script, path, json.dumps(message)]).stdout)
+
+
+def without_bmc(config_path, host):
+    """Drop the bmc* lines of [host.HOST] from the server config: this host has no BMC."""
+    with open(config_path, encoding="utf-8") as handle:
+        text = handle.read()
+    section = re.compile(r"(\[host\.%s\]\n(?:(?!\[).*\n)*)" % re.escape(host))
+    text = section.sub(
+        lambda match: "".join(line for line in match.group(1).splitlines(True) if not line.startswith("bmc")), text
+    )
+    with open(config_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def test_a_host_that_cannot_wake_is_marked_kept_out_of_napping_and_back_after_a_test_wake(lab_reset):
+    lab = lab_reset
+    h2 = lab.host("h2")
+    # The test-wake window opens 90 s from now (UTC seconds in the calendar), well after the failed wake.
+    opens = time.gmtime(time.time() + 90)
+    server = Powerwaked(
+        lab,
+        "[group.web]\nhosts = h2\nnap_action = poweroff\ntest_wake = *-*-* %02d:%02d:%02d UTC\n"
+        "test_wake_window = 10m\n" % (opens.tm_hour, opens.tm_min, opens.tm_sec),
+    )
+    with open(server.config, encoding="utf-8") as handle:
+        text = handle.read()
+    # No automatic retries (the test wake is what brings it back here), a quicker confirmation.
+    text = text.replace("announce = no\n", "announce = no\nwake_retries = 0\n")
+    text = text.replace("confirm_timeout = 20s\n", "confirm_timeout = 10s\n")
+    with open(server.config, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    without_bmc(server.config, "h2")
+    server.start()
+    try:
+        server.report({"host": "h2", "state": "suspending", "event": "action-start", "ips": [h2["address"]]})
+        lab.power("h2", "suspend")
+        lab.wol("h2", "d")
+        lab.wait_for(lambda: server.host("h2")["state"] == "asleep", 40, "h2 asleep in the registry")
+        assert server.host("h2")["wake_health"]["result"] == "never"
+        since = time.time()
+
+        # 1. The wake fails: WoL is off and there is no BMC. The host is marked.
+        assert post(lab, "/v1/wake", {"host": "h2"})["answer"]["method"] == "wol"
+        lab.wait_for(lambda: server.host("h2")["wake_health"].get("marked"), 40, "h2 marked")
+        health = server.host("h2")["wake_health"]
+        assert health["result"] == "failed" and health["method"] == "wol" and health["seconds"] >= 10
+        assert lab.power_state("h2") == "suspended"
+        assert server.get("/v1/status")["wake_health"]["marked_hosts"] == ["h2"]
+
+        # 2. Kept out of napping: an API nap is refused with the reason; forced it would go through.
+        refused = post(lab, "/v1/nap", {"host": "h2", "action": "poweroff"})
+        assert refused["status"] == 409 and "marked" in refused["answer"]["error"], refused
+
+        # 3. WoL back on; the test wake in the window wakes h2, the server confirms it, the mark is gone.
+        lab.wol("h2", "g")
+        lab.wait_power("h2", "on", timeout=150)
+        lab.wait_for(lambda: server.host("h2")["wake_health"]["result"] == "succeeded", 60, "test wake confirmed")
+        health = server.host("h2")["wake_health"]
+        assert health["marked"] is False and health["test"] is True and "test wake" in health["cause"]
+        assert 0 < health["seconds"] < 60
+        assert [e.get("cause") for e in power_events(lab, "h2", since) if e.get("to") == "on"] == ["wol"]
+        history = [e for e in server.get("/v1/history")["history"] if e["host"] == "h2" and e["what"] == "wake"]
+        assert [e["cause"].split(" ")[0] for e in history] == ["API", "test"], history
+        accepted = post(lab, "/v1/nap", {"host": "h2", "action": "poweroff"})
+        assert accepted["status"] == 200 and "refused" not in accepted["answer"]
+    finally:
+        server.stop()
