@@ -13,6 +13,7 @@ from test_server_policies import CLUSTER, World, cluster_policy
 
 from powernap import powerwake
 from powernap.server import protocol as P
+from powernap.server.daemon import _shown
 from powernap.server.health import WakeHealth
 from powernap.server.registry import HostRecord, Registry
 from powernap.server.schedule import SchedulePolicy
@@ -377,3 +378,22 @@ def test_the_api_refuses_to_nap_a_marked_host_shows_health_and_the_cli_clears_th
         assert powerwake.main(["clear-mark", "nosuch", "--server", handle.url, "--config", "/x"], out=out) == 1
     finally:
         handle.stop()
+
+
+def test_waking_a_host_that_is_up_is_not_a_wake_attempt(tmp_path):
+    world = World(tmp_path)
+    world.registry.get("w1").wake_health.update(result="failed", marked=True)
+    world.fleet.wake(world.registry.get("w1"), "API")  # w1 is awake (it came up by hand)
+    tick(world, 1)
+    got = health(world, "w1")
+    assert got["marked"] is True and got["result"] == "failed" and not got.get("in_flight")
+
+
+def test_an_unsigned_reader_gets_wake_health_without_client_addresses(tmp_path):
+    record = HostRecord("h1")
+    record.wake_health.update(result="failed", marked=True, cause="API request from admin (192.0.2.1)",
+                              cleared="admin (192.0.2.1) at 1", method="wol")  # fmt: skip
+    shown = _shown(record.to_dict(), full=False)
+    assert shown["wake_health"] == {"result": "failed", "marked": True, "method": "wol"}
+    assert "192.0.2.1" not in str(shown)
+    assert _shown(record.to_dict(), full=True)["wake_health"]["cause"].endswith("(192.0.2.1)")

@@ -329,7 +329,8 @@ server:
         cause:
           description: Why the last attempt was made (a client's request, a schedule, a retry, a test wake).
           type: str
-          returned: when a wake was tried
+          returned: when a wake was tried and the server's answer is signed (it may name a client's address, so
+            an unsigned read as power_info makes never carries it)
         started:
           description: When the last attempt began (epoch seconds).
           type: float
@@ -373,7 +374,7 @@ server:
         cleared:
           description: Who last cleared the mark by hand, and when.
           type: str
-          returned: when an admin cleared the mark
+          returned: when an admin cleared the mark and the server's answer is signed (see RV(server.wake_health.cause))
   sample: {"url": "http://nas1.example.net:7490", "host": "web1", "reachable": true, "found": true,
            "name": "web1", "state": "asleep", "since": 1790000000.0, "last_seen": 1790000000.0,
            "last_event": "action-start", "stage": 2, "idle_seconds": 3600.0, "next_wake": null, "engine": true,

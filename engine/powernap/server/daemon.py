@@ -554,6 +554,7 @@ class Server:
             "waking": sum(1 for r in records if r.state == P.WAKING),
             "unknown": sum(1 for r in records if r.state == P.UNKNOWN),
             "held": sum(1 for r in records if r.hold),
+            "marked": sum(1 for r in records if r.wake_health.get("marked")),  # a failed wake keeps them up
             "needed": None,
             "next_wake": earliest(self.schedules, name),
         }
@@ -611,12 +612,17 @@ class _Endpoint(P.Endpoint):
 
 # Record fields an unsigned reader does not get (read_auth = no): where hosts are and how to reach them.
 SENSITIVE_FIELDS = ("macs", "ips", "wol", "bmc", "addr", "last_wake")
+# Wake-health fields that may name a client's address ("API request from admin (192.0.2.1)").
+SENSITIVE_HEALTH = ("cause", "cleared")
 
 
 def _shown(record: Dict[str, Any], full: bool) -> Dict[str, Any]:
     if full:
         return record
-    return {key: value for key, value in record.items() if key not in SENSITIVE_FIELDS}
+    shown = {key: value for key, value in record.items() if key not in SENSITIVE_FIELDS}
+    if isinstance(shown.get("wake_health"), dict):
+        shown["wake_health"] = {k: v for k, v in shown["wake_health"].items() if k not in SENSITIVE_HEALTH}
+    return shown
 
 
 def _large_receive_buffer(sock: socket.socket, size: int = 4 << 20) -> None:

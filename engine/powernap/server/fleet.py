@@ -91,7 +91,8 @@ class Fleet:
         record.last_wake = {"time": now, "method": entry["method"], "cause": cause}
         self.log.info("waking %s by %s: %s", record.name, entry["method"], cause)
         self.waiting[record.name] = {"sent": now, "escalated": "ipmi" in sent, "method": method}
-        self.health.started(record, now, "ipmi" if "ipmi" in sent else "wol", cause, test)
+        if not record.up:  # waking an up host proves nothing about its wake path: not an attempt
+            self.health.started(record, now, "ipmi" if "ipmi" in sent else "wol", cause, test)
         if not record.up:
             self.registry.set_state(record, P.WAKING, cause, now)
         for listener in self.listeners:
