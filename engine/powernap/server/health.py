@@ -29,9 +29,15 @@ from . import protocol as P
 from .registry import HostRecord, by_power_since
 
 MAX_LISTED = 100  # hosts named per list in /v1/status
+MAX_SECONDS = 1e7  # WakeHealthSchema's bound on "seconds"
 
 
-class TestWindow:
+def _took(health: Dict[str, Any], now: float) -> float:
+    """Seconds since the attempt started, within the declared range (a clock step must not void the record)."""
+    return round(min(MAX_SECONDS, max(0.0, now - float(health.get("started") or now))), 3)
+
+
+class WakeTestWindow:
     """One group's test-wake windows: [event, event + length) for each calendar event."""
 
     def __init__(self, group: str, calendar: Any, length: float, marked: bool, at_once: int, now: float):
@@ -76,7 +82,7 @@ class WakeHealth:
         self.members = config.group_members()
         now = fleet.clock.wall()
         self.windows = [
-            TestWindow(
+            WakeTestWindow(
                 name,
                 opts_["test_wake"],
                 float(opts_["test_wake_window"]),
@@ -111,7 +117,7 @@ class WakeHealth:
                 "result": "succeeded",
                 "marked": False,
                 "ended": now,
-                "seconds": round(max(0.0, now - float(health.get("started") or now)), 3),
+                "seconds": _took(health, now),
                 "error": None,
                 "in_flight": False,
                 "failures": 0,
@@ -133,7 +139,7 @@ class WakeHealth:
                 "result": "failed",
                 "marked": True,
                 "ended": now,
-                "seconds": round(max(0.0, now - float(health.get("started") or now)), 3),
+                "seconds": _took(health, now),
                 "error": error[:256],
                 "in_flight": False,
                 "failures": failures,
@@ -221,7 +227,7 @@ class WakeHealth:
             if window.is_open(now):
                 self._test_wakes(window, now)
 
-    def _test_wakes(self, window: TestWindow, now: float) -> None:
+    def _test_wakes(self, window: WakeTestWindow, now: float) -> None:
         records = [r for r in (self.registry.get(n) for n in self.members.get(window.group, ())) if r is not None]
         busy = sum(1 for r in records if r.wake_health.get("in_flight") and r.wake_health.get("test"))
         free = window.at_once - busy
