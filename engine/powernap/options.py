@@ -377,6 +377,28 @@ class MapOf(OptionType):
         return "map of %s to %s" % (self.key.describe(), self.value.describe())
 
 
+class Fields(OptionType):
+    """A JSON object whose fields are declared like a section's options (``schema``: a Declared class).
+
+    For a structured value inside a record or message (wire and saved data only): every key declared,
+    every value of its type, as ``Declared.check_values`` checks a whole message.
+    """
+
+    schema_type = "dict"
+
+    def __init__(self, schema: Any):
+        self.declared = schema
+
+    def parse(self, text: str) -> Any:
+        raise ValueError("an object cannot be written as text")
+
+    def check(self, value: Any) -> Dict[str, Any]:
+        return self.declared.check_values(value)
+
+    def describe(self) -> str:
+        return "object (%s)" % ", ".join(opt.name for opt in self.declared.OPTIONS)
+
+
 class Scalar(OptionType):
     """One plain JSON value: null, true/false, a finite number or a string of at most ``max_length``."""
 

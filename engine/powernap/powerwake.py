@@ -3,6 +3,7 @@
     powerwake [--method wol|ipmi|auto] [--wait] [options] TARGET...
     powerwake list [--json]
     powerwake status HOST [--json]
+    powerwake clear-mark HOST [--json]
 
 A TARGET is resolved to a MAC from, in order: the literal MAC; the fleet
 server's registry (``/v1/hosts/TARGET``); ``[host.NAME]`` sections of
@@ -20,6 +21,10 @@ secret, from ``$POWERWAKE_SECRET`` or powerwaked.conf, for its method and
 path; an engine's own host key cannot command the fleet).  An ``https://``
 server is checked against the system CAs, ``$POWERWAKE_CAFILE``, or (for the
 local server) its own ``tls_cert``.
+``list`` and ``status`` show each host's wake health (the last wake: succeeded,
+failed or never, how long it took, by which method); a host whose wake failed
+is *marked* (kept out of napping until a wake succeeds), and ``clear-mark``
+clears that mark on the server (a signed request, like IPMI wakes).
 ``--wait`` waits until the host accepts (or refuses) TCP on ``--port``.
 Exit status: 0 when every target was woken (and is up, with --wait),
 1 when any failed, 2 on usage errors.  (PowerNap's powerwake exited 0 on
@@ -368,20 +373,22 @@ def cmd_list(args: argparse.Namespace, server: Optional[ServerClient], out: Any)
     if args.json:
         print(json.dumps(hosts, indent=2, sort_keys=True), file=out)
         return 0
-    print("%-20s %-12s %-9s %-17s %-16s %s" % ("HOST", "STATE", "SEEN", "MAC", "IP", "GROUPS"), file=out)
+    print("%-20s %-12s %-9s %-17s %-16s %-10s %s" % ("HOST", "STATE", "SEEN", "MAC", "IP", "WAKE", "GROUPS"), file=out)
     now = time.time()
     for host in hosts:
         seen = _ago(now, host.get("last_seen"))
         ip = next((i for i in host.get("ips") or () if ":" not in i), "-")
         state = host["state"] + ("*" if host.get("hold") else "")
+        health = host.get("wake_health") or {}
         print(
-            "%-20s %-12s %-9s %-17s %-16s %s"
+            "%-20s %-12s %-9s %-17s %-16s %-10s %s"
             % (
                 host["name"],
                 state,
                 seen,
                 host.get("macs", ["-"])[0] if host.get("macs") else "-",
                 ip,
+                str(health.get("result") or "never") + ("!" if health.get("marked") else ""),
                 ",".join(host.get("groups") or ()) or "-",
             ),
             file=out,
@@ -430,6 +437,7 @@ def cmd_status(args: argparse.Namespace, server: Optional[ServerClient], out: An
             ),
         ),
     ]
+    lines.append(("last wake", wake_health_text(host.get("wake_health") or {}, now)))
     for key, value in lines:
         print("%-10s %s" % (key + ":", value), file=out)
     return 0
@@ -493,6 +501,51 @@ def _http_error(exc: Any) -> str:
         return str(json.loads(exc.read().decode("utf-8"))["error"])[:300]
     except (OSError, ValueError, KeyError, TypeError):
         return "HTTP %s" % exc.code
+
+
+def wake_health_text(health: Dict[str, Any], now: float) -> str:
+    """One line of a host's wake health: "failed 5m ago by wol after 45s (not confirmed ...); MARKED ..."."""
+    result = str(health.get("result") or "never")
+    if result == "never":
+        text = "never woken"
+    else:
+        text = "%s %s ago by %s after %ss" % (
+            result,
+            _ago(now, health.get("ended")),
+            health.get("method") or "?",
+            health.get("seconds") if health.get("seconds") is not None else "?",
+        )
+        if health.get("test"):
+            text += " (test wake)"
+        if result == "failed" and health.get("error"):
+            text += " (%s)" % health["error"]
+    if health.get("in_flight"):
+        text += "; a wake is being confirmed"
+    if health.get("marked"):
+        text += "; MARKED: kept out of napping until a wake succeeds"
+        if health.get("retry_at"):
+            text += ", retry in %s" % _ago(float(health["retry_at"]), now)
+    return text
+
+
+def cmd_clear_mark(args: argparse.Namespace, server: Optional[ServerClient], out: Any) -> int:
+    """Clear a host's failed-wake mark on the fleet server (a request signed with the master secret)."""
+    if server is None or not server.secret:
+        print("powerwake: clear-mark needs the fleet server and its master secret", file=sys.stderr)
+        return 1
+    try:
+        answer = server.post("/v1/clear-mark", {"host": args.host})
+    except urllib.error.HTTPError as exc:
+        print("powerwake: %s: %s" % (args.host, "unknown host" if exc.code == 404 else exc), file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print("powerwake: cannot reach %s: %s" % (server.url, exc), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True), file=out)
+    else:
+        print("%s: %s" % (answer["host"], "mark cleared" if answer.get("was_marked") else "was not marked"), file=out)
+    return 0
 
 
 def _ago(now: float, then: Optional[float]) -> str:
@@ -569,9 +622,9 @@ def main(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
         server_config = read_server_config(args.config)
         url, secret = server_from_configs(args.server, args.engine_config, server_config)
         return cmd_policy(args, server_client(url, secret, server_config), out)
-    if argv and argv[0] in ("list", "status"):
+    if argv and argv[0] in ("list", "status", "clear-mark"):
         sub = argparse.ArgumentParser(prog="powerwake " + argv[0])
-        if argv[0] == "status":
+        if argv[0] != "list":
             sub.add_argument("host")
         sub.add_argument("--json", action="store_true")
         _server_args(sub)
@@ -579,7 +632,8 @@ def main(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
         server_config = read_server_config(args.config)
         url, secret = server_from_configs(args.server, args.engine_config, server_config)
         server = server_client(url, secret, server_config)
-        return (cmd_list if argv[0] == "list" else cmd_status)(args, server, out)
+        command = {"list": cmd_list, "status": cmd_status, "clear-mark": cmd_clear_mark}[argv[0]]
+        return command(args, server, out)
     args = build_parser().parse_args(argv)
     if args.raw and not args.interface:
         print("powerwake: --raw needs --interface", file=sys.stderr)

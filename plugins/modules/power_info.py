@@ -13,7 +13,8 @@ description:
     idle time; without it, what can be read directly from C(/sys), C(/proc) and C(systemd-detect-virt) is returned
     and RV(engine.present) is false.
   - With O(server_url), also the fleet server's (C(powerwaked)) view of the host, read from its HTTP API
-    (C(GET /v1/hosts/NAME)) by the host itself.
+    (C(GET /v1/hosts/NAME)) by the host itself, including its wake health (the last wake, succeeded, failed or
+    never, how long it took, by which method, and whether a failed wake keeps it out of napping).
 author:
   - powernap.fleet maintainers (@powernap-fleet)
 extends_documentation_fragment:
@@ -89,6 +90,11 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ inventory_hostname }}: {{ power_server.server.state | default(power_server.server.error) }}"
   when: not power_server.server.found or power_server.server.state == 'unknown'
+
+- name: Hosts whose last wake failed (the fleet server keeps them out of napping)
+  ansible.builtin.debug:
+    msg: "{{ inventory_hostname }}: {{ power_server.server.wake_health.error }}"
+  when: power_server.server.found and (power_server.server.wake_health.marked | default(false))
 
 - name: Hosts that can be woken by magic packet
   ansible.builtin.debug:
@@ -334,11 +340,85 @@ server:
           V(reason), V(until), V(since)).
       type: dict
       returned: when found
+    wake_health:
+      description:
+        - The host's wake health, like VMware DPM's "last time exited standby". The last wake attempt, how it
+          ended, how long it took and by which method.
+        - A host whose wake failed is marked (RV(server.wake_health.marked)) and the server keeps it out of
+          napping until a wake succeeds (a retry, a test wake) or an admin clears the mark
+          (C(powerwake clear-mark HOST)).
+        - Null from a fleet server that does not keep wake health.
+      type: dict
+      returned: when found
+      contains:
+        result:
+          description: How the last finished wake ended; V(succeeded), V(failed) or V(never) (never woken).
+          type: str
+          returned: always
+        marked:
+          description: A wake failed and none has succeeded since; the server does not nap the host.
+          type: bool
+          returned: always
+        method:
+          description: How the last attempt woke the host; V(wol), V(ipmi), V(escalated) (WoL, then IPMI) or
+            V(none) (no way to wake it).
+          type: str
+          returned: when a wake was tried
+        cause:
+          description: Why the last attempt was made (a client's request, a schedule, a retry, a test wake).
+          type: str
+          returned: when a wake was tried and the server's answer is signed (it may name a client's address, so
+            an unsigned read as power_info makes never carries it)
+        started:
+          description: When the last attempt began (epoch seconds).
+          type: float
+          returned: when a wake was tried
+        ended:
+          description: When the result of the last finished attempt was known (epoch seconds).
+          type: float
+          returned: when a wake has finished
+        seconds:
+          description: How long the last finished attempt took, to its confirmation or to giving up.
+          type: float
+          returned: when a wake has finished
+        error:
+          description: Why the last attempt failed, or null.
+          type: str
+          returned: when a wake has finished
+        test:
+          description: Whether the last attempt was a test wake.
+          type: bool
+          returned: when a wake was tried
+        in_flight:
+          description: Whether a wake is being confirmed now.
+          type: bool
+          returned: when a wake was tried
+        failures:
+          description: Failed attempts in a row.
+          type: int
+          returned: when a wake has finished
+        retries:
+          description: Automatic retries made since the host was marked.
+          type: int
+          returned: when a wake has finished
+        retry_at:
+          description: When the next automatic retry is due (epoch seconds), or null.
+          type: float
+          returned: when a wake has finished
+        last_success:
+          description: When a wake last succeeded (epoch seconds).
+          type: float
+          returned: when a wake has succeeded
+        cleared:
+          description: Who last cleared the mark by hand, and when.
+          type: str
+          returned: when an admin cleared the mark and the server's answer is signed (see RV(server.wake_health.cause))
   sample: {"url": "http://nas1.example.net:7490", "host": "web1", "reachable": true, "found": true,
            "name": "web1", "state": "asleep", "since": 1790000000.0, "last_seen": 1790000000.0,
            "last_event": "action-start", "stage": 2, "idle_seconds": 3600.0, "next_wake": null, "engine": true,
            "groups": ["webservers"], "macs": ["52:54:00:12:34:61"], "ips": ["192.0.2.31"], "hold": null,
-           "wakes": 3}
+           "wakes": 3, "wake_health": {"result": "failed", "marked": true, "method": "wol", "seconds": 45.0,
+           "started": 1790000000.0, "ended": 1790000045.0, "error": "not confirmed within 45s"}}
 """
 
 import glob
@@ -360,7 +440,7 @@ ENGINE_KEYS = ("state", "idle_seconds", "stage", "next_action", "powersave", "ve
 # The registry record fields returned under `server` (see engine/powernap/server/registry.py HostRecord).
 SERVER_KEYS = (
     "name", "state", "since", "last_seen", "last_event", "stage", "idle_seconds", "next_wake", "engine", "groups",
-    "macs", "ips", "hold", "wakes", "energy", "policy",
+    "macs", "ips", "hold", "wakes", "energy", "policy", "wake_health",
 )  # fmt: skip
 SERVER_PORT = 7490
 VM_VENDORS = ("qemu", "kvm", "vmware", "virtualbox", "innotek", "xen", "microsoft corporation", "bochs", "parallels")

@@ -6,6 +6,7 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_text
 
 HEADERS = ("HOST", "STATE", "IDLE", "NEXT ACTION", "VERDICT")
+WAKE_HEADER = "LAST WAKE"  # shown when the results carry the fleet server's view (power_info server_url)
 
 
 def human_duration(seconds):
@@ -89,6 +90,28 @@ def status_row(host, result):
     return (host, _state(engine), human_duration(engine.get("idle_seconds")), _next_action(engine), verdict)
 
 
+def wake_cell(result):
+    """The fleet server's wake health of a host: "succeeded (wol, 12s)", "FAILED, marked (wol, 45s)", "never"."""
+    server = result.get("server") if isinstance(result, dict) else None
+    if not isinstance(server, dict) or not server.get("found"):
+        return "-"
+    health = server.get("wake_health")
+    if not isinstance(health, dict):
+        return "-"
+    outcome = to_text(health.get("result") or "never")
+    if outcome == "never":
+        return "never"
+    if health.get("marked"):
+        outcome = "FAILED, marked" if outcome == "failed" else outcome + ", marked"
+    seconds = health.get("seconds")
+    how = to_text(health.get("method") or "?")
+    if seconds is not None:
+        how += ", " + human_duration(seconds)
+    if health.get("test"):
+        how += ", test"
+    return "%s (%s)" % (outcome, how)
+
+
 def _one_line(cell):
     """A cell on one line: a command's multi-line error (systemctl's, say) must not break the table."""
     return " ".join(to_text(cell).split())
@@ -115,15 +138,21 @@ def _registered(hosts, hostvars, var):
 def status_table(hosts, hostvars, var):
     """A text table of every host (state, idle time, next action, verdict) from registered power_info results.
 
-    When the fleet server was asked (power_info server_url), a FLEET POLICY column shows its vetoes,
-    pending decisions and queued requests for each host.
+    With the fleet server's view in the results (power_info ``server_url``), a LAST WAKE column shows each
+    host's wake health, and a FLEET POLICY column its vetoes, pending decisions and queued requests (when any
+    host has a policy view).
     """
-    results = list(_registered(hosts, hostvars, var))
-    rows = [status_row(host, result) for host, result in results]
-    policies = [fleet_policy(result) for _host, result in results]
-    if all(policy is None for policy in policies):
-        return _table(HEADERS, rows)
-    return _table(HEADERS + ("FLEET POLICY",), [rows[i] + (policies[i] or "-",) for i in range(len(rows))])
+    registered = list(_registered(hosts, hostvars, var))
+    headers = HEADERS
+    rows = [status_row(host, result) for host, result in registered]
+    if any(isinstance(result, dict) and isinstance(result.get("server"), dict) for _host, result in registered):
+        headers += (WAKE_HEADER,)
+        rows = [row + (wake_cell(result),) for row, (_host, result) in zip(rows, registered)]
+    policies = [fleet_policy(result) for _host, result in registered]
+    if any(policy is not None for policy in policies):
+        headers += ("FLEET POLICY",)
+        rows = [row + (policy or "-",) for row, policy in zip(rows, policies)]
+    return _table(headers, rows)
 
 
 def _cell(value):

@@ -21,6 +21,7 @@ report is the engine's datagram, signed with its own host key::
     POST /v1/report             an engine report (same bytes as the UDP datagram)
     POST /v1/wake               {"kind": "request", "host": NAME, "method": "auto|wol|ipmi"}
     POST /v1/nap                {"kind": "request", "host": NAME, "action": "suspend|poweroff|...", "force": BOOL}
+    POST /v1/clear-mark         {"kind": "request", "host": NAME}  (clear a failed-wake mark)
     POST /v1/groups/NAME/demand {"kind": "request", "more": N, "ttl": SECONDS}  (external schedulers)
     POST /v1/groups/NAME/veto   {"kind": "request", "ttl": SECONDS, "reason": TEXT} or {..., "clear": true}
     POST /v1/decisions/ID/approve  {"kind": "request", "force": BOOL}  (act on a recommend-only decision)
@@ -34,6 +35,7 @@ clients read it without credentials (``[metrics] local``); any other client send
 ``Authorization: Bearer TOKEN`` with ``[metrics] token``; with no token set, only loopback
 is served (403).  ``[metrics] enabled = no`` turns it off (404).
 
+A nap of a host marked by a failed wake is refused with 409 and the reason (unless ``force``).
 Answers are JSON objects; errors are ``{"error": "..."}`` with 400/401/404, 403 for a
 report the server will not take (another host than its signer, an unregistered host, the host
 cap) and 500 when a handler fails (logged; the server goes on).
@@ -124,13 +126,22 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
                 message.get("host"),
             )
         if parts[1:] == ["nap"]:
-            return _found(
+            answer = _found(
                 app.api_nap(
                     str(message.get("host")),
                     message.get("action"),
                     "API request from %s (%s)" % (message["from"], client[0]),
-                    bool(message.get("force")),
+                    force=bool(message.get("force")),
                 ),
+                "host",
+                message.get("host"),
+            )
+            if answer.get("what") == "refused":  # the policy gate: a veto, or a failed-wake mark
+                raise ApiError(409, "not napped: %s (send force to nap it anyway)" % answer["reason"])
+            return answer
+        if parts[1:] == ["clear-mark"]:
+            return _found(
+                app.api_clear_mark(str(message.get("host")), "%s (%s)" % (message["from"], client[0])),
                 "host",
                 message.get("host"),
             )

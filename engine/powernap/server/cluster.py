@@ -10,6 +10,14 @@ needed = max(min_awake, ceil(load / capacity) + headroom, external demand)
 * More awake than needed for ``low_for`` seconds: nap one surplus host (the
   least loaded), then wait ``step`` before the next; never below
   ``min_awake``.  Hosts on hold (UPS) are neither woken nor counted.
+* Rotation (``rotation = longest``, the default): among equally good
+  candidates (nap: load per CPU within ``rotation_margin`` of the least
+  loaded) the host awake longest naps first, and the host asleep longest
+  wakes first; ties go by name.  ``rotation = name`` takes the least loaded,
+  then name order.
+* Hosts whose wake failed (``health``) are neither napped nor woken by the
+  policy: their retries and test wakes wake them, and a healthy host is
+  woken in their place.
 * External schedulers ask for "N more awake hosts" through the API
   (``demand``): the need becomes at least the awake count at that moment
   plus N, until the demand's ttl ends.
@@ -24,6 +32,7 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import protocol as P
+from .registry import by_power_since
 
 URL_POLL = 10.0
 _ACTIVE_RE = re.compile(r"Active connections:\s*(\d+)")
@@ -155,8 +164,12 @@ class ClusterPolicy:
         awake = self.awake(now)
         if len(awake) < self.needed:
             self.low_since = None
-            sleepers = [r for r in self.hosts() if not r.up and r.state != P.WAKING and not r.hold]
-            for record in sleepers[: self.needed - len(awake)]:
+            sleepers = [
+                r
+                for r in self.hosts()
+                if not r.up and r.state != P.WAKING and not r.hold and self.fleet.health.wake_refusal(r, now) is None
+            ]
+            for record in self._wake_order(sleepers)[: self.needed - len(awake)]:
                 self.napped.pop(record.name, None)
                 self.fleet.wake(
                     record, "cluster %s: %d awake, %d needed" % (self.name, len(awake), self.needed), source="cluster"
@@ -173,10 +186,12 @@ class ClusterPolicy:
         if self.last_nap is not None and now - self.last_nap < self.opts["step"]:
             return
         action = self.fleet.config.nap_action(self.group)
-        candidates = [r for r in awake if r.up and self.fleet.can_nap(r, action)]
+        candidates = [
+            r for r in awake if r.up and self.fleet.can_nap(r, action) and self.fleet.health.nap_refusal(r, now) is None
+        ]
         if len(awake) - 1 < int(self.opts["min_awake"]) or not candidates:
             return
-        victim = min(candidates, key=lambda r: (float(r.load or 0.0) / max(1, int(r.cpus or 1)), r.name))
+        victim = self._nap_choice(candidates)
         self.last_nap = now
         self.napped[victim.name] = now
         answer = self.fleet.nap(
@@ -188,6 +203,24 @@ class ClusterPolicy:
         if answer.get("what") in ("refused", "decision"):
             self.napped.pop(victim.name, None)  # the policy gate held it: nothing napped, ask again next step
 
+    def _wake_order(self, sleepers: List[Any]) -> List[Any]:
+        """Sleepers in the order they are woken: asleep longest first (rotation), or by name."""
+        if self.opts["rotation"] == "name":
+            return sorted(sleepers, key=lambda r: r.name)
+        return by_power_since(sleepers)
+
+    def _nap_choice(self, candidates: List[Any]) -> Any:
+        """The host to nap: the least loaded; with rotation, the one awake longest among the equally loaded."""
+
+        def per_cpu(record: Any) -> float:
+            return float(record.load or 0.0) / max(1, int(record.cpus or 1))
+
+        if self.opts["rotation"] == "name":
+            return min(candidates, key=lambda r: (per_cpu(r), r.name))
+        least = min(per_cpu(r) for r in candidates)
+        equal = [r for r in candidates if per_cpu(r) <= least + float(self.opts["rotation_margin"]) + 1e-9]
+        return by_power_since(equal)[0]
+
     def to_dict(self, now: Optional[float] = None) -> Dict[str, Any]:
         return {
             "name": self.name,
@@ -196,5 +229,6 @@ class ClusterPolicy:
             "needed": self.needed,
             "load": self.load,
             "min_awake": self.opts["min_awake"],
+            "rotation": self.opts["rotation"],
             "demands": [{"until": until, "target": target, "from": who} for until, target, who in self.demands],
         }

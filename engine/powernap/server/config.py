@@ -177,6 +177,14 @@ class ServerSection(Declared):
                doc="Recommend-only mode: at most this many pending decisions (the oldest make room)."),
         Option("max_veto", Duration(minimum=60, maximum=7 * 86400), default=86400.0,
                doc="The longest veto an engine or an API client may set on a group's naps (longer ones are cut)."),
+        Option("wake_retries", Integer(0, 20), default=3,
+               doc="A wake that was not confirmed marks the host (kept out of napping); while the host is still down "
+                   "and not held, the wake is retried this many times (0: never; test wakes and "
+                   "powerwake clear-mark remain)."),
+        Option("wake_retry_delay", Duration(minimum=1, maximum=86400), default=60.0,
+               doc="The first retry of a failed wake comes this long after it; each further one twice as long."),
+        Option("wake_retry_max", Duration(minimum=1, maximum=7 * 86400), default=3600.0,
+               doc="Retries of a failed wake are never further apart than this."),
     )  # fmt: skip
 
 
@@ -273,6 +281,17 @@ class GroupSection(Declared):
         Option("mode", Choice("act", "recommend"), default="act",
                doc="recommend: schedules and the cluster policy only record what they would do (GET /v1/decisions) "
                    "until an admin approves it (powerwake approve ID); act: they act."),
+        Option("test_wake", Calendar(), default=None,
+               doc="Test wakes: from each of these times (OnCalendar, e.g. Sat 03:00) for test_wake_window, sleeping "
+                   "members never woken since they joined (and marked ones, see test_wake_marked) are woken, "
+                   "confirmed and recorded; they then nap again by their own engine or policy."),
+        Option("test_wake_window", Duration(minimum=1, maximum=7 * 86400), default=3600.0,
+               doc="How long each test-wake window stays open after its test_wake time."),
+        Option("test_wake_marked", Boolean(), default=True,
+               doc="Test wakes also retry members marked by a failed wake (once their automatic retries are over); "
+                   "a test wake that succeeds clears the mark."),
+        Option("test_wakes_at_once", Integer(1, 1000), default=1,
+               doc="Test wakes of this group in flight at once (each waits for its confirmation)."),
     )  # fmt: skip
 
 
@@ -334,6 +353,11 @@ class ClusterSection(Declared):
         Option("low_for", Duration(), default=600.0, doc="Load must stay low this long before a host is napped."),
         Option("step", Duration(), default=300.0, doc="At most one nap per this interval."),
         Option("headroom", Integer(0, 1000), default=0, doc="Extra hosts kept awake above the computed need."),
+        Option("rotation", Choice("longest", "name"), default="longest",
+               doc="Among equally good candidates: longest naps the host awake longest and wakes the host asleep "
+                   "longest (wear and test coverage spread over the group); name takes them in name order."),
+        Option("rotation_margin", Number(0, 1e6), default=0.01,
+               doc="Nap candidates whose load per CPU is within this of the least loaded one count as equally good."),
     )  # fmt: skip
 
 

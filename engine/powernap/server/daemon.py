@@ -127,6 +127,9 @@ class Server:
         self._stopping = False
         self._signal_r: Optional[socket.socket] = None
         self._signal_w: Optional[socket.socket] = None
+        # Parts of /v1/status contributed by the policy modules (name -> callable(now)); the policy gate
+        # (rate limits, queues, vetoes, decisions) adds its own here.
+        self.status_parts: Dict[str, Any] = {"wake_health": self.fleet.health.to_dict}
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -554,6 +557,7 @@ class Server:
             "energy": dict(self.energy.report(self.registry, self.clock.wall()), price_per_kwh=self.energy.price),
             "policy": self.rails.to_dict(self.clock.wall(), full),
             "test_clock": isinstance(self.clock, TestClock),
+            **{name: part(self.clock.wall()) for name, part in self.status_parts.items()},
         }
 
     def api_hosts(self, full: bool = True) -> List[Dict[str, Any]]:
@@ -595,6 +599,7 @@ class Server:
             "waking": sum(1 for r in records if r.state == P.WAKING),
             "unknown": sum(1 for r in records if r.state == P.UNKNOWN),
             "held": sum(1 for r in records if r.hold),
+            "marked": sum(1 for r in records if r.wake_health.get("marked")),  # a failed wake keeps them up
             "needed": None,
             "next_wake": earliest(self.schedules, name),
             "energy": self.energy.report(records, self.clock.wall()),
@@ -618,6 +623,7 @@ class Server:
         return self.rails.wake(record, cause, method, source="api")
 
     def api_nap(self, target: str, action: Optional[str], cause: str, force: bool = False) -> Optional[Dict[str, Any]]:
+        """Nap a host through the policy gate (a veto or a failed-wake mark refuse it unless ``force``)."""
         record = self.registry.find(target)
         if record is None:
             return None
@@ -641,6 +647,13 @@ class Server:
         if clear:  # every veto of the group (an engine whose monitor is still busy sets its own again)
             return {"group": group, "lifted": self.rails.clear_veto(group, None)}
         return self.rails.veto(group, owner, float(ttl if ttl is not None else 3600.0), reason, now)
+
+    def api_clear_mark(self, target: str, who: str) -> Optional[Dict[str, Any]]:
+        """An admin clears a host's failed-wake mark (it may nap again, and the policies wake it again)."""
+        record = self.registry.find(target)
+        if record is None:
+            return None
+        return self.rails.health.clear(record, who, self.clock.wall())
 
     def api_demand(self, group: str, more: int, ttl: float, who: str) -> Optional[Dict[str, Any]]:
         cluster = self.clusters.get(group)
@@ -683,12 +696,17 @@ class _Endpoint(P.Endpoint):
 
 # Record fields an unsigned reader does not get (read_auth = no): where hosts are and how to reach them.
 SENSITIVE_FIELDS = ("macs", "ips", "wol", "bmc", "addr", "last_wake")
+# Wake-health fields that may name a client's address ("API request from admin (192.0.2.1)").
+SENSITIVE_HEALTH = ("cause", "cleared")
 
 
 def _shown(record: Dict[str, Any], full: bool) -> Dict[str, Any]:
     if full:
         return record
-    return {key: value for key, value in record.items() if key not in SENSITIVE_FIELDS}
+    shown = {key: value for key, value in record.items() if key not in SENSITIVE_FIELDS}
+    if isinstance(shown.get("wake_health"), dict):
+        shown["wake_health"] = {k: v for k, v in shown["wake_health"].items() if k not in SENSITIVE_HEALTH}
+    return shown
 
 
 def _large_receive_buffer(sock: socket.socket, size: int = 4 << 20) -> None:

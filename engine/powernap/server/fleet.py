@@ -16,6 +16,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import protocol as P
+from .health import WakeHealth
 from .registry import HostRecord, Registry
 from .wake import IpmiTarget, WakeError, ipmi_power
 
@@ -51,10 +52,14 @@ class Fleet:
         self.history: List[Dict[str, Any]] = []  # recent wakes and naps, for the API and tests
         self.listeners: List[Callable[[HostRecord], None]] = []  # told when a wake is sent (proxy announce)
         self.wake_failures = 0  # wakes with no way to send them (metrics: powernap_wake_failures_total unsent)
+        self.health = WakeHealth(self, config, self.log.getChild("health"))  # records every wake's outcome
 
     # -- wake ---------------------------------------------------------------------------------
-    def wake(self, record: HostRecord, cause: str, method: str = "auto", source: str = "") -> Dict[str, Any]:
-        """Wake a host now; ``method`` auto (WoL, then IPMI if unconfirmed), wol or ipmi; ``source``: who asked."""
+    def wake(
+        self, record: HostRecord, cause: str, method: str = "auto", source: str = "", test: bool = False
+    ) -> Dict[str, Any]:
+        """Wake a host now; ``method`` auto (WoL, then IPMI if unconfirmed), wol or ipmi; ``source``: who asked;
+        ``test``: a test wake (wake health)."""
         now = self.clock.wall()
         sent: List[str] = []
         errors: List[str] = []
@@ -88,11 +93,15 @@ class Fleet:
         if not sent:
             self.wake_failures += 1
             self.log.warning("cannot wake %s (%s): %s", record.name, cause, "; ".join(errors) or "no wake method")
+            if not record.up:  # a wake was wanted and there is no way to do it
+                self.health.failed(record, now, "no way to wake it (no MAC with WoL, no BMC)", method="none")
             return entry
         record.wakes += 1
         record.last_wake = {"time": now, "method": entry["method"], "cause": cause}
         self.log.info("waking %s by %s: %s", record.name, entry["method"], cause)
         self.waiting[record.name] = {"sent": now, "escalated": "ipmi" in sent, "method": method}
+        if not record.up:  # waking an up host proves nothing about its wake path: not an attempt
+            self.health.started(record, now, "ipmi" if "ipmi" in sent else "wol", cause, test)
         if not record.up:
             self.registry.set_state(record, P.WAKING, cause, now)
         for listener in self.listeners:
@@ -165,6 +174,7 @@ class Fleet:
             entry["source"] = source
         if urgent:
             entry["urgent"] = True
+        self.health.napped(record)
         self.waiting.pop(record.name, None)
         if record.engine and record.addr and self.send_datagram is not None:
             message = {
@@ -247,6 +257,7 @@ class Fleet:
                     self._remember(
                         {"time": now, "host": name, "what": "confirmed", "after": round(now - wait["sent"], 3)}
                     )
+                    self.health.succeeded(record, now)
                 del self.waiting[name]
                 continue
             if now - wait["sent"] < self.confirm_timeout:
@@ -254,6 +265,7 @@ class Fleet:
             if not wait["escalated"] and wait["method"] == "auto" and self._start_ipmi(record, "on"):
                 self.log.warning("%s did not wake by WoL within %gs: escalating to IPMI", name, self.confirm_timeout)
                 self._remember({"time": now, "host": name, "what": "escalate", "method": "ipmi"})
+                self.health.escalated(record)
                 wait["escalated"] = True
                 wait["sent"] = now
                 continue
@@ -261,6 +273,7 @@ class Fleet:
             del self.waiting[name]
             if record.state == P.WAKING:
                 self.registry.set_state(record, P.ASLEEP, "wake not confirmed", now)
+            self.health.failed(record, now, "not confirmed within %gs" % self.confirm_timeout)
         for nonce, pending in list(self.commands.items()):
             if now - pending["sent"] < COMMAND_RETRY * pending["tries"]:
                 continue
@@ -275,6 +288,7 @@ class Fleet:
             pending["tries"] += 1
             self.commands[_nonce_of(data)] = pending
             self._send(data, record)
+        self.health.tick(now)
 
     def _remember(self, entry: Dict[str, Any]) -> None:
         self.history.append(entry)

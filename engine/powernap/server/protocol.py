@@ -326,7 +326,7 @@ class CommandAckMessage(Envelope):
 
 
 class RequestMessage(Envelope):
-    """request: an API write (wake, nap, demand)."""
+    """request: an API write (wake, nap, demand, clear-mark)."""
 
     KIND = "message"
     TYPE = "request"
@@ -339,7 +339,8 @@ class RequestMessage(Envelope):
         Option("ttl", Duration(minimum=1, maximum=7 * 86400), doc="Demand, veto: for this long."),
         Option("reason", String(max_length=200), doc="Veto: why the group must not nap."),
         Option("clear", Boolean(), doc="Veto: lift the group's vetoes instead."),
-        Option("force", Boolean(), doc="Nap, approve: act even though the group's naps are vetoed."),
+        Option("force", Boolean(),
+               doc="Nap, approve: act even though the group's naps are vetoed or the host is marked by a failed wake."),
     )  # fmt: skip
 
 

@@ -84,7 +84,7 @@ class Request:
 
     __slots__ = (
         "kind", "host", "source", "cause", "method", "action", "wake_at", "urgent", "force", "at", "not_before",
-        "waited", "record",
+        "waited", "record", "test",
     )  # fmt: skip
 
     def __init__(
@@ -99,6 +99,7 @@ class Request:
         urgent: bool = False,
         force: bool = False,
         at: float = 0.0,
+        test: bool = False,
     ):
         if kind not in KINDS:
             raise ValueError("unknown request kind %r" % kind)
@@ -112,7 +113,8 @@ class Request:
         self.action = action
         self.wake_at = wake_at
         self.urgent = urgent  # a UPS emergency (LB/FSD): passes the nap rate limit
-        self.force = force  # an admin nap that overrides a veto
+        self.force = force  # an admin nap that overrides a veto or a failed-wake mark
+        self.test = test  # a wake-health test wake (its failure is not retried)
         self.at = at
         self.not_before: Optional[float] = None
         self.waited = False  # it could not run when it came: at its turn, a moot request is dropped
@@ -135,7 +137,7 @@ class Request:
             "at": self.at,
         }
         if self.kind == "wake":
-            out["method"] = self.method
+            out.update(method=self.method, test=self.test)
         else:
             out.update(action=self.action, wake_at=self.wake_at, urgent=self.urgent, force=self.force)
         if self.not_before is not None:
@@ -156,6 +158,7 @@ class Request:
             bool(values.get("urgent")),
             bool(values.get("force")),
             values["at"],
+            bool(values.get("test")),
         )
         request.not_before = values.get("not_before")
         request.waited = True
@@ -180,7 +183,8 @@ class QueuedSchema(Declared):
         Option("action", Choice(*P.NAP_ACTIONS), doc="Nap action."),
         Option("wake_at", P.TIME, doc="RTC wake alarm."),
         Option("urgent", Boolean(), default=False, doc="A UPS emergency."),
-        Option("force", Boolean(), default=False, doc="Overrides a veto."),
+        Option("force", Boolean(), default=False, doc="Overrides a veto or a failed-wake mark."),
+        Option("test", Boolean(), default=False, doc="A wake-health test wake."),
         Option("not_before", P.TIME, doc="Waits until then (a cooldown)."),
     )
 
@@ -376,7 +380,30 @@ class VetoRule(Rule):
         return None
 
 
-DEFAULT_RULES: Tuple[Callable[["PowerRails"], Rule], ...] = (AntiFlapRule, DailyCapRule, NapWindowRule, VetoRule)
+class WakeHealthRule(Rule):
+    """A host whose wake failed (``health.WakeHealth`` marks it) is kept out of napping until a wake succeeds:
+    napped again, it might never come back.  UPS shedding and an admin's forced nap pass."""
+
+    name = "wake-health"
+
+    def __init__(self, rails: "PowerRails"):
+        self.rails = rails
+
+    def check(self, request: Request, now: float) -> Optional[Refusal]:
+        if (
+            request.kind != "nap"
+            or request.record is None
+            or request.source == "ups"
+            or (request.admin and request.force)
+        ):
+            return None
+        reason = self.rails.health.nap_refusal(request.record, now)
+        return Refusal(reason) if reason is not None else None
+
+
+DEFAULT_RULES: Tuple[Callable[["PowerRails"], Rule], ...] = (
+    AntiFlapRule, DailyCapRule, NapWindowRule, VetoRule, WakeHealthRule,
+)  # fmt: skip
 
 
 class NapWindow:
@@ -460,6 +487,10 @@ class PowerRails:
         self.refused: Deque[Dict[str, Any]] = collections.deque(maxlen=REFUSALS_KEPT)
         self.counts: Dict[str, int] = collections.Counter()
         self.rules: List[Rule] = [make(self) for make in DEFAULT_RULES]
+        # Wake-health retries and test wakes pass the gate too (source "health": bound like the proxy).
+        fleet.health.request_wake = lambda record, cause, test=False: self.wake(
+            record, cause, source="health", test=test
+        )
         self._logged: Dict[Tuple[str, str, str], float] = {}
         self._swept = now
         self._queue_logged = float("-inf")
@@ -473,8 +504,13 @@ class PowerRails:
     def can_nap(self, record: Any, action: str) -> bool:
         return bool(self.fleet.can_nap(record, action))
 
-    def wake(self, record: Any, cause: str, method: str = "auto", *, source: str) -> Dict[str, Any]:
-        return self.submit(Request("wake", record.name, source, cause, method=method, at=self.clock.wall()))
+    def wake(self, record: Any, cause: str, method: str = "auto", *, source: str, test: bool = False) -> Dict[str, Any]:
+        return self.submit(Request("wake", record.name, source, cause, method=method, at=self.clock.wall(), test=test))
+
+    @property
+    def health(self) -> Any:
+        """The wake-health service (policies ask it which hosts to leave alone)."""
+        return self.fleet.health
 
     def nap(
         self,
@@ -797,7 +833,7 @@ class PowerRails:
     def _dispatch(self, request: Request, record: Any, now: float) -> Dict[str, Any]:
         cause = request.cause if not request.waited else "%s (waited %ds)" % (request.cause, now - request.at)
         if request.kind == "wake":
-            entry = self.fleet.wake(record, cause, request.method, source=request.source)
+            entry = self.fleet.wake(record, cause, request.method, source=request.source, test=request.test)
             sent = entry.get("method") not in (None, "none")
         else:
             action = request.action or self.config.nap_action(record.groups[0] if record.groups else "")

@@ -32,6 +32,7 @@ from ..options import (
     Choice,
     Declared,
     Duration,
+    Fields,
     HostAddress,
     Integer,
     ListOf,
@@ -55,6 +56,32 @@ HISTORY_QUEUE = 1000  # history entries held for the store while it refuses writ
 
 class Refused(P.ProtocolError):
     """A valid report the registry will not take (unknown host, host cap reached)."""
+
+
+class WakeHealthSchema(Declared):
+    """A host's wake health (``HostRecord.wake_health``; kept by ``health.WakeHealth``), like DPM's
+    "last time exited standby": the last wake attempt, its result, and the failed-wake mark."""
+
+    OPTIONS = (
+        Option("result", Choice("never", "succeeded", "failed"), default="never",
+               doc="How the last finished wake attempt ended (never: no wake was ever tried)."),
+        Option("marked", Boolean(), default=False,
+               doc="A wake failed and no wake has succeeded since: the host is kept out of napping."),
+        Option("method", Choice("wol", "ipmi", "escalated", "none"),
+               doc="How the last attempt woke: wol, ipmi, escalated (WoL, then IPMI) or none (no way to wake)."),
+        Option("cause", String(max_length=256), doc="Why the last attempt was made."),
+        Option("started", P.TIME, doc="When the last attempt began."),
+        Option("ended", P.TIME, doc="When its result was known."),
+        Option("seconds", Number(0, 1e7), doc="How long the last finished attempt took (to the confirmation)."),
+        Option("error", String(max_length=256), doc="Why the last attempt failed."),
+        Option("test", Boolean(), default=False, doc="The last attempt was a test wake."),
+        Option("in_flight", Boolean(), default=False, doc="An attempt is being confirmed."),
+        Option("failures", Integer(0), default=0, doc="Failed attempts in a row."),
+        Option("retries", Integer(0), default=0, doc="Automatic retries since the mark was set."),
+        Option("retry_at", P.TIME, doc="When the next automatic retry is due (null: none)."),
+        Option("last_success", P.TIME, doc="When a wake last succeeded."),
+        Option("cleared", String(max_length=256), doc="Who cleared the mark by hand, and when (the last time)."),
+    )  # fmt: skip
 
 
 class RecordSchema(Declared):
@@ -88,6 +115,8 @@ class RecordSchema(Declared):
         Option("static", Boolean(), default=False, doc="From the server config."),
         Option("energy", MapOf(Choice(*ENERGY_KEYS), Number(0, 1e18), 8), default={},
                doc="Energy accounting: seconds per power state, joules and cost saved (energy.py)."),
+        Option("power_since", P.TIME, default=0.0, doc="When the host last came up or went down (rotation)."),
+        Option("wake_health", Fields(WakeHealthSchema), default={}, doc="Wake health (WakeHealthSchema)."),
     )  # fmt: skip
 
 
@@ -97,7 +126,7 @@ class HostRecord:
     FIELDS = (
         "name", "state", "stage", "since", "last_seen", "last_ts", "last_event", "macs", "ips", "wol",
         "wake", "bmc", "groups", "next_wake", "idle_seconds", "load", "cpus", "interval", "addr",
-        "engine", "hold", "wakes", "last_wake", "static", "energy",
+        "engine", "hold", "wakes", "last_wake", "static", "energy", "power_since", "wake_health",
     )  # fmt: skip
 
     def __init__(self, name: str):
@@ -126,6 +155,8 @@ class HostRecord:
         self.last_wake: Optional[Dict[str, Any]] = None
         self.static = False
         self.energy: Dict[str, float] = {}  # the energy meter's accumulators
+        self.power_since = 0.0  # when it last went from down to up or back: the cluster's rotation order
+        self.wake_health: Dict[str, Any] = {"result": "never", "marked": False}
 
     @property
     def mac(self) -> Optional[str]:
@@ -386,6 +417,8 @@ class Registry:
         old = record.state
         record.state = state
         record.since = now
+        if (old in P.UP_STATES) != (state in P.UP_STATES):
+            record.power_since = now
         self._dirty = True
         self._urgent = True
         if self.log is not None:
@@ -394,7 +427,8 @@ class Registry:
             listener(record, old, cause)
 
     def touch(self, urgent: bool = False) -> None:
-        """Something saved with the snapshot (``extras``) changed: write it soon (``urgent``: within a second)."""
+        """Something saved with the snapshot (``extras``, wake health) changed: write it soon (``urgent``: within a
+        second)."""
         self._dirty = True
         self._urgent = self._urgent or urgent
 
@@ -623,6 +657,11 @@ class Registry:
             self._note_replay(message["from"], float(message["ts"]))
         except (ValueError, KeyError, TypeError) as exc:
             problems.append("a journal entry was dropped: %s" % str(exc)[:200])
+
+
+def by_power_since(records: Iterable[HostRecord]) -> List[HostRecord]:
+    """Longest in its power state first (awake longest, or asleep longest), then by name: the rotation order."""
+    return sorted(records, key=lambda record: (float(record.power_since or 0.0), record.name))
 
 
 def _copy(value: Any) -> Any:

@@ -10,6 +10,7 @@ Calendar expressions are the engine's OnCalendar subset
 Hosts on hold (UPS) are left alone.  ``fleet`` is the policy gate
 (``rails.PowerRails``): its rate limits, nap windows, anti-flap rules and
 recommend-only mode apply to every request made here (source ``schedule``).
+Hosts marked by a failed wake (``health``) are not picked to nap.
 """
 
 from typing import Any, Dict, List, Optional
@@ -57,7 +58,11 @@ class SchedulePolicy:
             self.log.info("schedule %s: nap window open until %s", self.name, self.next_wake)
         if self.napping:
             for record in self.hosts():
-                if self._idle_enough(record) and now - self.napped.get(record.name, 0.0) > 60.0:
+                if (
+                    self._idle_enough(record)
+                    and now - self.napped.get(record.name, 0.0) > 60.0
+                    and self.fleet.health.nap_refusal(record, now) is None  # a host that failed to wake stays up
+                ):
                     self.napped[record.name] = now
                     group = next((g for g in self.opts["groups"] if g in record.groups), self.opts["groups"][0])
                     self.fleet.nap(

@@ -118,3 +118,39 @@ def test_the_fleet_policy_column_shows_vetoes_decisions_and_queued_requests():
     assert lines[3].endswith("nap awaits approval (decision 0a1b2c3d); wake queued (proxy)")
     assert lines[4].endswith("-")
     assert status_table(["web3"], hostvars, "r")[0].split()[-1] == "VERDICT"  # no server asked: no column
+
+
+def test_status_table_shows_wake_health_when_the_fleet_server_was_asked():
+    engine = {"present": True, "running": True, "state": "awake", "idle_seconds": 5}
+
+    def info(server):
+        return {"info": {"engine": engine, "verdict": {"denied": {}}, "server": server}}
+
+    hostvars = {
+        "h1": info(
+            {"found": True, "wake_health": {"result": "failed", "marked": True, "method": "wol", "seconds": 45.0}}
+        ),
+        "h2": info(
+            {
+                "found": True,
+                "wake_health": {
+                    "result": "succeeded",
+                    "marked": False,
+                    "method": "escalated",
+                    "seconds": 75,
+                    "test": True,
+                },
+            }
+        ),  # fmt: skip
+        "h3": info({"found": True, "wake_health": {"result": "never", "marked": False}}),
+        "h4": info({"found": False, "error": "HTTP 404"}),
+        "h5": {"info": {"unreachable": True}},
+    }
+    lines = status_table(sorted(hostvars), hostvars, "info")
+    assert lines[0].split()[-2:] == ["LAST", "WAKE"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert rows["h1"].endswith("FAILED, marked (wol, 45s)")
+    assert rows["h2"].endswith("succeeded (escalated, 1m15s, test)")
+    assert rows["h3"].endswith("never") and rows["h4"].endswith("-") and rows["h5"].endswith("-")
+    without = {"h1": {"info": {"engine": engine}}}
+    assert "LAST WAKE" not in status_table(["h1"], without, "info")[0]  # no server asked: no column

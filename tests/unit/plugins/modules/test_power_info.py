@@ -6,6 +6,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+import yaml
 
 from ansible_collections.powernap.fleet.plugins.modules import power_info
 from ansible_collections.powernap.fleet.tests.unit.plugins.modules.utils import patch_module_args
@@ -43,6 +44,24 @@ RECORD = {
         "currency": "USD",
         "power_state": "suspended",
         "watts": 6.0,
+    },
+    "power_since": 1790000000.5,
+    "wake_health": {
+        "result": "failed",
+        "marked": True,
+        "method": "escalated",
+        "cause": "cluster web: 1 awake, 2 needed",
+        "started": 1789999900.0,
+        "ended": 1790000000.0,
+        "seconds": 100.0,
+        "error": "not confirmed within 45s",
+        "test": False,
+        "in_flight": False,
+        "failures": 2,
+        "retries": 1,
+        "retry_at": 1790000120.0,
+        "last_success": 1789000000.0,
+        "cleared": "admin (192.0.2.1) at 1789500000",
     },
 }
 
@@ -118,6 +137,16 @@ def test_server_view_of_the_host(capsys, api):
     assert set(server) == set(power_info.SERVER_KEYS) | {"url", "host", "reachable", "found"}
     assert server["energy"]["saved_kwh"] == 0.194 and server["energy"]["currency"] == "USD"
     assert api.paths == ["/v1/hosts/web1"]
+
+
+def test_server_wake_health_is_returned_as_documented(capsys, api):
+    code, result = run_module(capsys, {"server_url": base_url(api), "server_host": "web1"})
+    assert code == 0
+    health = result["server"]["wake_health"]
+    assert health == RECORD["wake_health"]
+    documented = yaml.safe_load(power_info.RETURN)["server"]["contains"]["wake_health"]["contains"]
+    assert set(health) == set(documented)  # every field the server keeps is documented, and no more
+    assert {key for key, spec in documented.items() if spec["returned"] == "always"} == {"result", "marked"}
 
 
 def test_host_defaults_to_the_system_host_name(capsys, api, monkeypatch):
