@@ -15,6 +15,7 @@ from powernap import powerwake
 from powernap.server import protocol as P
 from powernap.server.daemon import _shown
 from powernap.server.health import WakeHealth
+from powernap.server.rails import PowerRails
 from powernap.server.registry import HostRecord, Registry
 from powernap.server.schedule import SchedulePolicy
 from powernap.server.ups import UpsPolicy
@@ -37,6 +38,12 @@ def with_server_options(world, tmp_path, text):
     (tmp_path / "opts").mkdir()
     world.config.server.update(server_config(tmp_path / "opts", text).server)
     world.fleet.health = WakeHealth(world.fleet, world.config, logging.getLogger("t"))
+
+
+def gate(world):
+    """The policy gate over the world's fleet, without rate limits (its wake-health rule is the one under test)."""
+    world.config.server.update(wake_rate=0.0, nap_rate=0.0)
+    return PowerRails(world.fleet, world.config, world.clock, log=logging.getLogger("t"))
 
 
 def health(world, name):
@@ -92,13 +99,15 @@ def test_an_unconfirmed_wake_marks_the_host_and_keeps_it_out_of_napping(tmp_path
     assert got["result"] == "failed" and got["marked"] is True and got["method"] == "wol"
     assert got["error"] == "not confirmed within 45s" and got["seconds"] == 46.0
     assert world.state("w1") == "asleep"
-    entry = world.fleet.nap(world.registry.get("w1"), "suspend", "API")
-    assert "marked" in entry["refused"] and world.commands() == []
+    rails = gate(world)
+    for source in ("api", "cluster", "schedule"):  # the gate's wake-health rule, whoever asks
+        entry = rails.nap(world.registry.get("w1"), "suspend", source, source=source)
+        assert entry["what"] == "refused" and "marked" in entry["reason"] and world.commands() == []
     world.report("w1", "awake", event="start")  # someone pressed the power button: still marked
-    assert "marked" in world.fleet.nap(world.registry.get("w1"), "suspend", "API")["refused"]
+    assert "marked" in rails.nap(world.registry.get("w1"), "suspend", "API", source="api")["reason"]
     assert world.commands() == []
-    forced = world.fleet.nap(world.registry.get("w1"), "suspend", "admin", force=True)
-    assert "refused" not in forced and world.commands() == [("w1", "suspend")]
+    forced = rails.nap(world.registry.get("w1"), "suspend", "admin", source="api", force=True)
+    assert forced["what"] != "refused" and world.commands() == [("w1", "suspend")]
 
 
 def test_a_failed_wake_is_retried_with_capped_exponential_backoff_a_bounded_number_of_times(tmp_path):
@@ -176,7 +185,7 @@ def test_an_admin_clears_the_mark(tmp_path):
     tick(world, 3600)
     assert len(world.sent.wol) == 1  # no retry after the clear
     world.report("w1", "awake", event="start")
-    assert "refused" not in world.fleet.nap(world.registry.get("w1"), "suspend", "API")
+    assert gate(world).nap(world.registry.get("w1"), "suspend", "API", source="api")["what"] != "refused"
 
 
 def test_test_wakes_in_the_window_wake_untested_and_marked_sleepers_one_at_a_time(tmp_path):
@@ -397,3 +406,17 @@ def test_an_unsigned_reader_gets_wake_health_without_client_addresses(tmp_path):
     assert shown["wake_health"] == {"result": "failed", "marked": True, "method": "wol"}
     assert "192.0.2.1" not in str(shown)
     assert _shown(record.to_dict(), full=True)["wake_health"]["cause"].endswith("(192.0.2.1)")
+
+
+def test_retries_pass_the_policy_gate_as_the_health_source(tmp_path):
+    """Retries obey the gate's rate limits like any other wake: with the gate, the retry is its request."""
+    world = World(tmp_path)
+    rails = gate(world)
+    asleep(world, "w1")
+    rails.wake(world.registry.get("w1"), "API", source="api")
+    tick(world, 46)  # not confirmed: marked, the first retry is due in 60 s
+    tick(world, 61)
+    world.fleet.health.tick(world.clock.wall())
+    wakes = [entry for entry in world.fleet.history if entry["what"] == "wake"]
+    assert [entry.get("source") for entry in wakes] == ["api", "health"]
+    assert rails.counts["wakes"] == 2
