@@ -290,3 +290,24 @@ def test_the_policy_gates_queue_decisions_and_vetoes_are_in_the_metrics(tmp_path
     assert value(text, 'powernap_policy_decisions_total{outcome="queued"}') == 2
     assert value(text, "powernap_policy_decisions_pending") == 1
     assert value(text, 'powernap_policy_vetoes{group="farm"}') == 1
+
+
+def test_wake_health_is_in_the_metrics(tmp_path):
+    clock = FakeClock()
+    server = make_server(tmp_path, clock=clock)
+    server.start()
+    try:
+        report(server, "web1", "suspending", event="action-start")
+        clock.advance(30)
+        server.registry.tick(clock.wall())
+        server.fleet.wake(server.registry.get("web1"), "test")
+        clock.advance(46)  # not confirmed within confirm_timeout (45 s): failed, marked
+        server.fleet.tick()
+        text = server.api_metrics()
+    finally:
+        server.shutdown()
+    promtool_check(text)
+    assert value(text, 'powernap_host_wake_marked{host="web1"}') == 1
+    assert value(text, 'powernap_host_wake_marked{host="db1"}') == 0
+    assert value(text, 'powernap_wake_health_hosts{result="failed"}') == 1
+    assert value(text, 'powernap_wake_health_hosts{result="never"}') == 1

@@ -10,7 +10,7 @@ families there, e.g.
 Host names come from the registry, so the series count is bounded by ``max_hosts``.
 """
 
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 from ..prometheus import COUNTER, GAUGE, HISTOGRAM, WAKE_BUCKETS, Histogram, MetricsRegistry, escape_label
 
@@ -180,7 +180,27 @@ def server_collectors(server: Any) -> MetricsRegistry:
     )
     meter.register_metrics(metrics, hosts, server)
     _policy_collectors(metrics, server)
+    _health_collectors(metrics, hosts)
     return metrics
+
+
+def _health_collectors(metrics: MetricsRegistry, hosts: Callable[[], List[Any]]) -> None:
+    """Wake health (``health.WakeHealth``): how each host's last wake ended, and the failed-wake marks."""
+
+    def results() -> List[Any]:
+        counts = {"never": 0, "succeeded": 0, "failed": 0}
+        for record in hosts():
+            result = str(record.wake_health.get("result") or "never")
+            counts[result] = counts.get(result, 0) + 1
+        return [({"result": result}, n) for result, n in sorted(counts.items())]
+
+    metrics.register("powernap_wake_health_hosts", GAUGE, "Hosts by how their last wake ended.", results)
+    metrics.register(
+        "powernap_host_wake_marked",
+        GAUGE,
+        "1 while a host is marked by a failed wake (kept out of napping until a wake succeeds).",
+        lambda: [({"host": r.name}, 1 if r.wake_health.get("marked") else 0) for r in hosts()],
+    )
 
 
 # The policy gate's outcomes (rails.counts) that are events; the others in it are bookkeeping.
