@@ -143,7 +143,7 @@ def feature_proxy(server, names, rng):
     )  # fmt: skip
 
     def tick():
-        for _ in range(5):
+        for _frame in range(5):
             target = rng.randrange(len(names))
             frame = Frame(kind="who-has", src_mac="02:99:00:00:00:01", sender_ip="10.255.0.1",
                           target_ip=ip_of(target))  # fmt: skip

@@ -99,7 +99,7 @@ def test_an_unconfirmed_wake_and_an_unsendable_one_count_as_failures(tmp_path):
         server.registry.tick(clock.wall())
         server.fleet.wake(server.registry.get("web1"), "test", method="wol")
         server.fleet.wake(server.registry.get("nomac"), "test")
-        for _ in range(3):
+        for _tick in range(3):
             clock.advance(30)
             server.fleet.tick()
         text = server.api_metrics()

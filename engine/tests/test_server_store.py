@@ -69,7 +69,7 @@ def test_the_snapshot_and_the_journal_it_includes_are_one_transaction(store_url)
 
 
 def test_history_is_kept_bounded_and_read_newest_last(store_url, monkeypatch):
-    import powernap.server.store.sql as sql
+    from powernap.server.store import sql
 
     monkeypatch.setattr(sql, "HISTORY_KEEP", 5)
     store = open_store(store_url)
@@ -175,7 +175,7 @@ def test_postgresql_refuses_a_second_server_on_the_same_database(postgresql):
 def test_postgresql_reconnects_after_the_connection_is_lost(postgresql, monkeypatch):
     import psycopg
 
-    import powernap.server.store.postgres as postgres
+    from powernap.server.store import postgres
 
     monkeypatch.setattr(postgres, "RECONNECT_EVERY", 0.0)
     url = postgresql.create_database("reconnect")
@@ -413,14 +413,14 @@ def test_a_database_it_cannot_use_stops_the_start_with_the_reason_and_no_passwor
     config.chmod(0o600)
     run = subprocess.run(
         [sys.executable, "-m", "powernap.server.daemon", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE,
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE, check=False,
     )  # fmt: skip
     assert run.returncode == 1
     assert "cannot start: PostgreSQL store postgresql://powerwaked:***@/nosuchdb" in run.stderr
     assert "nosuchdb" in run.stderr.split("cannot start", 1)[1] and "Pa55" not in run.stdout + run.stderr
     check = subprocess.run(
         [sys.executable, "-m", "powernap.server.daemon", "--config", str(config), "--check-config"],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE,
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE, check=False,
     )  # fmt: skip
     assert check.returncode == 0 and "Pa55" not in check.stdout + check.stderr
 
@@ -453,7 +453,7 @@ def test_a_new_sqlite_file_gives_back_the_room_of_an_emptied_journal(tmp_path):
     store = open_store(str(path))
     entry = {"report": {"host": "h1", "filler": "x" * 2000}}
     for _batch in range(100):
-        store.append([dict(entry) for _ in range(20)])  # about 4 MB of journal
+        store.append([dict(entry) for _entry in range(20)])  # about 4 MB of journal
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     grown = path.stat().st_size
     store.write_snapshot(snapshot(seq=store.seq))

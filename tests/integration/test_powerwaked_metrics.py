@@ -18,9 +18,12 @@ import time
 
 import pytest
 
-from .test_powerwaked import ENGINE, PORT, PYTHON, SECRET, powerwaked  # noqa: F401 (the fixture)
+from . import test_powerwaked
+from .test_powerwaked import ENGINE, PORT, PYTHON, SECRET
 
 pytestmark = pytest.mark.lab
+
+powerwaked = test_powerwaked.powerwaked  # the fixture that runs powerwaked in the lab
 
 PROMETHEUS_PORT = 9490  # inside the controller namespace: its own loopback
 TOKEN = "lab-metrics-token-0123456789"
@@ -116,7 +119,7 @@ class Prometheus:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def test_prometheus_scrapes_powerwaked_and_the_energy_figures_follow_real_transitions(lab, powerwaked):  # noqa: F811
+def test_prometheus_scrapes_powerwaked_and_the_energy_figures_follow_real_transitions(lab, powerwaked):
     token_dir = tempfile.mkdtemp(prefix="powerwaked-metrics-")
     token_file = os.path.join(token_dir, "token")
     with open(os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w", encoding="utf-8") as handle:

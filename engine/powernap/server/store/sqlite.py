@@ -238,4 +238,4 @@ def _is_damage(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     if "not a database" in text or "malformed" in text or "corrupt" in text:
         return True
-    return type(exc) is sqlite3.DatabaseError  # SQLITE_NOTADB / SQLITE_CORRUPT; not its subclasses (locked, misuse)
+    return exc.__class__ is sqlite3.DatabaseError  # SQLITE_NOTADB / SQLITE_CORRUPT; not its subclasses (locked, misuse)
