@@ -79,7 +79,7 @@ def status_row(host, result):
     if not isinstance(result, dict):
         return (host, "no result", "-", "-", "-")
     if result.get("unreachable"):
-        return (host, "unreachable (asleep or off)", "-", "-", "-")
+        return (host, _unreachable_state(result), "-", "-", "-")
     if result.get("failed"):
         return (host, "error", "-", "-", to_text(result.get("msg") or "failed").splitlines()[0])
     engine = result.get("engine") or {}
@@ -89,6 +89,14 @@ def status_row(host, result):
     if not engine.get("running"):
         return (host, "engine stopped", "-", "-", verdict)
     return (host, _state(engine), human_duration(engine.get("idle_seconds")), _next_action(engine), verdict)
+
+
+def _unreachable_state(result):
+    """A host that did not answer: the fleet server's state of it when power_info could ask (from the controller)."""
+    server = result.get("server")
+    if isinstance(server, dict) and server.get("found") and server.get("state"):
+        return "unreachable, server: %s" % to_text(server["state"])
+    return "unreachable (asleep or off)"
 
 
 def wake_cell(result):

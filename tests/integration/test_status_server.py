@@ -1,10 +1,11 @@
 """The status playbook with the fleet server's view (issue 16): playbooks/status.yml, with
 ``powernap_status_server_url`` pointing at a real powerwaked in the lab, prints each host's engine state, its
 LAST WAKE after a real wake, its FLEET POLICY after a veto through the API, and the ENERGY SAVED while it slept,
-with the totals of the hosts shown (root, lab).
+with the totals of the hosts shown; an asleep host shows the server's view (root, lab).
 
 powerwaked runs in the controller namespace as in test_powerwaked.py, with ``read_auth = no`` (power_info
-reads the host's record unsigned, from the host).  h1 runs the engine deployed by playbooks/site.yml.
+reads the host's record unsigned, from the host).  h1 runs the engine deployed by playbooks/site.yml; h2
+is asleep when the playbook runs, so power_info's action plugin asks the server about it from the controller.
 """
 
 import json
@@ -36,7 +37,7 @@ def test_status_playbook_shows_state_last_wake_fleet_policy_and_energy_saved(lab
     for name in ("h1", "h2"):
         lab.wait_booted(name)
     playbook(lab, "site", "-l", "h1", *extra_vars(lab, LAB_ENGINE_VARS))
-    h1 = lab.host("h1")
+    h1, h2 = lab.host("h1"), lab.host("h2")
     server = Powerwaked(lab, "[group.web]\nhosts = h1\n" + ENERGY)
     with open(server.config, encoding="utf-8") as handle:
         text = handle.read()
@@ -54,6 +55,10 @@ def test_status_playbook_shows_state_last_wake_fleet_policy_and_energy_saved(lab
         lab.wait_for(lambda: server.host("h1")["wake_health"]["result"] == "succeeded", 60, "wake confirmed")
         vetoed = post(lab, "/v1/groups/web/veto", {"ttl": 600, "reason": "itest backup running"})
         assert vetoed["status"] == 200, vetoed
+        # h2 naps and stays asleep: it cannot answer, so power_info asks the server about it from the controller.
+        server.report({"host": "h2", "state": "suspending", "event": "action-start", "ips": [h2["address"]]})
+        lab.power("h2", "suspend")
+        lab.wait_for(lambda: server.host("h2")["state"] == "asleep", 40, "h2 asleep in the registry")
         lab.wait_booted("h1")
 
         proc = playbook(
@@ -93,10 +98,15 @@ def test_status_playbook_shows_state_last_wake_fleet_policy_and_energy_saved(lab
     assert cell("h1", "ENERGY SAVED", "FLEET POLICY") == shown, lines
     policy = cell("h1", "FLEET POLICY", None)
     assert policy.startswith("web vetoed by api ") and policy.endswith(": itest backup running"), lines
-    # h2 (no engine, in no group): never woken by the server, nothing saved (it never reported a state), no veto.
-    assert cell("h2", "STATE", "IDLE") == "no engine", lines
+    # h2, asleep: unreachable, with the server's view of it (asked from the controller), still saving energy.
+    assert cell("h2", "STATE", "IDLE") == "unreachable, server: asleep", lines
     assert cell("h2", "LAST WAKE", "ENERGY SAVED") == "never", lines
-    assert cell("h2", "ENERGY SAVED", "FLEET POLICY") == "0.00 kWh, 0.00 EUR", lines
-    assert cell("h2", "FLEET POLICY", None) == "-", lines
-    # Under the table: the hosts shown, summed.
-    assert lines[-2:] == ["  fleet (2 hosts shown): %s" % shown, "  group web (1 host shown): %s" % shown], lines
+    h2_kwh, h2_cost = (float(x.split()[0]) for x in cell("h2", "ENERGY SAVED", "FLEET POLICY").split(", "))
+    assert 0 < h2_kwh < 0.01 and h2_cost > 0 and cell("h2", "ENERGY SAVED", "FLEET POLICY").endswith(" EUR"), lines
+    assert cell("h2", "FLEET POLICY", None) == "-", lines  # h2 is in no group: the veto on web is not its
+    # Under the table: the hosts shown, summed (h1 and h2 for the fleet, h1 alone in web).
+    fleet = lines[-2]
+    assert fleet.startswith("  fleet (2 hosts shown): ") and fleet.endswith(" EUR"), lines
+    fleet_kwh = float(fleet.split(": ")[1].split()[0])
+    assert abs(fleet_kwh - (energy["saved_kwh"] + h2_kwh)) <= 2e-6, lines
+    assert lines[-1] == "  group web (1 host shown): %s" % shown, lines

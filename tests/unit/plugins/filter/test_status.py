@@ -216,3 +216,26 @@ def test_the_energy_saved_column_comes_before_the_fleet_policy_column():
     assert lines[2][lines[0].index("ENERGY SAVED") :].split("  ")[0] == "2.00 kWh, 0.30 USD"
     assert lines[2].endswith("  web vetoed by API 127.0.0.1: backup")
     assert lines[-1] == "  fleet (1 host shown): 2.00 kWh, 0.30 USD"
+
+
+def test_a_host_that_did_not_answer_shows_the_fleet_servers_view():
+    # power_info asked the server from the controller (server.asked_from): state, wake health, energy, policy.
+    server = {"found": True, "asked_from": "controller", "state": "asleep", "groups": ["web"],
+              "wake_health": {"result": "succeeded", "marked": False, "method": "wol", "seconds": 12},
+              "energy": {"saved_kwh": 1.5, "saved_cost": 0.45, "currency": "EUR"},
+              "policy": {"vetoes": [], "decisions": [], "queued": None}}  # fmt: skip
+    hostvars = {
+        "h1": {"r": {"unreachable": True, "msg": "timed out", "server": server}},
+        "h2": {"r": {"unreachable": True, "msg": "timed out", "server": {"found": False, "error": "HTTP 404"}}},
+    }
+    lines = status_table(["h1", "h2"], hostvars, "r")
+    header = lines[0]
+    rows = {line.split()[0]: line for line in lines[2:4]}
+    assert rows["h1"][header.index("STATE") : header.index("IDLE")].strip() == "unreachable, server: asleep"
+    assert rows["h1"][header.index("LAST WAKE") :].split("  ")[0] == "succeeded (wol, 12s)"
+    assert rows["h1"][header.index("ENERGY SAVED") :].split("  ")[0] == "1.50 kWh, 0.45 EUR"
+    assert rows["h2"][header.index("STATE") : header.index("IDLE")].strip() == "unreachable (asleep or off)"
+    assert lines[-2:] == [
+        "  fleet (1 host shown): 1.50 kWh, 0.45 EUR",
+        "  group web (1 host shown): 1.50 kWh, 0.45 EUR",
+    ]
