@@ -16,10 +16,10 @@ description:
     One line per host, sorted; unreachable hosts are shown as asleep or off (with the fleet server's state of
     them when M(powernap.fleet.power_info) could ask it from the controller).
   - >-
-    With the fleet server's view in the results
-    (O(powernap.fleet.power_info#module:server_url) of M(powernap.fleet.power_info)), also LAST WAKE (wake health), ENERGY SAVED (kWh and cost saved against always-on) and FLEET POLICY (vetoes,
-    pending decisions, queued requests) columns, and lines under the table summing the energy saved by the
-    hosts shown, for the fleet and per group.
+    With the fleet server's view in the results (O(powernap.fleet.power_info#module:server_url) of
+    M(powernap.fleet.power_info)), also LAST WAKE (wake health), ENERGY SAVED (kWh and cost saved against
+    always-on) and FLEET POLICY (vetoes, pending decisions, queued requests) columns, and lines under the
+    table summing the energy saved by the hosts shown, for the fleet and per group.
 options:
   _input:
     description: >-
