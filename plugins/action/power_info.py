@@ -13,6 +13,8 @@ server is asked about it from here, so that its wake health, energy saved and po
 
 from __future__ import annotations
 
+import math
+
 from ansible.errors import AnsibleConnectionFailure
 
 from ansible_collections.powernap.fleet.plugins.action.wake import PowerActionBase
@@ -65,7 +67,7 @@ class ActionModule(PowerActionBase):
         try:
             base = server_base_url(self._template(args["server_url"]))
             timeout = float(self._template(args.get("server_timeout", 5.0)))
-            if not timeout > 0:
+            if not math.isfinite(timeout) or timeout <= 0:
                 raise ValueError("server_timeout must be > 0, not %r" % timeout)
         except (TypeError, ValueError) as exc:
             return {"reachable": False, "found": False, "error": str(exc), "asked_from": "controller"}

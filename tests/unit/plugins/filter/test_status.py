@@ -105,8 +105,8 @@ def test_the_fleet_policy_column_shows_vetoes_decisions_and_queued_requests():
     engine = {"present": True, "running": True, "state": "awake", "idle_seconds": 5}
     veto = {"group": "web", "owner": "host nas1", "reason": "monitor backup: rsync", "until": 2e9, "since": 1e9}
     hostvars = {
-        "web1": {"r": {"engine": engine, "server": {"found": True, "policy": {"vetoes": [veto], "decisions": [],
-                                                                            "queued": None}}}},
+        "web1": {"r": {"engine": engine, "server": {"found": True, "policy": {
+            "vetoes": [veto], "decisions": [], "queued": None}}}},
         "web2": {"r": {"engine": engine, "server": {"found": True, "policy": {
             "vetoes": [], "decisions": [{"id": "0a1b2c3d", "kind": "nap", "expires": 2e9}],
             "queued": {"kind": "wake", "source": "proxy"}}}}},
