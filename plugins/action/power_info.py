@@ -6,13 +6,21 @@ power_info is in the ``power`` action group so that one ``module_defaults`` bloc
 power_info; without this plugin those defaults (BMC user, password, Kg) would be copied to every managed
 host with the module.  The facts are gathered on the host; the BMC options are checked here and dropped,
 and with ``bmc_query`` the BMC (Redfish or IPMI) is asked for its power state from here.
+
+A host that does not answer (asleep or off) is reported unreachable as usual; with ``server_url``, the fleet
+server is asked about it from here, so that its wake health, energy saved and policy still show (status.yml).
 """
 
 from __future__ import annotations
 
+import math
+
+from ansible.errors import AnsibleConnectionFailure
+
 from ansible_collections.powernap.fleet.plugins.action.wake import PowerActionBase
 from ansible_collections.powernap.fleet.plugins.module_utils import wake
 from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC, check_hosts
+from ansible_collections.powernap.fleet.plugins.module_utils.fleet_server import server_base_url, server_view
 from ansible_collections.powernap.fleet.plugins.module_utils.power import UNKNOWN, PowerError
 from ansible_collections.powernap.fleet.plugins.module_utils.redfish import POWER_STATES
 
@@ -37,7 +45,13 @@ class ActionModule(PowerActionBase):
         protocol = wake.auto_method(bmc, False)
         if protocol == "ipmi":
             check_hosts({"bmc_host": bmc.get("bmc_host")})
-        module_result = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
+        try:
+            module_result = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
+        except AnsibleConnectionFailure as exc:
+            result.update(unreachable=True, msg=str(exc))
+            if args.get("server_url"):
+                result["server"] = self._server_view(args, task_vars)
+            return
         result.update(module_result)
         if isinstance(result.get("bmc"), dict):
             result["bmc"]["configured"] = protocol is not None
@@ -45,6 +59,20 @@ class ActionModule(PowerActionBase):
                 result["bmc"]["protocol"] = protocol
             if bmc["bmc_query"] and protocol:
                 result["bmc"].update(self._query(bmc, protocol))
+
+    def _server_view(self, args, task_vars):
+        """The fleet server's record of a host that does not answer, read from the controller.
+
+        The host is looked up by O(server_host), else by its inventory name (its engine cannot be asked)."""
+        try:
+            base = server_base_url(self._template(args["server_url"]))
+            timeout = float(self._template(args.get("server_timeout", 5.0)))
+            if not math.isfinite(timeout) or timeout <= 0:
+                raise ValueError("server_timeout must be > 0, not %r" % timeout)
+        except (TypeError, ValueError) as exc:
+            return {"reachable": False, "found": False, "error": str(exc), "asked_from": "controller"}
+        host = self._template(args.get("server_host")) or task_vars.get("inventory_hostname")
+        return dict(server_view(base, str(host), timeout), asked_from="controller")
 
     @staticmethod
     def _query(options, protocol):

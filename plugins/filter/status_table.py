@@ -13,7 +13,13 @@ author: powernap.fleet maintainers
 short_description: A text table of the fleet's nap state from registered power_info results
 description:
   - >-
-    One line per host, sorted; unreachable hosts are shown as asleep or off.
+    One line per host, sorted; unreachable hosts are shown as asleep or off (with the fleet server's state of
+    them when M(powernap.fleet.power_info) could ask it from the controller).
+  - >-
+    With the fleet server's view in the results (O(powernap.fleet.power_info#module:server_url) of
+    M(powernap.fleet.power_info)), also LAST WAKE (wake health), ENERGY SAVED (kWh and cost saved against
+    always-on) and FLEET POLICY (vetoes, pending decisions, queued requests) columns, and lines under the
+    table summing the energy saved by the hosts shown, for the fleet and per group.
 options:
   _input:
     description: >-
@@ -42,7 +48,8 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description: >-
-    Lines of the table (header, rule, one row per host).
+    Lines of the table (header, rule, one row per host), then, with energy figures, an empty line and the
+    energy saved by the hosts shown (fleet, then each group).
   type: list
   elements: str
 """

@@ -40,7 +40,8 @@ options:
   server_host:
     description:
       - Name (or IP or MAC) the fleet server knows the host by.
-      - Defaults to the engine's host name (C(powernap status)), or the system host name without the engine.
+      - Defaults to the engine's host name (C(powernap status)), or the system host name without the engine; for a
+        host that does not answer (asked from the controller), its inventory name.
     type: str
   server_timeout:
     description:
@@ -66,6 +67,9 @@ notes:
     plugin checks them on the controller and never sends them to the managed host; the BMC is contacted only with
     O(bmc_query=true), and then from the controller. RV(bmc.configured) tells whether a BMC is known (O(bmc_host),
     O(redfish_host) or their inventory variables).
+  - A host that does not answer (asleep or off) is reported unreachable; with O(server_url), the action plugin then
+    asks the fleet server about it from the controller, so RV(server) (its wake health, energy saved, policy) is
+    still returned, with RV(server.asked_from=controller). Use C(ignore_unreachable) to register it.
   - The fleet server is asked from the managed host (a plain HTTP GET), so the host must reach it. Unsigned
     reads need C(read_auth = no) on the server (the default is V(yes), and the read is refused and RV(server.error)
     says so); the record then carries states, not the host's addresses.
@@ -226,6 +230,10 @@ server:
       description: The API base URL that was asked.
       type: str
       returned: always
+    asked_from:
+      description: V(controller) when the host did not answer and the action plugin asked the server itself.
+      type: str
+      returned: when the host is unreachable
     host:
       description: The name the host was looked up by (O(server_host) or its default).
       type: str
@@ -422,27 +430,17 @@ server:
 """
 
 import glob
-import json
 import os
 import socket
-from urllib.error import HTTPError, URLError
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
-from ansible.module_utils.urls import open_url
 
 from ansible_collections.powernap.fleet.plugins.module_utils.common import BMC_SPEC, REDFISH_SPEC
 from ansible_collections.powernap.fleet.plugins.module_utils.engine import EngineCli, find_engine
+from ansible_collections.powernap.fleet.plugins.module_utils.fleet_server import server_base_url, server_view
 from ansible_collections.powernap.fleet.plugins.module_utils.power import PowerError
 
 ENGINE_KEYS = ("state", "idle_seconds", "stage", "next_action", "powersave", "version")
-# The registry record fields returned under `server` (see engine/powernap/server/registry.py HostRecord).
-SERVER_KEYS = (
-    "name", "state", "since", "last_seen", "last_event", "stage", "idle_seconds", "next_wake", "engine", "groups",
-    "macs", "ips", "hold", "wakes", "energy", "policy", "wake_health",
-)  # fmt: skip
-SERVER_PORT = 7490
 VM_VENDORS = ("qemu", "kvm", "vmware", "virtualbox", "innotek", "xen", "microsoft corporation", "bochs", "parallels")
 
 
@@ -544,49 +542,6 @@ def direct_facts(module):
         "can_hibernate": "disk" in states,
         "nics": nics(module),
     }
-
-
-def server_base_url(url):
-    """The API base URL: http(s) URLs as given; the engines' udp://HOST[:PORT] as http://HOST:PORT."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https", "udp") or not parts.hostname:
-        raise ValueError("server_url must be http://HOST:PORT (or udp://HOST[:PORT]), not %r" % url)
-    if parts.scheme == "udp":
-        netloc = parts.netloc if parts.port else "%s:%d" % (parts.netloc, SERVER_PORT)
-        return "http://" + netloc
-    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
-
-def server_view(base, host, timeout):
-    """The fleet server's record of ``host`` (GET /v1/hosts/NAME), as the ``server`` return value."""
-    info = {"url": base, "host": host, "reachable": False, "found": False}
-    url = base + "/v1/hosts/" + quote(host, safe="")
-    try:
-        with open_url(url, method="GET", headers={"Accept": "application/json"}, timeout=timeout) as response:
-            record = json.loads(response.read().decode("utf-8"))
-    except HTTPError as exc:
-        info["reachable"] = True
-        try:
-            detail = json.loads(exc.read().decode("utf-8")).get("error")
-        except (ValueError, AttributeError, OSError):
-            detail = None
-        info["error"] = "HTTP %d from %s: %s" % (exc.code, base, detail or exc.reason)
-        return info
-    except (URLError, OSError, UrlsConnectionError) as exc:
-        info["error"] = "cannot reach the fleet server at %s: %s" % (base, getattr(exc, "reason", exc))
-        return info
-    except ValueError as exc:
-        info["reachable"] = True
-        info["error"] = "the fleet server at %s did not answer JSON: %s" % (base, exc)
-        return info
-    info["reachable"] = True
-    if not isinstance(record, dict):
-        info["error"] = "the fleet server at %s answered %r, not a host record" % (base, record)
-        return info
-    info["found"] = True
-    for key in SERVER_KEYS:
-        info[key] = record.get(key)
-    return info
 
 
 def main():

@@ -7,6 +7,7 @@ from ansible.module_utils.common.text.converters import to_text
 
 HEADERS = ("HOST", "STATE", "IDLE", "NEXT ACTION", "VERDICT")
 WAKE_HEADER = "LAST WAKE"  # shown when the results carry the fleet server's view (power_info server_url)
+ENERGY_HEADER = "ENERGY SAVED"  # likewise, when the server accounts energy (powerwaked 16+)
 
 
 def human_duration(seconds):
@@ -78,7 +79,7 @@ def status_row(host, result):
     if not isinstance(result, dict):
         return (host, "no result", "-", "-", "-")
     if result.get("unreachable"):
-        return (host, "unreachable (asleep or off)", "-", "-", "-")
+        return (host, _unreachable_state(result), "-", "-", "-")
     if result.get("failed"):
         return (host, "error", "-", "-", to_text(result.get("msg") or "failed").splitlines()[0])
     engine = result.get("engine") or {}
@@ -88,6 +89,14 @@ def status_row(host, result):
     if not engine.get("running"):
         return (host, "engine stopped", "-", "-", verdict)
     return (host, _state(engine), human_duration(engine.get("idle_seconds")), _next_action(engine), verdict)
+
+
+def _unreachable_state(result):
+    """A host that did not answer: the fleet server's state of it when power_info could ask (from the controller)."""
+    server = result.get("server")
+    if isinstance(server, dict) and server.get("found") and server.get("state"):
+        return "unreachable, server: %s" % to_text(server["state"])
+    return "unreachable (asleep or off)"
 
 
 def wake_cell(result):
@@ -110,6 +119,90 @@ def wake_cell(result):
     if health.get("test"):
         how += ", test"
     return "%s (%s)" % (outcome, how)
+
+
+def server_energy(result):
+    """The fleet server's energy figures of a host (power_info's server.energy), or None."""
+    server = result.get("server") if isinstance(result, dict) else None
+    if not isinstance(server, dict) or not server.get("found"):
+        return None
+    energy = server.get("energy")
+    kwh = _number(energy.get("saved_kwh")) if isinstance(energy, dict) else None
+    if kwh is None:
+        return None
+    return {
+        "kwh": kwh,
+        "cost": _number(energy.get("saved_cost")) or 0.0,
+        "currency": _one_line(energy.get("currency") or "?"),
+    }
+
+
+def _number(value):
+    """A figure from the server's answer, or None (a bool, a string or a missing key is not a figure)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def energy_text(kwh, costs):
+    """Energy and cost saved: "12.50 kWh, 1.88 USD"; below 0.01, six decimals (a host asleep for minutes)."""
+    kwh = float(kwh)
+    parts = ["%s kWh" % _figure(kwh)]
+    for currency in sorted(costs):
+        parts.append("%s %s" % (_figure(costs[currency]), to_text(currency)))
+    return ", ".join(parts)
+
+
+def _figure(value):
+    value = float(value)
+    if value == 0 or abs(value) >= 0.01:
+        return "%.2f" % value
+    return "%.6f" % value  # 0.000417, not 0.00: a fresh host's saving still shows (the API's precision)
+
+
+def energy_cell(result):
+    energy = server_energy(result)
+    if energy is None:
+        return "-"
+    return energy_text(energy["kwh"], {energy["currency"]: energy["cost"]})
+
+
+def energy_totals(registered):
+    """The lines under the table: energy and cost saved by the hosts shown, for the fleet and per group.
+
+    Summed over the hosts in the table, from each one's server view: one GET per host already made; the
+    server's own totals over every host it knows are in GET /v1/status, /v1/groups and /metrics.  Costs are
+    summed per currency (hosts may be asked of servers with different prices)."""
+    fleet = {"hosts": 0, "kwh": 0.0, "costs": {}}
+    groups = {}
+    for _host, result in registered:
+        energy = server_energy(result)
+        if energy is None:
+            continue
+        for total in [fleet] + [
+            groups.setdefault(to_text(g), {"hosts": 0, "kwh": 0.0, "costs": {}})
+            for g in _names(result["server"].get("groups"))
+        ]:
+            total["hosts"] += 1
+            total["kwh"] += energy["kwh"]
+            total["costs"][energy["currency"]] = total["costs"].get(energy["currency"], 0.0) + energy["cost"]
+    if not fleet["hosts"]:
+        return []
+
+    def line(label, total):
+        hosts = "%d host%s" % (total["hosts"], "" if total["hosts"] == 1 else "s")
+        return "%s (%s shown): %s" % (label, hosts, energy_text(total["kwh"], total["costs"]))
+
+    return ["", "ENERGY SAVED against always-on:", "  " + line("fleet", fleet)] + [
+        "  " + line("group " + name, groups[name]) for name in sorted(groups)
+    ]
+
+
+def _names(value):
+    """A host's distinct group names from the server's answer (anything but a list of names counts as none)."""
+    if not isinstance(value, list):
+        return []
+    return sorted({to_text(name) for name in value if isinstance(name, str) and name})
 
 
 def _one_line(cell):
@@ -139,8 +232,9 @@ def status_table(hosts, hostvars, var):
     """A text table of every host (state, idle time, next action, verdict) from registered power_info results.
 
     With the fleet server's view in the results (power_info ``server_url``), a LAST WAKE column shows each
-    host's wake health, and a FLEET POLICY column its vetoes, pending decisions and queued requests (when any
-    host has a policy view).
+    host's wake health, an ENERGY SAVED column the energy and cost it saved against always-on (with lines
+    under the table summing the hosts shown, for the fleet and per group), and a FLEET POLICY column its
+    vetoes, pending decisions and queued requests (when any host has a policy view).
     """
     registered = list(_registered(hosts, hostvars, var))
     headers = HEADERS
@@ -148,11 +242,15 @@ def status_table(hosts, hostvars, var):
     if any(isinstance(result, dict) and isinstance(result.get("server"), dict) for _host, result in registered):
         headers += (WAKE_HEADER,)
         rows = [row + (wake_cell(result),) for row, (_host, result) in zip(rows, registered)]
+    totals = energy_totals(registered)
+    if totals:
+        headers += (ENERGY_HEADER,)
+        rows = [row + (energy_cell(result),) for row, (_host, result) in zip(rows, registered)]
     policies = [fleet_policy(result) for _host, result in registered]
     if any(policy is not None for policy in policies):
         headers += ("FLEET POLICY",)
         rows = [row + (policy or "-",) for row, policy in zip(rows, policies)]
-    return _table(headers, rows)
+    return _table(headers, rows) + totals
 
 
 def _cell(value):

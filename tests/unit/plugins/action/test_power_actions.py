@@ -4,7 +4,9 @@
 
 import json
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from unittest.mock import MagicMock
 
 import pytest
@@ -93,6 +95,60 @@ def test_power_info_keeps_bmc_options_on_the_controller():
     assert sent == {"server_timeout": 2.0}
     assert result["bmc"] == {"present": False, "configured": True, "protocol": "ipmi"}
     assert SECRET not in json.dumps(result)
+
+
+class HostRecordApi(BaseHTTPRequestHandler):
+    """powerwaked's GET /v1/hosts/NAME: h1 is known, asleep; other names are a 404."""
+
+    def do_GET(self):
+        self.server.paths.append(self.path)
+        record = {"name": "h1", "state": "asleep", "groups": ["web"], "wake_health": {"result": "never"},
+                  "energy": {"saved_kwh": 0.5, "saved_cost": 0.2, "currency": "EUR"}, "macs": []}  # fmt: skip
+        status, answer = (200, record) if self.path == "/v1/hosts/h1" else (404, {"error": "no such host"})
+        data = json.dumps(answer).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        """Quiet."""
+
+
+@pytest.fixture
+def host_api():
+    httpd = HTTPServer(("127.0.0.1", 0), HostRecordApi)
+    httpd.paths = []
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d" % httpd.server_address[1], httpd.paths
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+def test_power_info_of_a_host_that_does_not_answer_asks_the_fleet_server_from_the_controller(host_api):
+    url, paths = host_api
+    action = make_action(power_info_action.ActionModule, {"server_url": url, "server_timeout": 2.0})
+    action._execute_module = MagicMock(side_effect=AnsibleConnectionFailure("ssh: connect to host h1: timed out"))
+    result = action.run(task_vars=host_vars())
+    # Unreachable, as Ansible reports it (ignore_unreachable registers it), with the server's view of the host.
+    assert result["unreachable"] is True and "failed" not in result and "timed out" in result["msg"]
+    server = result["server"]
+    assert paths == ["/v1/hosts/h1"]  # by its inventory name: its engine cannot be asked
+    assert server["found"] is True and server["asked_from"] == "controller" and server["url"] == url
+    assert server["state"] == "asleep" and server["energy"]["saved_kwh"] == 0.5
+    # By server_host when given; a server that does not know the name: found false, with the reason.
+    action = make_action(power_info_action.ActionModule, {"server_url": url, "server_host": "nas9"})
+    action._execute_module = MagicMock(side_effect=AnsibleConnectionFailure("timed out"))
+    server = action.run(task_vars=host_vars())["server"]
+    assert server["found"] is False and "HTTP 404" in server["error"]
+    # Without server_url: only unreachable.
+    action = make_action(power_info_action.ActionModule, {})
+    action._execute_module = MagicMock(side_effect=AnsibleConnectionFailure("timed out"))
+    result = action.run(task_vars=host_vars())
+    assert result["unreachable"] is True and "server" not in result
 
 
 def test_power_info_reports_an_invalid_bmc_host_name():

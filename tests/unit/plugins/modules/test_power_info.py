@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import yaml
 
+from ansible_collections.powernap.fleet.plugins.module_utils import fleet_server
 from ansible_collections.powernap.fleet.plugins.modules import power_info
 from ansible_collections.powernap.fleet.tests.unit.plugins.modules.utils import patch_module_args
 
@@ -134,7 +135,7 @@ def test_server_view_of_the_host(capsys, api):
     assert server["reachable"] is True and server["found"] is True
     assert server["state"] == "asleep" and server["last_seen"] == 1790000001.25 and server["stage"] == 2
     assert server["groups"] == ["webservers"] and server["engine"] is True and server["wakes"] == 3
-    assert set(server) == set(power_info.SERVER_KEYS) | {"url", "host", "reachable", "found"}
+    assert set(server) == set(fleet_server.SERVER_KEYS) | {"url", "host", "reachable", "found"}
     assert server["energy"]["saved_kwh"] == 0.194 and server["energy"]["currency"] == "USD"
     assert api.paths == ["/v1/hosts/web1"]
 
@@ -197,4 +198,4 @@ def test_bad_server_url_fails(capsys):
     ],
 )
 def test_server_base_url(url, base):
-    assert power_info.server_base_url(url) == base
+    assert fleet_server.server_base_url(url) == base
