@@ -171,6 +171,21 @@ def test_ups_emergency_naps_pass_the_nap_rate_limit_and_on_battery_naps_do_not(t
     assert all(e.get("urgent") and e["source"] == "ups" for e in world2.fleet.history)
 
 
+def test_low_battery_hurries_the_on_battery_naps_still_waiting_in_the_queue(tmp_path):
+    # On battery the first group's naps are paced; when LB comes, those still queued must go at once too.
+    text = hosts(4) + "[ups.rack]\nups = rack\ngroups = web\nafter = 0\n"
+    world = World(tmp_path, text, server="nap_rate = 1\n")
+    policy = UpsPolicy("rack", world.config.named["ups"]["rack"], world.rails, world.members, LOG)
+    policy.observe((["OB"], 50.0, "ok"), world.clock.wall())
+    assert len(world.naps()) == 1 and len(world.rails.queue) == 3
+    world.clock.advance(5)
+    policy.observe((["OB", "LB"], 5.0, "ok"), world.clock.wall())
+    assert sorted(world.naps()) == ["h01", "h02", "h03", "h04"] and not world.rails.queue
+    assert all(e.get("urgent") for e in world.fleet.history[1:])
+    policy.observe((["OB", "LB"], 4.0, "ok"), world.clock.wall())
+    assert len(world.naps()) == 4  # asked once, not again on every reading
+
+
 # -- anti-flap ------------------------------------------------------------------------------------
 FLAP = "wake_after_nap = 10m\nnap_after_wake = 15m\n"
 

@@ -13,7 +13,8 @@ action at all: the policy waits where it is.
 
 Requests go through the policy gate (``rails.PowerRails``, source ``ups``):
 UPS naps pass its anti-flap, daily-cap, nap-window and veto rules, and LB/FSD
-naps (``urgent``) its nap rate limit too; wakes back on mains are paced by
+naps (``urgent``) its nap rate limit too (so do on-battery naps still queued
+when LB/FSD comes); wakes back on mains are paced by
 the wake rate limit (the surge the limit exists for).
 
 The NUT protocol client is the nut monitor's (``powernap.monitors.nut``),
@@ -135,6 +136,8 @@ class UpsPolicy:
             return
         self.charge = charge
         if "FSD" in tokens or "LB" in tokens:
+            if self.state != "critical":
+                self._hurry(now, "UPS %s %s" % (self.name, " ".join(tokens)))
             self.state = "critical"
             self.online_since = None
             self.on_battery_since = self.on_battery_since or now
@@ -178,6 +181,16 @@ class UpsPolicy:
             if record.up or record.state in (P.WAKING, P.UNKNOWN):
                 self.fleet.nap(record, action, cause, source="ups", urgent=urgent)
         self.registry.save(now)
+
+    def _hurry(self, now: float, cause: str) -> None:
+        """LB/FSD: the naps of groups shed on battery that still wait for the nap rate limit go now."""
+        queued = getattr(self.fleet, "queue", None) or {}  # the policy gate's queue (host -> request)
+        for group in self.shed:
+            action = "poweroff" if self.opts["action"] == "poweroff" else self.fleet.config.nap_action(group)
+            for record in self._hosts(group):
+                waiting = queued.get(record.name)
+                if record.hold == self.hold and waiting is not None and waiting.kind == "nap":
+                    self.fleet.nap(record, action, cause, source="ups", urgent=True)
 
     def _restore_last(self, now: float) -> None:
         group = self.shed.pop()
