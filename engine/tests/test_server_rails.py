@@ -125,7 +125,9 @@ def test_the_queue_keeps_one_request_per_host_and_an_opposite_one_cancels_it(tmp
     world.rails.wake(world.host("h01"), "first", source="proxy")
     world.rails.wake(world.host("h02"), "second", source="proxy")
     again = world.rails.wake(world.host("h02"), "second again", source="cluster")
-    assert again["what"] == "queued" and again["position"] == 1 and len(world.rails.queue) == 1
+    assert again["what"] == "queued" and list(world.rails.queue) == ["h02"]
+    assert world.rails.wake(world.host("h02"), "second again", source="api")["position"] == 1
+    world.rails.wake(world.host("h02"), "second again", source="cluster")
     assert world.rails.queue["h02"].cause == "second again"
     world.report("h02", "awake")  # it came up by itself: its queued wake is moot
     world.rails.nap(world.host("h02"), None, "nap it", source="api")  # uses the nap bucket: goes at once
@@ -136,6 +138,21 @@ def test_the_queue_keeps_one_request_per_host_and_an_opposite_one_cancels_it(tmp
     world.rails.nap(world.host("h03"), None, "b", source="api")  # h03 is asleep; replaces its queued wake
     assert "h03" in world.rails.queue and world.rails.queue["h03"].kind == "nap"
     assert world.rails.counts["cancelled"] == 2  # h02's moot wake by the nap, h03's wake by its nap
+
+
+def test_asking_again_for_every_queued_host_costs_linear_time_not_quadratic(tmp_path):
+    # A schedule asks again for each of its hosts every minute while the nap rate limit holds them:
+    # with 10,000 queued, a walk of the queue per request made that one tick take seconds.
+    world = World(tmp_path, hosts(10000), server="nap_rate = 1\nqueue_size = 100000\n")
+    records = [world.host(name) for name in sorted(world.config.hosts)]
+    for record in records:
+        world.rails.nap(record, None, "nap window", source="schedule")
+    assert len(world.rails.queue) == 9999
+    started = time.perf_counter()
+    for record in records[1:]:
+        assert world.rails.nap(record, None, "nap window again", source="schedule")["what"] == "queued"
+    assert time.perf_counter() - started < 1.0
+    assert list(world.rails.queue) == [r.name for r in records[1:]]  # each kept its place
 
 
 def test_a_full_queue_drops_its_oldest_request_with_a_reason(tmp_path):

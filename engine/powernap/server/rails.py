@@ -750,8 +750,8 @@ class PowerRails:
         self.transitions.setdefault(record.name, Transitions()).note(kind, now, counted=True)
 
     # -- the queue ------------------------------------------------------------------------------
-    def _enqueue(self, request: Request) -> int:
-        """Queue ``request`` (one per host); returns its place in line (1 = next)."""
+    def _enqueue(self, request: Request) -> Optional[int]:
+        """Queue ``request`` (one per host); returns its place in line (1 = next; None: not counted)."""
         queued = self.queue.get(request.host)
         if queued is not None and queued.kind == request.kind:
             # The same wish again: it keeps its place in line; the newer details win.
@@ -759,7 +759,10 @@ class PowerRails:
             if queued.not_before is not None and request.not_before is None:
                 request.not_before = queued.not_before
             self.queue[request.host] = request
-            return list(self.queue).index(request.host) + 1
+            # Counting the place walks the queue: only for an admin, who reads the answer.  A schedule asks
+            # again for each of its hosts every minute, and at 10,000 queued that walk per request made one
+            # tick O(n^2) (seconds long).
+            return list(self.queue).index(request.host) + 1 if request.admin else None
         if queued is not None:
             del self.queue[request.host]  # the opposite wish: the older one is void
             self.counts["cancelled"] += 1
