@@ -494,7 +494,8 @@ class PowerRails:
         self._logged: Dict[Tuple[str, str, str], float] = {}
         self._swept = now
         self._queue_logged = float("-inf")
-        self.group_names = set(config.group_members())  # groups that may be vetoed
+        self.members = config.group_members()
+        self.group_names = set(self.members)  # groups that may be vetoed
 
     # -- what the policies call -----------------------------------------------------------------
     def add_rule(self, rule: Rule) -> None:
@@ -889,12 +890,11 @@ class PowerRails:
         opts = self._group(group)
         window = self.windows.get(group)
         vetoes = self.active_vetoes(group, now)
+        # By the group's members, not by a walk of the queue: GET /v1/groups asks this of every group.
+        queued = [r for r in (self.queue.get(name) for name in self.members.get(group, ())) if r is not None]
         return {
             "mode": opts["mode"],
-            "queued": {
-                kind: sum(1 for r in self.queue.values() if r.kind == kind and group in _groups(r.record))
-                for kind in KINDS
-            },
+            "queued": {kind: sum(1 for r in queued if r.kind == kind) for kind in KINDS},
             "nap_window": None if window is None else {
                 "open": window.open(now), "opens": window.opens(now), "closes": window.closes(now),
             },
@@ -980,10 +980,6 @@ class PowerRails:
 
 def _shown(entry: Dict[str, Any], full: bool) -> Dict[str, Any]:
     return entry if full else {key: value for key, value in entry.items() if key != "cause"}
-
-
-def _groups(record: Any) -> List[str]:
-    return record.groups if record is not None else []
 
 
 def _moot(kind: str, record: Any) -> bool:
