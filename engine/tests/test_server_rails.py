@@ -497,6 +497,14 @@ def test_hostile_saved_policy_state_is_dropped_entry_by_entry(tmp_path):
     assert world.rails.restore("not a dict") and world.rails.restore(None) == []
 
 
+def test_saved_vetoes_are_held_to_the_per_group_cap(tmp_path):
+    world = World(tmp_path, hosts(2))
+    now = world.clock.wall()
+    saved = [{"group": "web", "owner": "api o%d" % i, "until": now + 600, "reason": "r"} for i in range(1000)]
+    problems = world.rails.restore({"vetoes": saved})
+    assert len(world.rails.vetoes["web"]) == 64 and problems  # MAX_VETOES_PER_GROUP, as a live veto is held
+
+
 # -- the callers ----------------------------------------------------------------------------------
 def test_schedule_naps_and_wakes_pass_the_gate_with_their_source(tmp_path):
     text = hosts(2, extra="nap_from = Mon..Fri 21:00\nnap_until = Mon..Fri 06:00\n")

@@ -959,7 +959,11 @@ class PowerRails:
             except ValueError as exc:
                 problems.append("a veto was dropped: %s" % exc)
                 continue
-            if veto["until"] > now and veto["group"] in self.config.group_members():
+            vetoes = self.vetoes.get(veto["group"]) or {}
+            if len(vetoes) >= MAX_VETOES_PER_GROUP and veto["owner"] not in vetoes:
+                problems.append("a veto on group %s was dropped: more than %d" % (veto["group"], MAX_VETOES_PER_GROUP))
+                continue
+            if veto["until"] > now and veto["group"] in self.group_names:
                 veto["until"] = min(veto["until"], now + self.max_veto)
                 self.vetoes.setdefault(veto["group"], {})[veto["owner"]] = dict(veto, since=veto.get("since", now))
         hosts = data.get("hosts")
