@@ -751,3 +751,26 @@ def test_unsigned_readers_get_no_causes_they_may_name_addresses(tmp_path):
         assert "10.0.0.9" in client.get("/v1/status")["policy"]["queue"]["head"][0]["cause"]  # signed: all of it
     finally:
         handle.stop()
+
+
+def test_unsigned_readers_get_no_veto_reasons_an_engine_monitor_names_its_clients(tmp_path):
+    import urllib.request
+
+    handle, _port = _server(tmp_path, hosts(3), Sent(), server="read_auth = no\n")
+    private = "monitor ssh: 1 established connection on port 22 (from 198.51.100.7)"
+    try:
+        server = handle.server
+        with server.lock:
+            server.rails.veto("web", "host h01", 600, private, server.clock.wall())
+            refused = server.rails.nap(server.registry.get("h02"), None, "idle", source="cluster")
+        assert refused["what"] == "refused" and "198.51.100.7" in refused["reason"]
+        for path in ("/v1/status", "/v1/groups", "/v1/groups/web", "/v1/hosts/h01", "/v1/hosts"):
+            with urllib.request.urlopen(handle.url + path, timeout=5) as reply:
+                text = reply.read().decode()
+            assert "198.51.100.7" not in text, path
+            assert "vetoed by host h01" in text or "host h01" in text, path  # the veto itself still shows
+        client = powerwake.ServerClient(handle.url, SECRET)
+        assert client.get("/v1/groups/web")["policy"]["vetoes"][0]["reason"] == private  # signed: all of it
+        assert private in client.get("/v1/status")["policy"]["refused"][-1]["reason"]
+    finally:
+        handle.stop()

@@ -63,17 +63,19 @@ ADMIN_SOURCES = ("api", "approved")  # an admin's explicit act
 KINDS = ("wake", "nap")
 MAX_VETOES_PER_GROUP = 64
 REFUSALS_KEPT = 100
+PUBLIC_REASON = "reason_public"  # a refusal's reason for unsigned readers, where it differs (never shown as such)
 REFUSAL_LOG_EVERY = 300.0  # seconds: the same refusal of the same host is logged once in this
 
 
 class Refusal:
     """Why a rule stops a request; with ``retry_at`` the request waits in the queue until then instead."""
 
-    __slots__ = ("reason", "retry_at")
+    __slots__ = ("reason", "retry_at", "public")
 
-    def __init__(self, reason: str, retry_at: Optional[float] = None):
+    def __init__(self, reason: str, retry_at: Optional[float] = None, public: Optional[str] = None):
         self.reason = reason
         self.retry_at = retry_at
+        self.public = public  # the reason for unsigned readers, where ``reason`` quotes free text (a veto's)
 
     def __repr__(self) -> str:
         return "Refusal(%r, retry_at=%r)" % (self.reason, self.retry_at)
@@ -374,9 +376,8 @@ class VetoRule(Rule):
             return None
         for group in request.record.groups if request.record is not None else ():
             for veto in self.rails.active_vetoes(group, now):
-                return Refusal(
-                    "group %s vetoed by %s until %s: %s" % (group, veto["owner"], _when(veto["until"]), veto["reason"])
-                )
+                public = "group %s vetoed by %s until %s" % (group, veto["owner"], _when(veto["until"]))
+                return Refusal("%s: %s" % (public, veto["reason"]), public=public)
         return None
 
 
@@ -538,7 +539,7 @@ class PowerRails:
             return self._refuse(request, "no such host", now)
         refusal = self._check(request, now)
         if refusal is not None and refusal.retry_at is None:
-            return self._refuse(request, refusal.reason, now)
+            return self._refuse(request, refusal.reason, now, refusal.public)
         if request.policy and self.recommend_only(record):
             return self._recommend(request, now)
         if refusal is not None:
@@ -596,7 +597,7 @@ class PowerRails:
                 later = refusal
         return later
 
-    def _refuse(self, request: Request, reason: str, now: float) -> Dict[str, Any]:
+    def _refuse(self, request: Request, reason: str, now: float, public: Optional[str] = None) -> Dict[str, Any]:
         entry = {
             "time": now,
             "host": request.host,
@@ -606,6 +607,8 @@ class PowerRails:
             "cause": request.cause[:256],
             "reason": reason,
         }
+        if public is not None:
+            entry[PUBLIC_REASON] = public
         self.refused.append(entry)
         self.counts["refused"] += 1
         key = (request.host, request.kind, reason.split(":")[0])
@@ -614,7 +617,7 @@ class PowerRails:
                 self._logged.clear()
             self._logged[key] = now
             self.log.info("%s of %s (%s) refused: %s", request.kind, request.host, request.source, reason)
-        return entry
+        return _shown(entry, True)
 
     # -- recommend-only -------------------------------------------------------------------------
     def recommend_only(self, record: Any) -> bool:
@@ -810,7 +813,7 @@ class PowerRails:
                         request.not_before = refusal.retry_at
                         continue
                     del self.queue[host]
-                    self._refuse(request, refusal.reason, now)
+                    self._refuse(request, refusal.reason, now, refusal.public)
                     continue
             keys = self._bucket_keys(request)
             waiting = [key for key in keys if key in blocked or not self.buckets[key].ready(now)]
@@ -881,12 +884,12 @@ class PowerRails:
                 "head": [_shown(r.to_dict(), full) for r in list(self.queue.values())[:20]],
             },
             "decisions": len(self.decisions),
-            "vetoes": [v for group in sorted(self.vetoes) for v in self.active_vetoes(group, now)],
+            "vetoes": [_veto_shown(v, full) for group in sorted(self.vetoes) for v in self.active_vetoes(group, now)],
             "refused": [_shown(r, full) for r in list(self.refused)[-20:]],
             "counts": dict(self.counts),
         }
 
-    def group_view(self, group: str, now: float) -> Dict[str, Any]:
+    def group_view(self, group: str, now: float, full: bool = True) -> Dict[str, Any]:
         opts = self._group(group)
         window = self.windows.get(group)
         vetoes = self.active_vetoes(group, now)
@@ -899,7 +902,7 @@ class PowerRails:
                 "open": window.open(now), "opens": window.opens(now), "closes": window.closes(now),
             },
             "vetoed": bool(vetoes),
-            "vetoes": vetoes,
+            "vetoes": [_veto_shown(v, full) for v in vetoes],
             "decisions": sum(1 for d in self.decisions.values() if d.get("group") == group),
         }  # fmt: skip
 
@@ -918,7 +921,11 @@ class PowerRails:
                 for d in self.decisions.values()
                 if d["host"] == name
             ],
-            "vetoes": [v for g in (record.groups if record is not None else ()) for v in self.active_vetoes(g, now)],
+            "vetoes": [
+                _veto_shown(v, full)
+                for g in (record.groups if record is not None else ())
+                for v in self.active_vetoes(g, now)
+            ],
         }
 
     # -- persistence (the registry snapshot's extras.rails) -------------------------------------
@@ -983,7 +990,17 @@ class PowerRails:
 
 
 def _shown(entry: Dict[str, Any], full: bool) -> Dict[str, Any]:
-    return entry if full else {key: value for key, value in entry.items() if key != "cause"}
+    """A queued request or a refusal as a reader sees it: unsigned, without the cause (it may name addresses) and
+    with the public form of the reason (a veto's reason is free text: an engine's monitor names its clients)."""
+    shown = {key: value for key, value in entry.items() if key != PUBLIC_REASON and (full or key != "cause")}
+    if not full and PUBLIC_REASON in entry:
+        shown["reason"] = entry[PUBLIC_REASON]
+    return shown
+
+
+def _veto_shown(veto: Dict[str, Any], full: bool) -> Dict[str, Any]:
+    """A veto as a reader sees it: unsigned, without its reason (free text; "monitor ssh: ... from 192.0.2.7")."""
+    return veto if full else {key: value for key, value in veto.items() if key != "reason"}
 
 
 def _moot(kind: str, record: Any) -> bool:
