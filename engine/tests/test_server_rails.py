@@ -223,6 +223,22 @@ def test_low_battery_hurries_the_on_battery_naps_still_waiting_in_the_queue(tmp_
     assert len(world.naps()) == 4  # asked once, not again on every reading
 
 
+def test_mains_back_withdraws_the_shed_naps_still_waiting_in_the_queue(tmp_path):
+    # A short outage: on battery the group's naps are paced; mains is back before the queue has drained.
+    text = hosts(4) + "[ups.rack]\nups = rack\ngroups = web\nafter = 0\nstep = 30s\n"
+    world = World(tmp_path, text, server="nap_rate = 1\n")
+    policy = UpsPolicy("rack", world.config.named["ups"]["rack"], world.rails, world.members, LOG)
+    policy.observe((["OB"], 90.0, "ok"), world.clock.wall())
+    assert world.naps() == ["h01"] and len(world.rails.queue) == 3
+    world.advance(31)
+    policy.observe((["OL"], 95.0, "ok"), world.clock.wall())
+    assert not policy.shed and not any(r.kind == "nap" for r in world.rails.queue.values())
+    for _minute in range(5):
+        world.advance(60)
+    assert world.naps() == ["h01"]  # nobody napped after the power came back
+    assert all(not world.host(name).hold for name in ("h01", "h02", "h03", "h04"))
+
+
 # -- anti-flap ------------------------------------------------------------------------------------
 FLAP = "wake_after_nap = 10m\nnap_after_wake = 15m\n"
 

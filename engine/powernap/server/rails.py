@@ -531,6 +531,16 @@ class PowerRails:
         )  # fmt: skip
         return self.submit(request)
 
+    def withdraw(self, host: str, kind: str, source: str) -> bool:
+        """Drop ``host``'s queued ``kind`` request of ``source`` (its reason is gone); True if there was one."""
+        queued = self.queue.get(host)
+        if queued is None or queued.kind != kind or queued.source != source:
+            return False
+        del self.queue[host]
+        self.counts["cancelled"] += 1
+        self.registry.touch()
+        return True
+
     def submit(self, request: Request) -> Dict[str, Any]:
         """Check, then act now, record a decision, queue or refuse; returns what happened (a history entry)."""
         now = self.clock.wall()

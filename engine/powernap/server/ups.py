@@ -196,9 +196,12 @@ class UpsPolicy:
         group = self.shed.pop()
         self.last_step = now
         self.log.warning("UPS %s: mains back, waking group %s", self.name, group)
+        withdraw = getattr(self.fleet, "withdraw", None)  # the policy gate's (a bare Fleet queues nothing)
         for record in self._hosts(group):
             if record.hold == self.hold:
                 record.hold = None
+            if withdraw is not None:
+                withdraw(record.name, "nap", "ups")  # a shed nap still waiting for the nap rate: mains is back
             if not record.up:
                 self.fleet.wake(record, "UPS %s back on mains" % self.name, source="ups")
         self.registry.save(now)
