@@ -239,6 +239,26 @@ def test_mains_back_withdraws_the_shed_naps_still_waiting_in_the_queue(tmp_path)
     assert all(not world.host(name).hold for name in ("h01", "h02", "h03", "h04"))
 
 
+def test_a_queued_wake_of_a_host_put_on_hold_meanwhile_is_not_sent(tmp_path):
+    # Mains back: the wake-back is paced; the power fails again and the group is shed (held) before the
+    # queue has drained: the waiting wakes must not wake held hosts during the outage.
+    text = hosts(3) + "[ups.rack]\nups = rack\ngroups = web\nafter = 0\nstep = 30s\nresume_delay = 0\n"
+    world = World(tmp_path, text, server="wake_rate = 1\n")
+    policy = UpsPolicy("rack", world.config.named["ups"]["rack"], world.rails, world.members, LOG)
+    policy.observe((["OB", "LB"], 5.0, "ok"), world.clock.wall())
+    world.asleep("h01", "h02", "h03")
+    world.advance(31)
+    policy.observe((["OL"], 90.0, "ok"), world.clock.wall())
+    assert len(world.sent.wol) == 1 and len(world.rails.queue) == 2  # paced wake-back
+    world.advance(31)
+    policy.observe((["OB", "LB"], 5.0, "ok"), world.clock.wall())  # out again: h02, h03 are held
+    for _minute in range(5):
+        world.advance(60)
+    assert len(world.sent.wol) == 1 and not world.rails.queue
+    assert "on hold" in world.rails.refused[-1]["reason"]
+    assert world.rails.wake(world.host("h02"), "admin", source="api")["what"] == "wake"  # an admin still may
+
+
 # -- anti-flap ------------------------------------------------------------------------------------
 FLAP = "wake_after_nap = 10m\nnap_after_wake = 15m\n"
 

@@ -33,6 +33,7 @@ anti-flap       yes    yes       yes      no   no
 daily cap       yes    yes       yes      no   no
 nap window      -      yes       yes      no   no
 veto (naps)     -      yes       yes      no   unless force
+hold (wakes)    yes    yes       yes      yes  no
 recommend-only  no     yes       yes      no   no
 ==============  =====  ========  =======  ===  =============
 
@@ -402,8 +403,21 @@ class WakeHealthRule(Rule):
         return Refusal(reason) if reason is not None else None
 
 
+class HoldRule(Rule):
+    """A host on hold (a UPS policy shed it) is woken by no one but an admin: a wake that waited in the queue
+    while the power failed again must not wake it during the outage (the callers check the hold when they ask)."""
+
+    name = "hold"
+
+    def check(self, request: Request, now: float) -> Optional[Refusal]:
+        record = request.record
+        if request.kind != "wake" or request.admin or record is None or not record.hold:
+            return None
+        return Refusal("on hold (%s)" % record.hold)
+
+
 DEFAULT_RULES: Tuple[Callable[["PowerRails"], Rule], ...] = (
-    AntiFlapRule, DailyCapRule, NapWindowRule, VetoRule, WakeHealthRule,
+    AntiFlapRule, DailyCapRule, NapWindowRule, VetoRule, WakeHealthRule, lambda rails: HoldRule(),
 )  # fmt: skip
 
 
