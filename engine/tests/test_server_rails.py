@@ -409,6 +409,24 @@ def test_recommend_only_records_decisions_does_nothing_and_acts_once_approved(tm
     assert world.rails.list_decisions() == [] and world.rails.decide(third["id"], True, "late") is None
 
 
+def test_decisions_are_found_by_host_not_by_a_walk_of_them_all(tmp_path):
+    # A schedule in recommend-only mode asks again for each of 10,000 hosts every minute: a walk of up to
+    # max_decisions per request made that tick take seconds, and /v1/hosts walked them once per host.
+    world = World(tmp_path, hosts(10000, extra="mode = recommend\n"), server="max_decisions = 10000\n")
+    records = [world.host(name) for name in sorted(world.config.hosts)]
+    first = [world.rails.nap(record, None, "idle", source="schedule")["id"] for record in records]
+    started = time.perf_counter()
+    again = [world.rails.nap(record, None, "still idle", source="schedule")["id"] for record in records]
+    views = [world.rails.host_view(record.name, world.clock.wall()) for record in records]
+    assert time.perf_counter() - started < 1.0
+    assert again == first and len(world.rails.decisions) == 10000
+    assert views[5]["decisions"] == [{"id": first[5], "kind": "nap", "expires": world.clock.wall() + 3600}]
+    assert world.rails.group_view("web", world.clock.wall())["decisions"] == 10000
+    assert world.rails.decide(first[5], False, "admin")["what"] == "rejected"
+    assert world.rails.host_view("h06", world.clock.wall())["decisions"] == []
+    assert world.rails.nap(records[5], None, "idle", source="schedule")["id"] != first[5]  # a new one
+
+
 def test_a_decision_whose_point_is_gone_is_dropped(tmp_path):
     world = World(tmp_path, hosts(2, extra="mode = recommend\n"))
     world.asleep("h01")

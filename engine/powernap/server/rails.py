@@ -497,6 +497,9 @@ class PowerRails:
         }
         self.queue: collections.OrderedDict[str, Request] = collections.OrderedDict()  # host -> request, FIFO
         self.decisions: collections.OrderedDict[str, Dict[str, Any]] = collections.OrderedDict()  # id -> decision
+        # (host, kind) -> decision id: one decision per host and kind, found without a walk of them all
+        # (a schedule asks again for each of 10,000 hosts every minute; /v1/hosts shows each host's).
+        self.decided: Dict[Tuple[str, str], str] = {}
         self.vetoes: Dict[str, Dict[str, Dict[str, Any]]] = {}  # group -> owner -> veto
         self.transitions: Dict[str, Transitions] = {}
         self.refused: Deque[Dict[str, Any]] = collections.deque(maxlen=REFUSALS_KEPT)
@@ -647,21 +650,34 @@ class PowerRails:
     def recommend_only(self, record: Any) -> bool:
         return any(g["mode"] == "recommend" for g in self.group_options(record))
 
+    def _add_decision(self, decision: Dict[str, Any]) -> None:
+        self.decisions[decision["id"]] = decision
+        self.decided[(decision["host"], decision["kind"])] = decision["id"]
+
+    def _drop_decision(self, decision_id: str) -> Optional[Dict[str, Any]]:
+        decision = self.decisions.pop(decision_id, None)
+        if decision is not None and self.decided.get((decision["host"], decision["kind"])) == decision_id:
+            del self.decided[(decision["host"], decision["kind"])]
+        return decision
+
     def _recommend(self, request: Request, now: float) -> Dict[str, Any]:
-        for decision in self.decisions.values():
-            if decision["host"] == request.host and decision["kind"] == request.kind:
-                decision["cause"] = request.cause[:256]  # the same recommendation, asked again
-                return dict(decision, what="decision")
+        known = self.decisions.get(self.decided.get((request.host, request.kind), ""))
+        if known is not None:
+            known["cause"] = request.cause[:256]  # the same recommendation, asked again
+            return dict(known, what="decision")
         while len(self.decisions) >= self.max_decisions:
-            dropped_id, dropped = self.decisions.popitem(last=False)
-            self.log.warning("decision %s (%s %s) dropped: max_decisions", dropped_id, dropped["kind"], dropped["host"])
+            dropped_id = next(iter(self.decisions))
+            dropped = self._drop_decision(dropped_id) or {}
+            self.log.warning(
+                "decision %s (%s %s) dropped: max_decisions", dropped_id, dropped.get("kind"), dropped.get("host")
+            )
         decision = request.to_dict()
         decision.update(
             id=_new_id(self.decisions),
             group=next((g for g in request.record.groups if self._group(g)["mode"] == "recommend"), ""),
             expires=now + self.decision_ttl,
         )
-        self.decisions[decision["id"]] = decision
+        self._add_decision(decision)
         self.counts["decisions"] += 1
         self.registry.touch(urgent=True)
         self.log.info("recommend-only: would %s %s (%s); decision %s", request.kind, request.host, request.cause,
@@ -671,7 +687,7 @@ class PowerRails:
     def decide(self, decision_id: str, approve: bool, who: str, force: bool = False) -> Optional[Dict[str, Any]]:
         """Approve (act as the admin: rate limits still apply) or reject a pending decision; None if unknown."""
         self._expire(self.clock.wall())
-        decision = self.decisions.pop(decision_id, None)
+        decision = self._drop_decision(decision_id)
         if decision is None:
             return None
         self.registry.touch(urgent=True)
@@ -702,7 +718,7 @@ class PowerRails:
             record = self.registry.get(decision["host"])
             if decision["expires"] > now and record is not None and not _moot(decision["kind"], record):
                 continue
-            del self.decisions[decision_id]
+            self._drop_decision(decision_id)
             self.counts["decisions_expired"] += 1
             self.registry.touch()
             why = "expired unapproved" if decision["expires"] <= now else "dropped: no longer needed"
@@ -927,8 +943,15 @@ class PowerRails:
             },
             "vetoed": bool(vetoes),
             "vetoes": [_veto_shown(v, full) for v in vetoes],
-            "decisions": sum(1 for d in self.decisions.values() if d.get("group") == group),
+            "decisions": sum(
+                1
+                for d in (self._decision_of(name, kind) for name in self.members.get(group, ()) for kind in KINDS)
+                if d is not None and d.get("group") == group
+            ),
         }  # fmt: skip
+
+    def _decision_of(self, host: str, kind: str) -> Optional[Dict[str, Any]]:
+        return self.decisions.get(self.decided.get((host, kind), ""))
 
     def host_view(self, name: str, now: float, full: bool = True) -> Dict[str, Any]:
         """For /v1/hosts/NAME (and so power_info): this host's transitions, queued request, decisions, vetoes."""
@@ -942,8 +965,8 @@ class PowerRails:
             "queued": _shown(queued.to_dict(), full) if queued is not None else None,
             "decisions": [
                 {"id": d["id"], "kind": d["kind"], "expires": d["expires"]}
-                for d in self.decisions.values()
-                if d["host"] == name
+                for d in (self._decision_of(name, kind) for kind in KINDS)
+                if d is not None
             ],
             "vetoes": [
                 _veto_shown(v, full)
@@ -982,8 +1005,9 @@ class PowerRails:
             except ValueError as exc:
                 problems.append("a decision was dropped: %s" % exc)
                 continue
-            if decision["expires"] > now and self.registry.get(decision["host"]) is not None:
-                self.decisions[decision["id"]] = dict(decision)
+            known = self._decision_of(decision["host"], decision["kind"])
+            if decision["expires"] > now and self.registry.get(decision["host"]) is not None and known is None:
+                self._add_decision(dict(decision))
         for item in _items(data.get("vetoes"), 100000):
             try:
                 veto = VetoSchema.check_values(item)
