@@ -443,6 +443,16 @@ def test_decisions_are_bounded(tmp_path):
     assert [d["host"] for d in world.rails.list_decisions()] == ["h04", "h05"]
 
 
+def test_decisions_dropped_for_room_are_logged_once_per_five_minutes(tmp_path, caplog):
+    world = World(tmp_path, hosts(50, extra="mode = recommend\n"), server="max_decisions = 2\n")
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        for _round in range(3):
+            for name in sorted(world.config.hosts):
+                world.rails.nap(world.host(name), None, "x", source="schedule")
+    dropped = [r for r in caplog.records if "max_decisions" in r.getMessage()]
+    assert len(dropped) == 1 and world.rails.counts["decisions_dropped"] == 148
+
+
 # -- vetoes ---------------------------------------------------------------------------------------
 def test_a_veto_stops_policy_naps_for_its_time_with_its_reason(tmp_path):
     world = World(tmp_path, hosts(2), server="max_veto = 1h\n")

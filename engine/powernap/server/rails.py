@@ -668,9 +668,15 @@ class PowerRails:
         while len(self.decisions) >= self.max_decisions:
             dropped_id = next(iter(self.decisions))
             dropped = self._drop_decision(dropped_id) or {}
-            self.log.warning(
-                "decision %s (%s %s) dropped: max_decisions", dropped_id, dropped.get("kind"), dropped.get("host")
-            )
+            self.counts["decisions_dropped"] += 1
+            if now - self._logged.get(("", "", "max_decisions"), float("-inf")) >= REFUSAL_LOG_EVERY:
+                # Once per 5 minutes: more hosts in recommend-only mode than max_decisions drop one per request.
+                self._logged[("", "", "max_decisions")] = now
+                self.log.warning(
+                    "decision %s (%s %s) dropped: max_decisions = %d (%d dropped so far; logged once per %ds)",
+                    dropped_id, dropped.get("kind"), dropped.get("host"), self.max_decisions,
+                    self.counts["decisions_dropped"], REFUSAL_LOG_EVERY,
+                )  # fmt: skip
         decision = request.to_dict()
         decision.update(
             id=_new_id(self.decisions),
