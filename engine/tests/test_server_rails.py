@@ -277,6 +277,18 @@ def test_a_wake_inside_wake_after_nap_waits_for_the_cooldown_but_an_admin_wake_d
     assert world.sent.wol == ["52:54:00:00:0c:02", "52:54:00:00:0c:01"]
 
 
+def test_an_admin_wake_that_joins_a_cooling_down_request_waits_for_the_rate_limit_only(tmp_path):
+    world = World(tmp_path, hosts(2, extra=FLAP), server="wake_rate = 1\n")
+    world.asleep("h01", "h02")
+    world.clock.advance(60)
+    assert world.rails.wake(world.host("h02"), "admin", source="api")["what"] == "wake"  # the minute's token
+    assert world.rails.wake(world.host("h01"), "who-has", source="proxy")["reason"].startswith("anti-flap")
+    answer = world.rails.wake(world.host("h01"), "admin", source="api")  # waits for the token, not the cooldown
+    assert answer["what"] == "queued" and answer["reason"] == "rate limit"
+    world.advance(61)
+    assert world.sent.wol == ["52:54:00:00:0c:02", "52:54:00:00:0c:01"]
+
+
 def test_a_policy_nap_inside_nap_after_wake_is_refused_with_its_reason_and_a_ups_nap_is_not(tmp_path):
     world = World(tmp_path, hosts(2, extra=FLAP))
     world.asleep("h01", "h02")

@@ -804,10 +804,9 @@ class PowerRails:
         """Queue ``request`` (one per host); returns its place in line (1 = next; None: not counted)."""
         queued = self.queue.get(request.host)
         if queued is not None and queued.kind == request.kind:
-            # The same wish again: it keeps its place in line; the newer details win.
+            # The same wish again: it keeps its place in line; the newer details win, its own cooldown too
+            # (the rules just judged it: an admin's wake does not inherit the proxy's anti-flap wait).
             request.at, request.waited = queued.at, queued.waited
-            if queued.not_before is not None and request.not_before is None:
-                request.not_before = queued.not_before
             self.queue[request.host] = request
             # Counting the place walks the queue: only for an admin, who reads the answer.  A schedule asks
             # again for each of its hosts every minute, and at 10,000 queued that walk per request made one
