@@ -289,6 +289,20 @@ def test_an_admin_wake_that_joins_a_cooling_down_request_waits_for_the_rate_limi
     assert world.sent.wol == ["52:54:00:00:0c:02", "52:54:00:00:0c:01"]
 
 
+def test_a_clock_stepped_back_holds_a_host_for_its_cooldown_at_most(tmp_path):
+    # The server ran with a clock days ahead (a bad RTC) and NTP stepped it back: its transition times lie
+    # in the future; a cooldown must still end one cooldown from now, not when the clock catches up.
+    world = World(tmp_path, hosts(2, extra=FLAP))
+    world.asleep("h01", "h02")
+    ahead = world.clock.wall() + 10 * 86400
+    world.rails.restore({"hosts": {"h01": {"last_nap": ahead, "last_wake": ahead}}})
+    world.rails.transitions["h02"].last_nap = ahead  # as a live step back leaves it
+    for name in ("h01", "h02"):
+        assert world.rails.wake(world.host(name), "who-has", source="proxy")["what"] == "queued"
+    world.advance(601)
+    assert len(world.sent.wol) == 2
+
+
 def test_a_policy_nap_inside_nap_after_wake_is_refused_with_its_reason_and_a_ups_nap_is_not(tmp_path):
     world = World(tmp_path, hosts(2, extra=FLAP))
     world.asleep("h01", "h02")

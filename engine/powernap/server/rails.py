@@ -253,6 +253,16 @@ class Transitions:
             self.count = self.count + 1 if self.day == day else 1
             self.day = day
 
+    def last(self, kind: str, now: float) -> Optional[float]:
+        """When the host last had a ``kind``; a time ahead of ``now`` (the clock was stepped back) becomes now,
+        so a cooldown never runs longer than itself."""
+        attribute = "last_wake" if kind == "wake" else "last_nap"
+        value = getattr(self, attribute)
+        if value is not None and value > now:
+            value = now
+            setattr(self, attribute, value)
+        return value
+
     def to_dict(self) -> Dict[str, Any]:
         return {"last_wake": self.last_wake, "last_nap": self.last_nap, "day": self.day, "count": self.count}
 
@@ -315,14 +325,14 @@ class AntiFlapRule(Rule):
         groups = self.rails.group_options(request.record)
         if request.kind == "wake":
             gap = max((float(g["wake_after_nap"]) for g in groups), default=0.0)
-            if seen.last_nap is not None and gap > 0 and now - seen.last_nap < gap:
-                return Refusal(
-                    "anti-flap: napped %ds ago, wake_after_nap = %ds" % (now - seen.last_nap, gap), seen.last_nap + gap
-                )
+            napped = seen.last("nap", now)
+            if napped is not None and gap > 0 and now - napped < gap:
+                return Refusal("anti-flap: napped %ds ago, wake_after_nap = %ds" % (now - napped, gap), napped + gap)
         else:
             gap = max((float(g["nap_after_wake"]) for g in groups), default=0.0)
-            if seen.last_wake is not None and gap > 0 and now - seen.last_wake < gap:
-                return Refusal("anti-flap: woken %ds ago, nap_after_wake = %ds" % (now - seen.last_wake, gap))
+            woken = seen.last("wake", now)
+            if woken is not None and gap > 0 and now - woken < gap:
+                return Refusal("anti-flap: woken %ds ago, nap_after_wake = %ds" % (now - woken, gap))
         return None
 
 
