@@ -587,6 +587,25 @@ def test_hostile_saved_policy_state_is_dropped_entry_by_entry(tmp_path):
     assert world.rails.restore("not a dict") and world.rails.restore(None) == []
 
 
+def test_saved_times_ahead_of_the_clock_cannot_hold_a_request_or_a_decision_for_ever(tmp_path):
+    world = World(tmp_path, hosts(3, extra="[group.rec]\nhosts = h03\nmode = recommend\n"))
+    world.asleep("h01", "h02", "h03")
+    far = 1e11  # the schema's upper bound for a time: the year 5138
+    problems = world.rails.restore(
+        {
+            "queue": [{"kind": "wake", "host": "h01", "source": "proxy", "cause": "x", "at": far, "not_before": far},
+                      {"kind": "wake", "host": "h02", "source": "proxy", "cause": "y", "at": far}],
+            "decisions": [{"id": "0123abcd", "kind": "wake", "host": "h03", "source": "schedule", "cause": "z",
+                           "at": far, "expires": far, "group": "rec"}],
+        }
+    )  # fmt: skip
+    assert problems == [] and len(world.rails.queue) == 2 and len(world.rails.decisions) == 1
+    world.advance(1)
+    assert len(world.sent.wol) == 2 and not world.rails.queue  # no cooldown pending: served at once
+    world.advance(3601)
+    assert world.rails.list_decisions() == []  # lapsed after decision_ttl
+
+
 def test_saved_vetoes_are_held_to_the_per_group_cap(tmp_path):
     world = World(tmp_path, hosts(2))
     now = world.clock.wall()

@@ -1013,6 +1013,9 @@ class PowerRails:
                 problems.append("a queued request was dropped: %s" % exc)
                 continue
             if self.registry.get(request.host) is not None:
+                # Times judged against this clock: none ahead of now (queue_timeout must be able to end it), and
+                # the cooldown is asked of the rules again at its turn (a saved one could lie years ahead).
+                request.at, request.not_before = min(request.at, now), None
                 self.queue[request.host] = request
         for item in _items(data.get("decisions"), self.max_decisions):
             try:
@@ -1022,6 +1025,7 @@ class PowerRails:
                 continue
             known = self._decision_of(decision["host"], decision["kind"])
             if decision["expires"] > now and self.registry.get(decision["host"]) is not None and known is None:
+                decision["expires"] = min(decision["expires"], now + self.decision_ttl)  # it lapses as a new one would
                 self._add_decision(dict(decision))
         for item in _items(data.get("vetoes"), 100000):
             try:
