@@ -155,6 +155,27 @@ def test_asking_again_for_every_queued_host_costs_linear_time_not_quadratic(tmp_
     assert list(world.rails.queue) == [r.name for r in records[1:]]  # each kept its place
 
 
+def test_a_burst_of_wakes_inside_their_cooldown_costs_linear_time(tmp_path):
+    # A schedule's wake time shortly after its hosts napped: 10,000 wakes wait out wake_after_nap; each new one
+    # walked every cooling-down request ahead of it to see whether it would overtake one (4 s in one tick).
+    world = World(
+        tmp_path, hosts(10000, extra="wake_after_nap = 10m\n"), server="queue_size = 100000\nwake_rate = 100000\n"
+    )
+    records = [world.host(name) for name in sorted(world.config.hosts)]
+    for record in records:
+        world.report(record.name, "suspending", event="action-start")
+    world.clock.advance(30)
+    world.registry.tick(world.clock.wall())
+    started = time.perf_counter()
+    for record in records:
+        assert world.rails.wake(record, "wake time", source="schedule")["what"] == "queued"
+    assert time.perf_counter() - started < 1.5
+    world.advance(571)
+    assert (
+        len(world.sent.wol) == 10000 and not world.rails.queue
+    )  # no rate limit: a limit that does not bind: all go once cooled down
+
+
 def test_every_group_view_with_a_full_queue_costs_the_group_not_the_queue(tmp_path):
     # GET /v1/groups asks every group's view under the daemon's lock: 1,000 groups each walking a queue of
     # 10,000 held the lock for over a second.

@@ -521,6 +521,9 @@ class PowerRails:
         )
         self._logged: Dict[Tuple[str, str, str], float] = {}
         self._swept = now
+        # No queued request may run before this (a lower bound of their not_before; a ready one counts as -inf):
+        # while it lies ahead, a new request overtakes nobody, without a walk of a queue of cooling-down requests.
+        self._due = float("inf")
         self._queue_logged = float("-inf")
         self.members = config.group_members()
         self.group_names = set(self.members)  # groups that may be vetoed
@@ -585,7 +588,11 @@ class PowerRails:
         # Straight through when nothing waits ahead of it (FIFO) and its buckets allow; a request that must
         # wait joins the queue, served every tick (so a burst costs O(1) per request, not a queue scan).
         # (Requests waiting out a cooldown hold no place in line.)
-        ahead = keys and any(h != request.host and (r.not_before or 0.0) <= now for h, r in self.queue.items())
+        ahead = (
+            keys
+            and self._due <= now
+            and any(h != request.host and (r.not_before or 0.0) <= now for h, r in self.queue.items())
+        )
         if request.not_before is None and not ahead and all(self.buckets[key].ready(now) for key in keys):
             for key in keys:
                 self.buckets[key].take()
@@ -818,6 +825,7 @@ class PowerRails:
             # (the rules just judged it: an admin's wake does not inherit the proxy's anti-flap wait).
             request.at, request.waited = queued.at, queued.waited
             self.queue[request.host] = request
+            self._due = min(self._due, request.not_before if request.not_before is not None else float("-inf"))
             # Counting the place walks the queue: only for an admin, who reads the answer.  A schedule asks
             # again for each of its hosts every minute, and at 10,000 queued that walk per request made one
             # tick O(n^2) (seconds long).
@@ -830,6 +838,7 @@ class PowerRails:
             host, dropped = self.queue.popitem(last=False)
             self._refuse(dropped, "dropped from a full queue (queue_size = %d)" % self.queue_size, self.clock.wall())
         self.queue[request.host] = request
+        self._due = min(self._due, request.not_before if request.not_before is not None else float("-inf"))
         self.registry.touch()
         return len(self.queue)
 
@@ -847,9 +856,10 @@ class PowerRails:
             return
         blocked: set = set()
         full_kinds: set = set()
+        self._due = float("-inf")  # until the walk below ends and counts them again
         for host, request in list(self.queue.items()):
             if len(full_kinds) == len(KINDS):
-                break  # every fleet-wide bucket is empty: nothing further can run this time
+                return  # every fleet-wide bucket is empty: nothing further can run this time
             if now - request.at > self.queue_timeout:
                 del self.queue[host]
                 self._refuse(request, "waited longer than queue_timeout (%ds)" % self.queue_timeout, now)
@@ -883,6 +893,8 @@ class PowerRails:
             del self.queue[host]
             self.registry.touch()
             self._dispatch(request, record, now)
+        self._due = min((r.not_before if r.not_before is not None else float("-inf") for r in self.queue.values()),
+                        default=float("inf"))  # fmt: skip
 
     def _bucket_keys(self, request: Request) -> List[Tuple[str, str]]:
         if request.kind == "nap" and request.urgent:
@@ -1017,6 +1029,7 @@ class PowerRails:
                 # the cooldown is asked of the rules again at its turn (a saved one could lie years ahead).
                 request.at, request.not_before = min(request.at, now), None
                 self.queue[request.host] = request
+                self._due = float("-inf")
         for item in _items(data.get("decisions"), self.max_decisions):
             try:
                 decision = DecisionSchema.check_values(item)
