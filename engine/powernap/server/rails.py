@@ -387,8 +387,8 @@ class VetoRule(Rule):
             return None
         for group in request.record.groups if request.record is not None else ():
             for veto in self.rails.active_vetoes(group, now):
-                public = "group %s vetoed by %s until %s" % (group, veto["owner"], _when(veto["until"]))
-                return Refusal("%s: %s" % (public, veto["reason"]), public=public)
+                why = "group %s vetoed by %s until %s: %%s" % (group, veto["owner"], _when(veto["until"]))
+                return Refusal(why % veto["reason"], public=why % _public_veto_reason(veto))
         return None
 
 
@@ -1079,8 +1079,16 @@ def _shown(entry: Dict[str, Any], full: bool) -> Dict[str, Any]:
 
 
 def _veto_shown(veto: Dict[str, Any], full: bool) -> Dict[str, Any]:
-    """A veto as a reader sees it: unsigned, without its reason (free text; "monitor ssh: ... from 192.0.2.7")."""
-    return veto if full else {key: value for key, value in veto.items() if key != "reason"}
+    """A veto as a reader sees it: unsigned, an engine's reason only up to its monitor's name."""
+    return veto if full else dict(veto, reason=_public_veto_reason(veto))
+
+
+def _public_veto_reason(veto: Dict[str, Any]) -> str:
+    """An engine's veto reason is "monitor NAME: what it saw", and what it saw may name a client's address
+    ("1 established connection on port 22 (from 192.0.2.7)"): unsigned readers get "monitor NAME".  An API
+    client's reason is an admin's own text, shown as it is."""
+    reason = str(veto.get("reason") or "")
+    return reason.split(":")[0] if str(veto.get("owner") or "").startswith("host ") else reason
 
 
 def _moot(kind: str, record: Any) -> bool:
