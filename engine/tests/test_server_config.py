@@ -155,3 +155,20 @@ def test_a_missing_section_still_names_the_file(tmp_path):
         "%s:1: [powerwaked] a fleet secret is required (secret or secret_file)" % path,
         "%s:1: [powerwaked] listen is required: the segment interface's address (0.0.0.0: all)" % path,
     ]
+
+
+def test_group_members_of_10000_hosts_are_gathered_in_linear_time(tmp_path):
+    import time
+
+    text = "[group.web]\nhosts = h00001, h00000\n" + "".join(
+        "[host.h%05d]\nmac = 52:54:00:%02x:%02x:%02x\ngroups = web\n" % (i, i >> 16, (i >> 8) & 255, i & 255)
+        for i in range(10000)
+    )
+    path = tmp_path / "powerwaked.conf"
+    path.write_text("[powerwaked]\nsecret = 0123456789abcdef-fleet\nlisten = 127.0.0.1\n" + text)
+    config, errors = load_config([str(path)])
+    assert errors == []
+    started = time.perf_counter()
+    members = config.group_members()
+    assert time.perf_counter() - started < 0.1
+    assert len(members["web"]) == 10000 and members["web"][:3] == ["h00001", "h00000", "h00002"]

@@ -162,6 +162,20 @@ def test_a_retry_that_succeeds_clears_the_mark_and_a_host_that_came_up_is_not_re
     assert health(world, "w2")["marked"] is True and health(world, "w2")["retry_at"] is None
 
 
+def test_a_retry_time_ahead_of_the_clock_is_brought_within_wake_retry_max(tmp_path):
+    # The clock was stepped back (or a saved record says so): a retry can never be further away than
+    # wake_retry_max, so one "days from now" would keep a down host marked and unwoken for days.
+    world = World(tmp_path)
+    with_server_options(world, tmp_path, "wake_retry_max = 10m\n")
+    asleep(world, "w1")
+    world.fleet.wake(world.registry.get("w1"), "API")
+    tick(world, 46)
+    health(world, "w1")["retry_at"] = world.clock.wall() + 30 * 86400
+    tick(world, 1)
+    tick(world, 600)
+    assert len(world.sent.wol) == 2 and health(world, "w1")["retries"] == 1
+
+
 def test_a_host_with_no_way_to_wake_fails_at_once_and_is_not_retried(tmp_path):
     world = World(tmp_path)
     world.registry.define("nomac", groups=["web"])

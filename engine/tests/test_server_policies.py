@@ -379,6 +379,17 @@ def test_external_demand_raises_the_need_until_it_expires(tmp_path):
     assert cluster.compute_needed(world.clock.wall()) == 1
 
 
+def test_external_demands_are_bounded_and_the_largest_need_is_kept(tmp_path):
+    world = World(tmp_path, CLUSTER)
+    cluster = cluster_policy(world)
+    world.report("w1", "awake", load=0.0, cpus=1)
+    need = cluster.demand(3, 3600, "big", world.clock.wall())["needed"]
+    for i in range(5000):  # a signed client calling in a loop must not grow the list (nor /v1/status) for ever
+        cluster.demand(0, 3600, "loop%d" % i, world.clock.wall())
+    assert len(cluster.demands) <= 100 and len(cluster.to_dict(world.clock.wall())["demands"]) <= 100
+    assert cluster.compute_needed(world.clock.wall()) == need  # the demand for 3 more stands
+
+
 def test_parse_load_forms():
     assert parse_load("17\n") == 17.0
     assert parse_load("Active connections: 291 \nserver accepts handled requests\n") == 291.0

@@ -125,7 +125,9 @@ def test_the_queue_keeps_one_request_per_host_and_an_opposite_one_cancels_it(tmp
     world.rails.wake(world.host("h01"), "first", source="proxy")
     world.rails.wake(world.host("h02"), "second", source="proxy")
     again = world.rails.wake(world.host("h02"), "second again", source="cluster")
-    assert again["what"] == "queued" and again["position"] == 1 and len(world.rails.queue) == 1
+    assert again["what"] == "queued" and list(world.rails.queue) == ["h02"]
+    assert world.rails.wake(world.host("h02"), "second again", source="api")["position"] == 1
+    world.rails.wake(world.host("h02"), "second again", source="cluster")
     assert world.rails.queue["h02"].cause == "second again"
     world.report("h02", "awake")  # it came up by itself: its queued wake is moot
     world.rails.nap(world.host("h02"), None, "nap it", source="api")  # uses the nap bucket: goes at once
@@ -136,6 +138,62 @@ def test_the_queue_keeps_one_request_per_host_and_an_opposite_one_cancels_it(tmp
     world.rails.nap(world.host("h03"), None, "b", source="api")  # h03 is asleep; replaces its queued wake
     assert "h03" in world.rails.queue and world.rails.queue["h03"].kind == "nap"
     assert world.rails.counts["cancelled"] == 2  # h02's moot wake by the nap, h03's wake by its nap
+
+
+def test_asking_again_for_every_queued_host_costs_linear_time_not_quadratic(tmp_path):
+    # A schedule asks again for each of its hosts every minute while the nap rate limit holds them:
+    # with 10,000 queued, a walk of the queue per request made that one tick take seconds.
+    world = World(tmp_path, hosts(10000), server="nap_rate = 1\nqueue_size = 100000\n")
+    records = [world.host(name) for name in sorted(world.config.hosts)]
+    for record in records:
+        world.rails.nap(record, None, "nap window", source="schedule")
+    assert len(world.rails.queue) == 9999
+    started = time.perf_counter()
+    for record in records[1:]:
+        assert world.rails.nap(record, None, "nap window again", source="schedule")["what"] == "queued"
+    assert time.perf_counter() - started < 1.0
+    assert list(world.rails.queue) == [r.name for r in records[1:]]  # each kept its place
+
+
+def test_a_burst_of_wakes_inside_their_cooldown_costs_linear_time(tmp_path):
+    # A schedule's wake time shortly after its hosts napped: 10,000 wakes wait out wake_after_nap; each new one
+    # walked every cooling-down request ahead of it to see whether it would overtake one (4 s in one tick).
+    world = World(
+        tmp_path, hosts(10000, extra="wake_after_nap = 10m\n"), server="queue_size = 100000\nwake_rate = 100000\n"
+    )
+    records = [world.host(name) for name in sorted(world.config.hosts)]
+    for record in records:
+        world.report(record.name, "suspending", event="action-start")
+    world.clock.advance(30)
+    world.registry.tick(world.clock.wall())
+    started = time.perf_counter()
+    for record in records:
+        assert world.rails.wake(record, "wake time", source="schedule")["what"] == "queued"
+    assert time.perf_counter() - started < 1.5
+    world.advance(571)
+    assert (
+        len(world.sent.wol) == 10000 and not world.rails.queue
+    )  # no rate limit: a limit that does not bind: all go once cooled down
+
+
+def test_every_group_view_with_a_full_queue_costs_the_group_not_the_queue(tmp_path):
+    # GET /v1/groups asks every group's view under the daemon's lock: 1,000 groups each walking a queue of
+    # 10,000 held the lock for over a second.
+    text = ""
+    for group in range(1000):
+        names = ["h%05d" % (group * 10 + i) for i in range(10)]
+        text += "[group.g%04d]\nhosts = %s\n" % (group, ", ".join(names))
+        for i, name in enumerate(names):
+            index = group * 10 + i
+            text += "[host.%s]\nmac = 52:54:00:%02x:%02x:%02x\n" % (name, index >> 16, (index >> 8) & 255, index & 255)
+    world = World(tmp_path, text, server="nap_rate = 1\nqueue_size = 100000\n")
+    for name in sorted(world.config.hosts):
+        world.rails.nap(world.host(name), None, "nap window", source="schedule")
+    assert len(world.rails.queue) == 9999
+    started = time.perf_counter()
+    views = [world.rails.group_view(group, world.clock.wall()) for group in sorted(world.config.groups)]
+    assert time.perf_counter() - started < 0.4
+    assert views[0]["queued"] == {"wake": 0, "nap": 9} and views[1]["queued"] == {"wake": 0, "nap": 10}
 
 
 def test_a_full_queue_drops_its_oldest_request_with_a_reason(tmp_path):
@@ -171,6 +229,57 @@ def test_ups_emergency_naps_pass_the_nap_rate_limit_and_on_battery_naps_do_not(t
     assert all(e.get("urgent") and e["source"] == "ups" for e in world2.fleet.history)
 
 
+def test_low_battery_hurries_the_on_battery_naps_still_waiting_in_the_queue(tmp_path):
+    # On battery the first group's naps are paced; when LB comes, those still queued must go at once too.
+    text = hosts(4) + "[ups.rack]\nups = rack\ngroups = web\nafter = 0\n"
+    world = World(tmp_path, text, server="nap_rate = 1\n")
+    policy = UpsPolicy("rack", world.config.named["ups"]["rack"], world.rails, world.members, LOG)
+    policy.observe((["OB"], 50.0, "ok"), world.clock.wall())
+    assert len(world.naps()) == 1 and len(world.rails.queue) == 3
+    world.clock.advance(5)
+    policy.observe((["OB", "LB"], 5.0, "ok"), world.clock.wall())
+    assert sorted(world.naps()) == ["h01", "h02", "h03", "h04"] and not world.rails.queue
+    assert all(e.get("urgent") for e in world.fleet.history[1:])
+    policy.observe((["OB", "LB"], 4.0, "ok"), world.clock.wall())
+    assert len(world.naps()) == 4  # asked once, not again on every reading
+
+
+def test_mains_back_withdraws_the_shed_naps_still_waiting_in_the_queue(tmp_path):
+    # A short outage: on battery the group's naps are paced; mains is back before the queue has drained.
+    text = hosts(4) + "[ups.rack]\nups = rack\ngroups = web\nafter = 0\nstep = 30s\n"
+    world = World(tmp_path, text, server="nap_rate = 1\n")
+    policy = UpsPolicy("rack", world.config.named["ups"]["rack"], world.rails, world.members, LOG)
+    policy.observe((["OB"], 90.0, "ok"), world.clock.wall())
+    assert world.naps() == ["h01"] and len(world.rails.queue) == 3
+    world.advance(31)
+    policy.observe((["OL"], 95.0, "ok"), world.clock.wall())
+    assert not policy.shed and not any(r.kind == "nap" for r in world.rails.queue.values())
+    for _minute in range(5):
+        world.advance(60)
+    assert world.naps() == ["h01"]  # nobody napped after the power came back
+    assert all(not world.host(name).hold for name in ("h01", "h02", "h03", "h04"))
+
+
+def test_a_queued_wake_of_a_host_put_on_hold_meanwhile_is_not_sent(tmp_path):
+    # Mains back: the wake-back is paced; the power fails again and the group is shed (held) before the
+    # queue has drained: the waiting wakes must not wake held hosts during the outage.
+    text = hosts(3) + "[ups.rack]\nups = rack\ngroups = web\nafter = 0\nstep = 30s\nresume_delay = 0\n"
+    world = World(tmp_path, text, server="wake_rate = 1\n")
+    policy = UpsPolicy("rack", world.config.named["ups"]["rack"], world.rails, world.members, LOG)
+    policy.observe((["OB", "LB"], 5.0, "ok"), world.clock.wall())
+    world.asleep("h01", "h02", "h03")
+    world.advance(31)
+    policy.observe((["OL"], 90.0, "ok"), world.clock.wall())
+    assert len(world.sent.wol) == 1 and len(world.rails.queue) == 2  # paced wake-back
+    world.advance(31)
+    policy.observe((["OB", "LB"], 5.0, "ok"), world.clock.wall())  # out again: h02, h03 are held
+    for _minute in range(5):
+        world.advance(60)
+    assert len(world.sent.wol) == 1 and not world.rails.queue
+    assert "on hold" in world.rails.refused[-1]["reason"]
+    assert world.rails.wake(world.host("h02"), "admin", source="api")["what"] == "wake"  # an admin still may
+
+
 # -- anti-flap ------------------------------------------------------------------------------------
 FLAP = "wake_after_nap = 10m\nnap_after_wake = 15m\n"
 
@@ -187,6 +296,32 @@ def test_a_wake_inside_wake_after_nap_waits_for_the_cooldown_but_an_admin_wake_d
     assert world.sent.wol == ["52:54:00:00:0c:02"]
     world.advance(2)
     assert world.sent.wol == ["52:54:00:00:0c:02", "52:54:00:00:0c:01"]
+
+
+def test_an_admin_wake_that_joins_a_cooling_down_request_waits_for_the_rate_limit_only(tmp_path):
+    world = World(tmp_path, hosts(2, extra=FLAP), server="wake_rate = 1\n")
+    world.asleep("h01", "h02")
+    world.clock.advance(60)
+    assert world.rails.wake(world.host("h02"), "admin", source="api")["what"] == "wake"  # the minute's token
+    assert world.rails.wake(world.host("h01"), "who-has", source="proxy")["reason"].startswith("anti-flap")
+    answer = world.rails.wake(world.host("h01"), "admin", source="api")  # waits for the token, not the cooldown
+    assert answer["what"] == "queued" and answer["reason"] == "rate limit"
+    world.advance(61)
+    assert world.sent.wol == ["52:54:00:00:0c:02", "52:54:00:00:0c:01"]
+
+
+def test_a_clock_stepped_back_holds_a_host_for_its_cooldown_at_most(tmp_path):
+    # The server ran with a clock days ahead (a bad RTC) and NTP stepped it back: its transition times lie
+    # in the future; a cooldown must still end one cooldown from now, not when the clock catches up.
+    world = World(tmp_path, hosts(2, extra=FLAP))
+    world.asleep("h01", "h02")
+    ahead = world.clock.wall() + 10 * 86400
+    world.rails.restore({"hosts": {"h01": {"last_nap": ahead, "last_wake": ahead}}})
+    world.rails.transitions["h02"].last_nap = ahead  # as a live step back leaves it
+    for name in ("h01", "h02"):
+        assert world.rails.wake(world.host(name), "who-has", source="proxy")["what"] == "queued"
+    world.advance(601)
+    assert len(world.sent.wol) == 2
 
 
 def test_a_policy_nap_inside_nap_after_wake_is_refused_with_its_reason_and_a_ups_nap_is_not(tmp_path):
@@ -321,6 +456,24 @@ def test_recommend_only_records_decisions_does_nothing_and_acts_once_approved(tm
     assert world.rails.list_decisions() == [] and world.rails.decide(third["id"], True, "late") is None
 
 
+def test_decisions_are_found_by_host_not_by_a_walk_of_them_all(tmp_path):
+    # A schedule in recommend-only mode asks again for each of 10,000 hosts every minute: a walk of up to
+    # max_decisions per request made that tick take seconds, and /v1/hosts walked them once per host.
+    world = World(tmp_path, hosts(10000, extra="mode = recommend\n"), server="max_decisions = 10000\n")
+    records = [world.host(name) for name in sorted(world.config.hosts)]
+    first = [world.rails.nap(record, None, "idle", source="schedule")["id"] for record in records]
+    started = time.perf_counter()
+    again = [world.rails.nap(record, None, "still idle", source="schedule")["id"] for record in records]
+    views = [world.rails.host_view(record.name, world.clock.wall()) for record in records]
+    assert time.perf_counter() - started < 1.0
+    assert again == first and len(world.rails.decisions) == 10000
+    assert views[5]["decisions"] == [{"id": first[5], "kind": "nap", "expires": world.clock.wall() + 3600}]
+    assert world.rails.group_view("web", world.clock.wall())["decisions"] == 10000
+    assert world.rails.decide(first[5], False, "admin")["what"] == "rejected"
+    assert world.rails.host_view("h06", world.clock.wall())["decisions"] == []
+    assert world.rails.nap(records[5], None, "idle", source="schedule")["id"] != first[5]  # a new one
+
+
 def test_a_decision_whose_point_is_gone_is_dropped(tmp_path):
     world = World(tmp_path, hosts(2, extra="mode = recommend\n"))
     world.asleep("h01")
@@ -335,6 +488,16 @@ def test_decisions_are_bounded(tmp_path):
     for name in sorted(world.config.hosts):
         world.rails.nap(world.host(name), None, "x", source="cluster")
     assert [d["host"] for d in world.rails.list_decisions()] == ["h04", "h05"]
+
+
+def test_decisions_dropped_for_room_are_logged_once_per_five_minutes(tmp_path, caplog):
+    world = World(tmp_path, hosts(50, extra="mode = recommend\n"), server="max_decisions = 2\n")
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        for _round in range(3):
+            for name in sorted(world.config.hosts):
+                world.rails.nap(world.host(name), None, "x", source="schedule")
+    dropped = [r for r in caplog.records if "max_decisions" in r.getMessage()]
+    assert len(dropped) == 1 and world.rails.counts["decisions_dropped"] == 148
 
 
 # -- vetoes ---------------------------------------------------------------------------------------
@@ -445,7 +608,48 @@ def test_hostile_saved_policy_state_is_dropped_entry_by_entry(tmp_path):
     assert world.rails.restore("not a dict") and world.rails.restore(None) == []
 
 
+def test_saved_times_ahead_of_the_clock_cannot_hold_a_request_or_a_decision_for_ever(tmp_path):
+    world = World(tmp_path, hosts(3, extra="[group.rec]\nhosts = h03\nmode = recommend\n"))
+    world.asleep("h01", "h02", "h03")
+    far = 1e11  # the schema's upper bound for a time: the year 5138
+    problems = world.rails.restore(
+        {
+            "queue": [{"kind": "wake", "host": "h01", "source": "proxy", "cause": "x", "at": far, "not_before": far},
+                      {"kind": "wake", "host": "h02", "source": "proxy", "cause": "y", "at": far}],
+            "decisions": [{"id": "0123abcd", "kind": "wake", "host": "h03", "source": "schedule", "cause": "z",
+                           "at": far, "expires": far, "group": "rec"}],
+        }
+    )  # fmt: skip
+    assert problems == [] and len(world.rails.queue) == 2 and len(world.rails.decisions) == 1
+    world.advance(1)
+    assert len(world.sent.wol) == 2 and not world.rails.queue  # no cooldown pending: served at once
+    world.advance(3601)
+    assert world.rails.list_decisions() == []  # lapsed after decision_ttl
+
+
+def test_saved_vetoes_are_held_to_the_per_group_cap(tmp_path):
+    world = World(tmp_path, hosts(2))
+    now = world.clock.wall()
+    saved = [{"group": "web", "owner": "api o%d" % i, "until": now + 600, "reason": "r"} for i in range(1000)]
+    problems = world.rails.restore({"vetoes": saved})
+    assert len(world.rails.vetoes["web"]) == 64 and problems  # MAX_VETOES_PER_GROUP, as a live veto is held
+
+
 # -- the callers ----------------------------------------------------------------------------------
+def test_a_schedule_over_10000_hosts_lists_them_in_linear_time(tmp_path):
+    # In its nap window a schedule lists its hosts every tick; a list membership test per host made that
+    # O(n^2): a third of a second per tick at 10,000 hosts, more than the loop's tick.
+    text = hosts(10000) + "[group.also]\nhosts = h01, h02\n"
+    text += "[schedule.night]\ngroups = web, also\nwake = 07:00\nnap = 20:00\n"
+    world = World(tmp_path, text)
+    schedule = SchedulePolicy("night", world.config.named["schedule"]["night"], world.rails, world.members,
+                              LOG, world.clock.wall())  # fmt: skip
+    started = time.perf_counter()
+    listed = schedule.hosts()
+    assert time.perf_counter() - started < 0.1
+    assert len(listed) == 10000 and listed[0].name == world.members["web"][0]  # each once, in group order
+
+
 def test_schedule_naps_and_wakes_pass_the_gate_with_their_source(tmp_path):
     text = hosts(2, extra="nap_from = Mon..Fri 21:00\nnap_until = Mon..Fri 06:00\n")
     text += "[schedule.office]\ngroups = web\nwake = Mon..Fri 07:00\nnap = Mon..Fri 20:00\nidle = 1m\n"
@@ -689,5 +893,28 @@ def test_unsigned_readers_get_no_causes_they_may_name_addresses(tmp_path):
             queued = json.loads(reply.read())["policy"]["queued"]
         assert queued["source"] == "proxy" and "cause" not in queued
         assert "10.0.0.9" in client.get("/v1/status")["policy"]["queue"]["head"][0]["cause"]  # signed: all of it
+    finally:
+        handle.stop()
+
+
+def test_unsigned_readers_get_an_engine_veto_reason_without_the_clients_its_monitor_names(tmp_path):
+    import urllib.request
+
+    handle, _port = _server(tmp_path, hosts(3), Sent(), server="read_auth = no\n")
+    private = "monitor ssh: 1 established connection on port 22 (from 198.51.100.7)"
+    try:
+        server = handle.server
+        with server.lock:
+            server.rails.veto("web", "host h01", 600, private, server.clock.wall())
+            refused = server.rails.nap(server.registry.get("h02"), None, "idle", source="cluster")
+        assert refused["what"] == "refused" and "198.51.100.7" in refused["reason"]
+        for path in ("/v1/status", "/v1/groups", "/v1/groups/web", "/v1/hosts/h01", "/v1/hosts"):
+            with urllib.request.urlopen(handle.url + path, timeout=5) as reply:
+                text = reply.read().decode()
+            assert "198.51.100.7" not in text, path
+            assert "monitor ssh" in text, path  # the veto and which monitor holds it still show
+        client = powerwake.ServerClient(handle.url, SECRET)
+        assert client.get("/v1/groups/web")["policy"]["vetoes"][0]["reason"] == private  # signed: all of it
+        assert private in client.get("/v1/status")["policy"]["refused"][-1]["reason"]
     finally:
         handle.stop()

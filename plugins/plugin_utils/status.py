@@ -64,7 +64,8 @@ def fleet_policy(result):
         return None
     parts = []
     for veto in policy.get("vetoes") or ():
-        parts.append("%s vetoed by %s: %s" % (veto.get("group"), veto.get("owner"), veto.get("reason")))
+        reason = veto.get("reason")  # an unsigned read gets no reason (it may name addresses)
+        parts.append("%s vetoed by %s%s" % (veto.get("group"), veto.get("owner"), ": %s" % reason if reason else ""))
     for decision in policy.get("decisions") or ():
         parts.append("%s awaits approval (decision %s)" % (decision.get("kind"), decision.get("id")))
     queued = policy.get("queued")

@@ -92,9 +92,9 @@ def route(app: Any, method: str, path: str, body: bytes, auth: Optional[str], cl
         if parts[1] == "hosts" and len(parts) == 3:
             return _found(app.api_host(parts[2], full=signed), "host", parts[2])
         if parts[1:] == ["groups"]:
-            return {"groups": app.api_groups()}
+            return {"groups": app.api_groups(full=signed)}
         if parts[1] == "groups" and len(parts) == 3:
-            return _found(app.api_group(parts[2]), "group", parts[2])
+            return _found(app.api_group(parts[2], full=signed), "group", parts[2])
         if parts[1:] == ["history"]:
             if not signed:
                 raise ApiError(401, "the history names addresses: send a signed read")

