@@ -1088,7 +1088,7 @@ def _public_veto_reason(veto: Dict[str, Any]) -> str:
     ("1 established connection on port 22 (from 192.0.2.7)"): unsigned readers get "monitor NAME".  An API
     client's reason is an admin's own text, shown as it is."""
     reason = str(veto.get("reason") or "")
-    return reason.split(":")[0] if str(veto.get("owner") or "").startswith("host ") else reason
+    return reason.split(":", maxsplit=1)[0] if str(veto.get("owner") or "").startswith("host ") else reason
 
 
 def _moot(kind: str, record: Any) -> bool:
