@@ -425,15 +425,17 @@ def package_manager(module):
     return None
 
 
-def _os_family():
+def _red_hat_release():
+    """The major VERSION_ID of a RHEL-family host ('8', '9', ...), or None on any other distribution."""
     info = os_release()
-    return (info.get("ID", "") + " " + info.get("ID_LIKE", "")).split(), info.get("VERSION_ID", "")
+    family = (info.get("ID", "") + " " + info.get("ID_LIKE", "")).split()
+    if not any(name in ("rhel", "centos", "fedora") for name in family):
+        return None
+    return info.get("VERSION_ID", "").split(".")[0]
 
 
 def python_package():
-    family, version = _os_family()
-    el8 = any(name in ("rhel", "centos", "fedora") for name in family) and version.startswith("8")
-    return "python39" if el8 else "python3"
+    return "python39" if _red_hat_release() == "8" else "python3"
 
 
 def psycopg_package(module, python):
@@ -441,8 +443,7 @@ def psycopg_package(module, python):
     rc, _out, _err = module.run_command([python, "-c", "import psycopg"])
     if rc == 0:
         return None
-    family, _version = _os_family()
-    return "python3-psycopg3" if any(name in ("rhel", "centos", "fedora") for name in family) else "python3-psycopg"
+    return "python3-psycopg3" if _red_hat_release() is not None else "python3-psycopg"
 
 
 def write_file(module, name, content, mode):
