@@ -156,6 +156,7 @@ def powerwaked(lab_reset):
     yield make
     for server in servers:
         server.stop()
+        print("powerwaked log (last 4000 characters):\n" + server.logs())  # pytest shows it when the test fails
         shutil.rmtree(server.dir, ignore_errors=True)  # it holds the BMC passwords
 
 
@@ -344,9 +345,11 @@ def test_schedule_wakes_a_host_at_its_time(lab, powerwaked):
     server = powerwaked(
         "[group.fileservers]\nhosts = h3\n[schedule.quick]\ngroups = fileservers\nwake = *-*-* *:*:0/20\n"
     )
-    server.report({"host": "h3", "state": "suspending", "event": "action-start"})  # report, then suspend
-    lab.power("h3", "suspend")
+    # Suspend first, then report: a wake time falling between a report and the suspend would send its WoL to
+    # a host still up, and the next try (a failed-wake retry) comes after this test's deadline.
     since = time.time()
+    lab.power("h3", "suspend")
+    server.report({"host": "h3", "state": "suspending", "event": "action-start"})
     lab.wait_power("h3", "on", timeout=60)
     causes = [e.get("cause") for e in power_events(lab, "h3", since)]
     assert "wol" in causes
