@@ -24,6 +24,8 @@ Typical use::
 
 import json
 import os
+import select
+import signal
 import subprocess
 import time
 
@@ -177,6 +179,41 @@ class LabHandle:
         )
         out = self.ctl(["/usr/bin/python3", "-c", script], timeout=timeout + 10).stdout
         return out.startswith("ok")
+
+    def tcpdump(self, args, stdout=subprocess.DEVNULL, timeout=30):
+        """Start tcpdump ARGS in the controller namespace; return its Popen once it captures.
+
+        tcpdump says "listening on IFACE" on stderr when its socket is bound: packets sent after that are
+        seen. A fixed sleep instead can miss the first packets on a loaded machine. The caller stops it by pid.
+        """
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", "%s-ctl" % self.name, "tcpdump"] + [str(a) for a in args],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+        )
+        said = b""
+        deadline = time.monotonic() + timeout
+        while b"listening on" not in said:
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                proc.kill()
+                proc.wait()
+                raise LabError("tcpdump %s did not start capturing within %ss: %r" % (" ".join(args), timeout, said))
+            if select.select([proc.stderr], [], [], left)[0]:
+                said += os.read(proc.stderr.fileno(), 4096)
+        return proc
+
+    @staticmethod
+    def stop_tcpdump(proc, timeout=5):
+        """Stop a tcpdump from :meth:`tcpdump` (SIGINT: it writes out what it captured) and reap it."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stderr.close()
 
     def ansible_bin(self, name="ansible"):
         return os.path.join(ANSIBLE_BIN_DIR, name)

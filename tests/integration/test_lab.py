@@ -182,35 +182,12 @@ def test_magic_packet_on_the_wire(lab_reset, tmp_path):
     lab = lab_reset
     suspend(lab, "h3")
     pcap = str(tmp_path / "wol.pcap")
-    dump = subprocess.Popen(
-        [
-            LAB_TOOL,
-            "--name",
-            lab.name,
-            "ctl",
-            "--",
-            "tcpdump",
-            "-i",
-            "eth0",
-            "-U",
-            "-n",
-            "-c",
-            "1",
-            "-w",
-            pcap,
-            "udp port 9",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    dump = lab.tcpdump(["-i", "eth0", "-U", "-n", "-c", "1", "-w", pcap, "udp port 9"])
     try:
-        time.sleep(1.0)
         lab.ctl(["wakeonlan", "-i", lab.broadcast, lab.host("h3")["mac"]])
-        dump.wait(timeout=10)
+        dump.wait(timeout=30)
     finally:
-        if dump.poll() is None:
-            dump.kill()
-            dump.wait()
+        lab.stop_tcpdump(dump)
     with open(pcap, "rb") as f:
         data = f.read()
     frame = data[24 + 16 :]

@@ -12,8 +12,6 @@ import time
 
 import pytest
 
-CAPTURE = "/tmp/powernap-itest-wake.pcap"
-
 
 def magic(mac):
     return b"\xff" * 6 + bytes.fromhex(mac.replace(":", "")) * 16
@@ -63,19 +61,20 @@ def suspend(lab, host):
     lab.wait_power(host, "suspended")
 
 
-def test_wake_suspended_host_by_wol_with_byte_exact_packet(lab_reset):
+def test_wake_suspended_host_by_wol_with_byte_exact_packet(lab_reset, tmp_path):
     lab = lab_reset
     h2 = lab.host("h2")
     suspend(lab, "h2")
-    lab.ctl(
-        "rm -f %s; (timeout 60 tcpdump -i eth0 -n -U -c 3 -w %s udp port 9 >/dev/null 2>&1 &); sleep 1"
-        % (CAPTURE, CAPTURE)
-    )
-    result = module(lab, "h2", "wake", {"method": "wol", "wait": True, "timeout": 90})["h2"]
-    assert result["changed"] is True and result["woken_by"] == "wol" and result["confirmed"] is True
-    assert result["elapsed"] < 90
-    lab.wait_for(lambda: len(udp_payloads(CAPTURE)) >= 3, 20, "3 captured magic packets")
-    assert udp_payloads(CAPTURE)[:3] == [magic(h2["mac"])] * 3
+    capture = str(tmp_path / "wake.pcap")  # this test's own file: never one another test or lab writes
+    dump = lab.tcpdump(["-i", "eth0", "-n", "-U", "-c", "3", "-w", capture, "udp port 9"])
+    try:
+        result = module(lab, "h2", "wake", {"method": "wol", "wait": True, "timeout": 90})["h2"]
+        assert result["changed"] is True and result["woken_by"] == "wol" and result["confirmed"] is True
+        assert result["elapsed"] < 90
+        lab.wait_for(lambda: len(udp_payloads(capture)) >= 3, 20, "3 captured magic packets")
+    finally:
+        lab.stop_tcpdump(dump)
+    assert udp_payloads(capture)[:3] == [magic(h2["mac"])] * 3
     ev = [e for e in lab.events(host="h2", event="power") if e["to"] == "on"][-1]
     assert ev["cause"] == "wol"
     # Idempotent: a second wake changes nothing.
@@ -421,18 +420,19 @@ def test_ipmi_wake_with_no_address_is_idempotent(lab_reset):
     assert h3["bmc_password"] not in json.dumps(second)
 
 
-def test_relay_through_h1_wakes_h2(lab_reset):
+def test_relay_through_h1_wakes_h2(lab_reset, tmp_path):
     lab = lab_reset
     suspend(lab, "h2")
-    lab.ctl(
-        "rm -f %s; (timeout 60 tcpdump -i eth0 -n -U -c 1 -w %s udp port 9 >/dev/null 2>&1 &); sleep 1"
-        % (CAPTURE, CAPTURE)
-    )
-    args = {"method": "wol", "relay": "h1", "broadcast": lab.broadcast, "wait": True, "timeout": 90}
-    result = module(lab, "h2", "wake", args)["h2"]
-    assert result["relay"] == "h1" and result["woken_by"] == "wol" and result["confirmed"] is True
-    lab.wait_for(lambda: udp_sources(CAPTURE), 20, "a captured magic packet")
-    assert udp_sources(CAPTURE)[0] == lab.host("h1")["address"]  # sent by h1, not by the controller
+    capture = str(tmp_path / "relay.pcap")
+    dump = lab.tcpdump(["-i", "eth0", "-n", "-U", "-c", "1", "-w", capture, "udp port 9"])
+    try:
+        args = {"method": "wol", "relay": "h1", "broadcast": lab.broadcast, "wait": True, "timeout": 90}
+        result = module(lab, "h2", "wake", args)["h2"]
+        assert result["relay"] == "h1" and result["woken_by"] == "wol" and result["confirmed"] is True
+        lab.wait_for(lambda: udp_sources(capture), 20, "a captured magic packet")
+    finally:
+        lab.stop_tcpdump(dump)
+    assert udp_sources(capture)[0] == lab.host("h1")["address"]  # sent by h1, not by the controller
     assert lab.power_state("h2") == "on"
 
 

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from .conftest import LabHandle
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENGINE = os.path.join(REPO, "engine")
 SECRET = "lab-fleet-secret-0123456789"
@@ -166,34 +168,12 @@ class Capture:
     def __init__(self, lab):
         fd, self.path = tempfile.mkstemp(prefix="pw-capture-", suffix=".txt")
         self.out = os.fdopen(fd, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                "%s-ctl" % lab.name,
-                "tcpdump",
-                "-l",
-                "-n",
-                "-e",
-                "-x",
-                "-i",
-                "eth0",
-                "ether proto 0x0842 or udp port 9",
-            ],
-            stdout=self.out,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)
+        # waits until tcpdump captures: a fixed sleep could miss the first packets on a loaded machine
+        self.proc = lab.tcpdump(["-l", "-n", "-e", "-x", "-i", "eth0", "ether proto 0x0842 or udp port 9"], self.out)
 
     def stop(self):
         time.sleep(0.5)
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        LabHandle.stop_tcpdump(self.proc)
         self.out.close()
         with open(self.path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()

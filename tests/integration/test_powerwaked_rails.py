@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from .conftest import LabHandle
 from .test_powerwaked import ENGINE, LOAD_SERVER, PORT, PYTHON, SECRET, Powerwaked, power_events
 
 pytestmark = pytest.mark.lab
@@ -87,21 +88,12 @@ class TimedCapture:
     def __init__(self, lab):
         fd, self.path = tempfile.mkstemp(prefix="pw-rails-capture-", suffix=".txt")
         self.out = os.fdopen(fd, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", "%s-ctl" % lab.name, "tcpdump", "-l", "-n", "-tt", "-x", "-i", "eth0",
-             "ether proto 0x0842 or udp port 9"],
-            stdout=self.out, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(1.0)
+        # waits until tcpdump captures: with a fixed sleep the burst's first packets could go unseen
+        self.proc = lab.tcpdump(["-l", "-n", "-tt", "-x", "-i", "eth0", "ether proto 0x0842 or udp port 9"], self.out)
 
     def stop(self):
         time.sleep(0.5)
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        LabHandle.stop_tcpdump(self.proc)
         self.out.close()
         with open(self.path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
