@@ -260,7 +260,18 @@ def engine_lab(lab):
             lab.power(host, "on")
         lab.wait_booted(host)
     playbook(lab, "site", "-l", ENGINE_HOSTS, *extra_vars(lab, LAB_ENGINE_VARS))
-    return lab
+    yield lab
+    stop_engines(lab, ENGINE_HOSTS.split(","))
+
+
+def stop_engines(lab, hosts):
+    """Stop and disable the engines a test deployed: later test files expect hosts that run none (an engine
+    left running acts on its own, e.g. answers or suspends its host, and a power cycle would start it again)."""
+    for host in hosts:
+        if lab.power_state(host) != "on":
+            lab.power(host, "on")
+        lab.wait_booted(host)
+        lab.exec(host, "systemctl disable --now powernapd")
 
 
 def test_power_info_reports_the_engine_facts(engine_lab):

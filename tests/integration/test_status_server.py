@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .test_modules import LAB_ENGINE_VARS, extra_vars, playbook
+from .test_modules import LAB_ENGINE_VARS, extra_vars, playbook, stop_engines
 from .test_powerwaked import PORT, Powerwaked
 from .test_powerwaked_health import post
 
@@ -37,6 +37,15 @@ def test_status_playbook_shows_state_last_wake_fleet_policy_and_energy_saved(lab
     for name in ("h1", "h2"):
         lab.wait_booted(name)
     playbook(lab, "site", "-l", "h1", *extra_vars(lab, LAB_ENGINE_VARS))
+    try:
+        proc, record = _status_with_a_server(lab)
+    finally:
+        stop_engines(lab, ["h1"])  # the engine this test deployed: later tests expect hosts that run none
+    _check_the_table(proc, record)
+
+
+def _status_with_a_server(lab):
+    """A real nap, wake and veto through powerwaked, then the status playbook: (its run, h1's record)."""
     h1, h2 = lab.host("h1"), lab.host("h2")
     server = Powerwaked(lab, "[group.web]\nhosts = h1\n" + ENERGY)
     with open(server.config, encoding="utf-8") as handle:
@@ -73,7 +82,10 @@ def test_status_playbook_shows_state_last_wake_fleet_policy_and_energy_saved(lab
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)  # it holds the BMC passwords
+    return proc, record
 
+
+def _check_the_table(proc, record):
     lines = printed_table(proc.stdout)
     header = lines[0]
     assert header.split()[:2] == ["HOST", "STATE"], lines
