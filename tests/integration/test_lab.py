@@ -150,7 +150,7 @@ def test_wakeonlan_wakes_a_suspended_host(lab_reset):
     lab = lab_reset
     since = suspend(lab, "h2")
     lab.ctl(["wakeonlan", "-i", lab.broadcast, lab.host("h2")["mac"]])
-    lab.wait_power("h2", "on", timeout=10)
+    lab.wait_power("h2", "on")
     ev = last_power(lab, "h2", since)
     assert (ev["from"], ev["to"], ev["cause"], ev["kind"]) == ("suspended", "on", "wol", "udp9")
     assert ping(lab, "h2") and lab.tcp_ok("h2")
@@ -161,7 +161,7 @@ def test_wakeonlan_limited_broadcast_port_7(lab_reset):
     lab = lab_reset
     since = suspend(lab, "h3")
     lab.ctl(["wakeonlan", "-p", "7", lab.host("h3")["mac"]])  # 255.255.255.255:7
-    lab.wait_power("h3", "on", timeout=10)
+    lab.wait_power("h3", "on")
     assert last_power(lab, "h3", since)["kind"] == "udp7"
     assert lab.tcp_ok("h3")
 
@@ -171,7 +171,7 @@ def test_etherwake_wakes_a_suspended_host(lab_reset):
     for extra in ([], ["-b"]):  # unicast to the NIC's MAC, then broadcast; ethertype 0x0842
         since = suspend(lab, "h1")
         lab.ctl(["etherwake", "-i", "eth0"] + extra + [lab.host("h1")["mac"]])
-        lab.wait_power("h1", "on", timeout=10)
+        lab.wait_power("h1", "on")
         ev = last_power(lab, "h1", since)
         assert (ev["cause"], ev["kind"]) == ("wol", "ether")
         assert ping(lab, "h1") and lab.tcp_ok("h1")
@@ -198,7 +198,7 @@ def test_magic_packet_on_the_wire(lab_reset, tmp_path):
     payload = udp[8:]
     mac = bytes(int(x, 16) for x in lab.host("h3")["mac"].split(":"))
     assert payload == b"\xff" * 6 + mac * 16
-    lab.wait_power("h3", "on", timeout=10)
+    lab.wait_power("h3", "on")
 
 
 def test_wrong_mac_does_not_wake(lab_reset):
@@ -220,7 +220,7 @@ def test_wol_disabled_from_inside_the_host_does_not_wake(lab_reset):
     since = time.time()
     # the engine's way of suspending: the command the inventory gives it
     lab.exec("h3", "/usr/local/sbin/powernap-lab-suspend --delay 0.2")
-    lab.wait_power("h3", "suspended", timeout=10)
+    lab.wait_power("h3", "suspended")
     assert last_power(lab, "h3", since)["cause"] == "engine"
     lab.ctl(["wakeonlan", "-i", lab.broadcast, lab.host("h3")["mac"]])
     lab.ctl(["etherwake", "-i", "eth0", lab.host("h3")["mac"]])
@@ -230,7 +230,7 @@ def test_wol_disabled_from_inside_the_host_does_not_wake(lab_reset):
     # re-enable it (the host is asleep: from the lab) and it wakes
     lab.wol("h3", "g")
     lab.ctl(["wakeonlan", "-i", lab.broadcast, lab.host("h3")["mac"]])
-    lab.wait_power("h3", "on", timeout=10)
+    lab.wait_power("h3", "on")
     assert lab.tcp_ok("h3")
 
 
@@ -245,7 +245,7 @@ def test_secureon_password(lab_reset):
     reasons = [e["reason"] for e in lab.events(host="h1", event="wol-packet", since=since)]
     assert len(reasons) == 2 and "wrong SecureOn password" in reasons
     lab.ctl(["etherwake", "-i", "eth0", "-p", "01:02:03:04:05:06", mac])
-    lab.wait_power("h1", "on", timeout=10)
+    lab.wait_power("h1", "on")
 
 
 def test_wol_wakes_a_host_that_is_off(lab_reset):
