@@ -306,17 +306,20 @@ def test_ups_on_battery_sheds_two_groups_in_order_and_brings_them_back(lab, powe
         "resume_charge = 0\npoll = 1s\n" % (ups["name"], ups["host"], ups["port"], ups["user"], ups["password"])
     )
     server.report(*({"host": h, "state": "awake", "event": "start"} for h in ("h1", "h2", "h3")))
-    since = time.time()
-    lab.set_ups("OB")
-    lab.wait_power("h3", "off", timeout=40)
-    assert lab.power_state("h1") == "on"
-    lab.set_ups("OB LB")
-    lab.wait_power("h1", "off", timeout=40)
-    lab.wait_power("h2", "off", timeout=40)
-    lab.set_ups("OL")
-    lab.wait_power("h1", "on", timeout=90)
-    lab.wait_power("h2", "on", timeout=90)
-    lab.wait_power("h3", "on", timeout=90)
+    try:
+        since = time.time()
+        lab.set_ups("OB")
+        lab.wait_power("h3", "off", timeout=40)
+        assert lab.power_state("h1") == "on"
+        lab.set_ups("OB LB")
+        lab.wait_power("h1", "off", timeout=40)
+        lab.wait_power("h2", "off", timeout=40)
+        lab.set_ups("OL")
+        lab.wait_power("h1", "on", timeout=90)
+        lab.wait_power("h2", "on", timeout=90)
+        lab.wait_power("h3", "on", timeout=90)
+    finally:
+        lab.set_ups("OL")  # never leave the UPS on battery for the tests after this one
     offs = {h: min(e["t"] for e in power_events(lab, h, since) if e.get("to") == "off") for h in ("h1", "h3")}
     ons = {h: min(e["t"] for e in power_events(lab, h, since) if e.get("to") == "on") for h in ("h1", "h3")}
     assert offs["h3"] < offs["h1"]  # least important first
