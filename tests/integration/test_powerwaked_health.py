@@ -73,8 +73,10 @@ def without_bmc(config_path, host):
 def test_a_host_that_cannot_wake_is_marked_kept_out_of_napping_and_back_after_a_test_wake(lab_reset, make_server):
     lab = lab_reset
     h2 = lab.host("h2")
-    # The test-wake window opens 90 s from now (UTC seconds in the calendar), well after the failed wake.
-    opens = time.gmtime(time.time() + 90)
+    # The test-wake window (UTC seconds in the calendar) must open after the failed wake and its mark below
+    # however slow they are: after every wait before it could have timed out (the server's start, asleep, marked).
+    asleep_timeout, marked_timeout = 40, 40
+    opens = time.gmtime(time.time() + 15 + asleep_timeout + marked_timeout + 25)
 
     def edit(config_path):
         with open(config_path, encoding="utf-8") as handle:
@@ -95,13 +97,13 @@ def test_a_host_that_cannot_wake_is_marked_kept_out_of_napping_and_back_after_a_
         server.report({"host": "h2", "state": "suspending", "event": "action-start", "ips": [h2["address"]]})
         lab.power("h2", "suspend")
         lab.wol("h2", "d")
-        lab.wait_for(lambda: server.host("h2")["state"] == "asleep", 40, "h2 asleep in the registry")
+        lab.wait_for(lambda: server.host("h2")["state"] == "asleep", asleep_timeout, "h2 asleep in the registry")
         assert server.host("h2")["wake_health"]["result"] == "never"
         since = time.time()
 
         # 1. The wake fails: WoL is off and there is no BMC. The host is marked.
         assert post(lab, "/v1/wake", {"host": "h2"})["answer"]["method"] == "wol"
-        lab.wait_for(lambda: server.host("h2")["wake_health"].get("marked"), 40, "h2 marked")
+        lab.wait_for(lambda: server.host("h2")["wake_health"].get("marked"), marked_timeout, "h2 marked")
         health = server.host("h2")["wake_health"]
         assert health["result"] == "failed" and health["method"] == "wol" and health["seconds"] >= 10
         assert lab.power_state("h2") == "suspended"
