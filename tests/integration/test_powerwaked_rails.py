@@ -137,11 +137,16 @@ def test_a_burst_of_ten_wakes_at_three_a_minute_wakes_three_at_once_and_paces_th
     assert [a["what"] for a in answers] == ["wake"] * 3 + ["queued"] * 7, answers
     assert queued["wake"] == 7 and [e["host"] for e in queued["head"]] == names[3:]
     sent = [TimedCapture.first_time(packets, mac) for mac in macs]
+    # The burst's time is its first packet's: the server got the burst then. (``asked`` also counts the client's
+    # start, a process in the lab's namespace that a loaded machine may take seconds to run.)
+    assert all(t is not None for t in sent[:3]), (asked, sent)
+    burst = min(sent[:3])
+    assert 0 <= burst - asked < 15, (asked, sent)
     # Three at once...
-    assert all(t is not None and t - asked < 3 for t in sent[:3]), (asked, sent)
+    assert all(t - burst < 3 for t in sent[:3]), (burst, sent)
     # ...then one every 20 s, in the order asked (the 4th after ~20 s, the 5th after ~40 s), none early.
-    assert sent[3] is not None and 17 <= sent[3] - asked <= 25, (asked, sent)
-    assert sent[4] is not None and 37 <= sent[4] - asked <= 45, (asked, sent)
+    assert sent[3] is not None and 17 <= sent[3] - burst <= 25, (burst, sent)
+    assert sent[4] is not None and 37 <= sent[4] - burst <= 45, (burst, sent)
     assert all(t is None for t in sent[5:]), (asked, sent)
     assert server.get("/v1/status")["policy"]["queue"]["wake"] == 5
 
@@ -191,6 +196,9 @@ def test_nap_windows_hold_policy_naps_until_the_window_opens_on_a_test_clock(lab
     # Monday 2030-01-07 19:59:30 UTC; the group may nap from 20:00 to 06:00 UTC.
     start = 1894046370.0
     assert time.strftime("%a %H:%M:%S", time.gmtime(start)) == "Mon 19:59:30"
+    # Before the server starts: its clock starts after this, so 20:00 on it comes 30 s after this at the earliest
+    # (measured after the start, the calls in between on a loaded machine would eat the margin).
+    since = time.time()
     server = rails_server(
         _hosts_text(lab) + "nap_from = *-*-* 20:00 UTC\nnap_until = *-*-* 06:00 UTC\n"
         "[cluster.web]\ngroup = web\nmin_awake = 2\ncapacity = 10\nsource = reports\nlow_for = 0\nstep = 1s\n",
@@ -199,7 +207,6 @@ def test_nap_windows_hold_policy_naps_until_the_window_opens_on_a_test_clock(lab
     status = server.get("/v1/status")
     assert status["test_clock"] is True
     reports = [{"host": h["name"], "state": "awake", "event": "heartbeat", "load": 0.0, "cpus": 1} for h in lab.hosts]
-    since = time.time()
     server.report(*reports)
     window = server.get("/v1/groups/web")["policy"]["nap_window"]
     assert window["open"] is False and window["opens"] == start + 30
@@ -211,7 +218,7 @@ def test_nap_windows_hold_policy_naps_until_the_window_opens_on_a_test_clock(lab
     lab.wait_for(lambda: server.report(*reports) or any(lab.power_state(h["name"]) == "off" for h in lab.hosts),
                  60, "a policy nap once the window opened", interval=2)  # fmt: skip
     offs = [e for h in lab.hosts for e in power_events(lab, h["name"], since) if e.get("to") == "off"]
-    assert len(offs) == 1 and offs[0]["t"] - since >= 25, offs  # not before 20:00 on the server's clock
+    assert len(offs) == 1 and offs[0]["t"] - since >= 30, offs  # not before 20:00 on the server's clock
     assert server.get("/v1/groups/web")["policy"]["nap_window"]["open"] is True
 
 
