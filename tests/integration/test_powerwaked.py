@@ -147,6 +147,13 @@ class Powerwaked:
 
 @pytest.fixture
 def powerwaked(lab_reset):
+    # The test plays the hosts' engines: a real one left running by an earlier test (file) would act beside it.
+    running = [
+        h["name"]
+        for h in lab_reset.hosts
+        if lab_reset.exec(h["name"], "systemctl is-active powernapd", check=False).stdout.strip() == "active"
+    ]
+    assert not running, "powernapd runs on %s: an earlier test left its engine running" % ", ".join(running)
     servers = []
 
     def make(extra="", proxy=()):
