@@ -20,6 +20,10 @@ Typical use::
         lab.ctl(["wakeonlan", "-i", lab.broadcast, lab.host("h2")["mac"]])
         lab.wait_power("h2", "on")
         assert lab.events(host="h2", event="power")[-1]["cause"] == "wol"
+
+Packet captures in the controller namespace: ``dump = lab.tcpdump([...])`` returns once tcpdump captures
+(never a fixed sleep before sending), ``lab.stop_tcpdump(dump)`` stops it. A fixture that starts a service
+on a host (e.g. deploys the engine) stops it at teardown: later test files share the lab.
 """
 
 import json
