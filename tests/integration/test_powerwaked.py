@@ -334,13 +334,14 @@ def test_ups_on_battery_sheds_two_groups_in_order_and_brings_them_back(lab, powe
 
 
 def test_schedule_wakes_a_host_at_its_time(lab, powerwaked):
+    # Suspend before the server starts, then report: a wake time falling while h3 is still up (unknown to a
+    # fresh server, or reported suspending) would send its WoL to a host still up, and the next try (a
+    # failed-wake retry) comes after this test's deadline.
+    since = time.time()
+    lab.power("h3", "suspend")
     server = powerwaked(
         "[group.fileservers]\nhosts = h3\n[schedule.quick]\ngroups = fileservers\nwake = *-*-* *:*:0/20\n"
     )
-    # Suspend first, then report: a wake time falling between a report and the suspend would send its WoL to
-    # a host still up, and the next try (a failed-wake retry) comes after this test's deadline.
-    since = time.time()
-    lab.power("h3", "suspend")
     server.report({"host": "h3", "state": "suspending", "event": "action-start"})
     lab.wait_power("h3", "on", timeout=60)
     causes = [e.get("cause") for e in power_events(lab, "h3", since)]
