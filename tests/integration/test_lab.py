@@ -409,7 +409,8 @@ def _alive(pid, start):
 
 def test_second_lab_coexists_and_down_leaves_nothing(lab):
     """A second lab (other name) runs beside the session lab; its `down` removes all it created."""
-    name = "itleak"
+    # From the session lab's name (never equal to it): two sessions with their own lab names never share it.
+    name = lab.name[:6] + ("lx" if lab.name.endswith("lk") else "lk")
     before = _snapshot(name)
     assert not before["netns"] and not before["cgroups"], "leftovers from an earlier run: %s" % before
     other = bring_up(name, 2)
