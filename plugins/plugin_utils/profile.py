@@ -29,15 +29,20 @@ REPLACE_KEY = "_replace"
 # The order sections are written in: globals first, then the stages in number order, monitors, tweaks.
 _SECTION_RANK = {"powernap": 0, "actions": 1, "server": 2, "stage": 3, "monitor": 4, "tweak": 5}
 # The fleet server's config (powerwaked.conf, to_ini(kind='powerwaked')): its own sections and order.
+# powerwaked's sections, as its config table declares them (engine/powernap/server/config.py SECTIONS and
+# NAMED; tests/unit/plugins/filter/test_profile.py keeps the two lists equal).
+SERVER_SECTIONS = ("powerwaked", "proxy", "ipmi", "metrics", "energy")
+SERVER_NAMED_SECTIONS = ("host", "group", "ups", "schedule", "cluster", "energy_profile", "segment")
 SERVER_SECTION_RE = re.compile(
-    r"^(powerwaked|proxy|ipmi|(host|group|ups|schedule|cluster)\.[A-Za-z0-9][A-Za-z0-9_.-]*)$"
+    r"^(%s|(%s)\.[A-Za-z0-9][A-Za-z0-9_.-]*)$" % ("|".join(SERVER_SECTIONS), "|".join(SERVER_NAMED_SECTIONS))
 )
+# The order sections are written in (the rest after these, by kind then name): as 0.1 wrote them.
 _SERVER_SECTION_RANK = {"powerwaked": 0, "proxy": 1, "ipmi": 2, "host": 3, "group": 4, "ups": 5, "schedule": 6}
 _SECTION_NAMES = {
     "powernap": (SECTION_RE, "powernap, actions, server, stage.N, monitor.NAME or tweak.NAME"),
     "powerwaked": (
         SERVER_SECTION_RE,
-        "powerwaked, proxy, ipmi, host.NAME, group.NAME, ups.NAME, schedule.NAME or cluster.NAME",
+        ", ".join(SERVER_SECTIONS + tuple(kind + ".NAME" for kind in SERVER_NAMED_SECTIONS)),
     ),
 }
 _ERROR_LINE_RE = re.compile(r"^(?P<path>.*?):(?P<line>[0-9]+): (?P<message>.*)$")

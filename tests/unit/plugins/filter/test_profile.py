@@ -15,6 +15,8 @@ import yaml
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.powernap.fleet.plugins.plugin_utils.profile import (
+    SERVER_NAMED_SECTIONS,
+    SERVER_SECTIONS,
     config_errors,
     format_value,
     profile_chain,
@@ -163,6 +165,21 @@ def test_server_ini_takes_powerwaked_sections():
         to_ini({"stage.1": {"after": "1h"}}, kind="powerwaked")
     with pytest.raises(AnsibleFilterError, match="kind must be one of"):
         to_ini({}, kind="nginx")
+
+
+def test_server_ini_takes_every_section_powerwaked_declares():
+    """The filter's list of powerwaked sections is the daemon's own (config.SECTIONS and NAMED)."""
+    engine_dir = os.path.join(REPO, "engine")
+    if engine_dir not in sys.path:
+        sys.path.insert(0, engine_dir)
+    from powernap.server import config  # pylint: disable=import-error,import-outside-toplevel
+
+    assert set(SERVER_SECTIONS) | set(SERVER_NAMED_SECTIONS) == set(config.SECTIONS)
+    assert set(SERVER_NAMED_SECTIONS) == set(config.NAMED)
+    for kind in SERVER_SECTIONS:
+        assert "[%s]" % kind in to_ini({kind: {}}, kind="powerwaked")
+    for kind in SERVER_NAMED_SECTIONS:
+        assert "[%s.a-1]" % kind in to_ini({kind + ".a-1": {}}, kind="powerwaked")
 
 
 def test_config_errors_name_section_and_option():
