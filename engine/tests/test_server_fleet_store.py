@@ -116,3 +116,27 @@ def test_a_schema_1_database_is_migrated_with_its_data(database):
         assert [(name, segment) for name, segment, _v in versions] == [("h1", "")]
         assert conn.execute("SELECT count(*) FROM powerwaked_journal").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM powerwaked_jobs").fetchone() == (0,)  # the job table is there
+
+
+def test_a_writer_whose_session_died_never_writes_as_leader_on_the_next(database, postgresql, monkeypatch):
+    import psycopg
+
+    from powernap.server.store import postgres
+
+    monkeypatch.setattr(postgres, "RECONNECT_EVERY", 0.0)
+    old = _writer(database, "seg-a-1", "lan-a")
+    old.fallback = ("instance:seg-a-1", "@none")
+    assert old.try_lead("powerwaked-segment:lan-a")
+    old.write_snapshot(_snapshot(0, [_host("a1")]))
+    with psycopg.connect(postgresql.url(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (old.conn.info.backend_pid,))
+    new = _writer(database, "seg-a-2", "lan-a")
+    assert new.try_lead("powerwaked-segment:lan-a")  # the lock went with the old session
+    new.write_snapshot(_snapshot(0, [_host("a1", "asleep")]))
+    with pytest.raises(StoreError):
+        old.write_snapshot(_snapshot(0, [_host("a1", "awake")]))  # the broken session: refused
+    old.write_snapshot(_snapshot(0, [_host("a1", "awake")]))  # reconnected: as an instance leading nothing
+    assert old.scope == "instance:seg-a-1" and not old.leads
+    assert not old.try_lead("powerwaked-segment:lan-a")
+    assert new.read([])[0]["hosts"] == [_host("a1", "asleep")]  # the new leader's row stands
+    old.close(), new.close()

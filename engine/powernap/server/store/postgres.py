@@ -103,10 +103,16 @@ class PostgresStore(SqlStore):
         self.ERRORS = (psycopg.Error,)
         self.conn: Optional[Any] = None
         self._retry_at = 0.0
+        self.session = 0  # counts connections: a lead taken on one session is gone with it
+        self.leads: Dict[str, int] = {}  # lock name -> the session that holds it
+        self.fallback: Optional[Tuple[str, Optional[str]]] = (
+            None  # fleet mode: the scope of an instance leading nothing
+        )
         self.conn = self._connect()  # a database we cannot reach or may not use: refuse to start
 
     def _connect(self) -> Any:
         psycopg = self._psycopg
+        self.session += 1
         try:
             conn = psycopg.connect(self._url, connect_timeout=CONNECT_TIMEOUT, application_name="powerwaked")
         except psycopg.Error as exc:
@@ -170,8 +176,8 @@ class PostgresStore(SqlStore):
 
     # -- fleet mode ------------------------------------------------------------------------------------
     def _write_host_rows(self, cursor: Any, changed: List[Tuple[str, str]], gone: List[Tuple[str]]) -> None:
-        if not changed and not gone:
-            return
+        if (not changed and not gone) or (self.rows_segment or "").startswith("@"):
+            return  # "@...": an instance leading no segment (or the policy leader) writes nobody's rows
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (VERSION_LOCK,))  # versions commit in order
         segment = self.rows_segment or ""
         if changed:
@@ -220,10 +226,68 @@ class PostgresStore(SqlStore):
     def rescope(self, scope: str, segment: Optional[str]) -> None:
         """Write as another scope from now on (a lead taken or lost): the caller reads it again (``read``)."""
         with self.lock:
-            self.scope, self.rows_segment = scope, segment
-            self.seq = 0
-            self.journal_length = 0
-            self._hosts, self._replay, self._state = {}, {}, {}
+            self._rescope(scope, segment)
+
+    def _rescope(self, scope: str, segment: Optional[str]) -> None:
+        self.scope, self.rows_segment = scope, segment
+        self.seq = 0
+        self.journal_length = 0
+        self._hosts, self._replay, self._state = {}, {}, {}
+
+    def try_lead(self, lock: str) -> bool:
+        """Take the session advisory lock ``lock`` on the store's own connection, or prove we still hold it.
+
+        The writer's session is the lock's: a leader whose connection broke cannot write as leader on a new one
+        (``_connection`` rescopes first), so two writers of one segment never overlap.  False on any error.
+        """
+
+        def work(cursor: Any) -> bool:
+            if self.leads.get(lock) == self.session:
+                cursor.execute("SELECT 1")
+                return True
+            cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock,))
+            return bool(cursor.fetchone()[0])
+
+        try:
+            held = self._transaction(work)
+        except StoreError:
+            self.leads.pop(lock, None)
+            return False
+        if held:
+            self.leads[lock] = self.session
+        else:
+            self.leads.pop(lock, None)
+        return held
+
+    def resign(self, lock: str) -> None:
+        """Give a lead back (shutdown): the next instance takes it at its next poll, not after a timeout."""
+        if self.leads.pop(lock, None) == self.session:
+
+            def work(cursor: Any) -> None:
+                cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
+
+            try:
+                self._transaction(work)
+            except StoreError:
+                pass
+
+    def heartbeat(self, instance: str, segment: str, roles: str) -> List[Tuple[str, str, str, float]]:
+        """Publish our name, segment, roles and heartbeat; returns every instance's (name, segment, roles, age)."""
+
+        def work(cursor: Any) -> List[Any]:
+            cursor.execute(
+                "INSERT INTO powerwaked_instances (name, segment, roles, heartbeat) VALUES (%s, %s, %s, now()) "
+                "ON CONFLICT (name) DO UPDATE SET segment = excluded.segment, roles = excluded.roles, "
+                "heartbeat = now()",
+                (instance, segment, roles),
+            )
+            cursor.execute(
+                "SELECT name, segment, roles, extract(epoch FROM now() - heartbeat) FROM powerwaked_instances "
+                "ORDER BY name LIMIT 1000"
+            )
+            return cursor.fetchall()
+
+        return [(str(n), str(seg), str(r), float(age)) for n, seg, r, age in self._transaction(work)]
 
     # -- SqlStore's hooks -----------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -235,6 +299,12 @@ class PostgresStore(SqlStore):
             self.conn = self._connect()
             if self.log is not None:
                 self.log.warning("store %s: reconnected", self.where)
+            if self.leads or (self.fallback is not None and (self.scope, self.rows_segment) != self.fallback):
+                # Fencing: the leads went with the old session; until the daemon takes one again (try_lead), this
+                # process writes only as an instance leading nothing, never another leader's rows.
+                self.leads = {}
+                if self.fallback is not None:
+                    self._rescope(*self.fallback)
         return self.conn
 
     def _broken(self, exc: Exception) -> None:
