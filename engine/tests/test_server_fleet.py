@@ -4,17 +4,23 @@ Each test drives its instances by hand (``pump``: the loop's input dispatch and 
 deterministic; the WoL and command senders are recorders and the hosts have no addresses (no packet leaves,
 no probe).  The lab tests (tests/integration/test_powerwaked_fleet.py) run it with real hosts and packets."""
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
-from server_fakes import Sent, server_config, signed_report
+from server_fakes import SECRET, Sent, server_config, signed_report
 from test_server_api import free_port
 
+from powernap import powerwake
 from powernap.server import fleetmode
 from powernap.server import protocol as P
 from powernap.server.daemon import Server
 
+ENGINE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 A1_MAC, B1_MAC = "02:50:4e:00:00:01", "02:50:4e:01:00:01"
 HOSTS = """
 [segment.lan-a]
@@ -209,3 +215,112 @@ def test_a_cluster_group_spanning_two_segments_is_led_once_and_woken_on_each_seg
         time.sleep(0.02)
     assert a.sent.wol == [A1_MAC] and b.sent.wol == [B1_MAC]
     assert {r.name: r.state for r in leader.registry} == {"a1": P.WAKING, "b1": P.WAKING}
+
+
+# -- the daemon itself: three powerwaked processes on loopback, one private PostgreSQL ----------------------------
+class _Daemon:
+    """A powerwaked process whose magic packets go to its own loopback port (which instance sent one is known)."""
+
+    def __init__(self, tmp_path, url, instance, segment):
+        import socket
+
+        from test_server_api import free_port
+
+        self.instance = instance
+        self.wol = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.wol.bind(("127.0.0.1", 0))
+        self.wol.settimeout(0.05)
+        self.port = free_port()
+        directory = tmp_path / instance
+        directory.mkdir()
+        self.config = directory / "powerwaked.conf"
+        self.config.write_text(
+            "[powerwaked]\nsecret = %s\nlisten = 127.0.0.1\nport = %d\nannounce = no\nbroadcast = 127.0.0.1\n"
+            "wol_port = %d\nstore = %s\ninstance = %s\nsegment = %s\nlead_poll = 0.5s\nstate_file = %s\n%s"
+            % (SECRET, self.port, self.wol.getsockname()[1], url, instance, segment, directory / "r.json", HOSTS)
+        )
+        self.config.chmod(0o600)
+        self.log = directory / "powerwaked.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "powernap.server.daemon", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE,
+            )  # fmt: skip
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def status(self):
+        return powerwake.ServerClient(self.url, SECRET).get("/v1/status")
+
+    def magic_packets(self):
+        """The MACs of the magic packets this instance sent since the last call."""
+        macs = []
+        for _index in range(100):
+            try:
+                data = self.wol.recv(1024)
+            except OSError:
+                break
+            macs.append(":".join("%02x" % b for b in data[6:12]))
+        return macs
+
+    def stop(self, kill=False):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.wol.close()
+
+
+def _until(predicate, seconds, what, daemons):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except OSError:  # an API not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for %s\n%s" % (what, "\n".join(d.log.read_text()[-3000:] for d in daemons)))
+
+
+def test_the_daemons_carry_a_wake_to_the_hosts_segment_and_redo_it_when_its_leader_is_killed(tmp_path, database):
+    import urllib.request
+
+    daemons = []
+    try:
+        a = _Daemon(tmp_path, database, "seg-a-1", "lan-a")
+        daemons.append(a)
+        _until(lambda: a.status()["fleet"]["segment_leader"], 20, "seg-a-1 leads", daemons)
+        b1 = _Daemon(tmp_path, database, "seg-b-1", "lan-b")
+        daemons.append(b1)
+        _until(lambda: a.status()["fleet"]["segments"]["lan-b"]["leader"] == "seg-b-1", 20, "seg-b-1 leads", daemons)
+        b2 = _Daemon(tmp_path, database, "seg-b-2", "lan-b")
+        daemons.append(b2)
+        _until(lambda: not b2.status()["fleet"]["segment_leader"], 20, "seg-b-2 up, not leading", daemons)
+        # A wake asked at segment A's instance, for a host on segment B: 202, sent by B's leader only.
+        label = P.http_label("POST", "/v1/wake")
+        body = P.encode(SECRET.encode(), {"kind": "request", "from": "admin", "host": "b1"}, label)
+        with urllib.request.urlopen(urllib.request.Request(a.url + "/v1/wake", data=body, method="POST"),
+                                    timeout=5) as reply:  # fmt: skip
+            assert reply.status == 202
+            answer = json.loads(reply.read())
+        assert answer["queued"] is True and answer["segment"] == "lan-b" and answer["host"] == "b1"
+        _until(lambda: b1.magic_packets() == [B1_MAC], 10, "seg-b-1's magic packet", daemons)
+        assert a.magic_packets() == [] and b2.magic_packets() == []
+        for daemon in daemons:  # every instance shows the same host, waking
+            _until(lambda d=daemon: powerwake.ServerClient(d.url, SECRET).get("/v1/hosts/b1")["state"] == "waking",
+                   10, "b1 waking at %s" % daemon.instance, daemons)  # fmt: skip
+        # kill -9 the leader of B while it holds the wake's job (no confirmation comes): seg-b-2 takes the lead
+        # within lead_poll + 1 s (+ the API's own turn), and redoes the job once its lease has run out.
+        b1.stop(kill=True)
+        killed = time.monotonic()
+        _until(lambda: b2.status()["fleet"]["segment_leader"], 5, "seg-b-2 leads", daemons)
+        assert time.monotonic() - killed <= 0.5 + 1.0 + 1.0
+        _until(lambda: b2.magic_packets() == [B1_MAC], 15, "the job redone by seg-b-2", daemons)
+        assert a.magic_packets() == []
+    finally:
+        for daemon in daemons:
+            daemon.stop()

@@ -38,6 +38,7 @@ JOB_LEASE = 5.0
 CLAIMS_PER_TICK = 64  # jobs taken per tick and segment at most (the rest at the next tick)
 JOBS_KEPT = 86400.0  # finished jobs are deleted after a day (by the policy leader)
 CONNECT_TIMEOUT = 3  # seconds: the job connection is made from the loop
+RECONNECT_EVERY = 5.0  # seconds between attempts to make it again (as the store's own connection)
 JOB_KINDS = ("wake", "nap", "clear-mark", "demand", "veto", "decide", "send-wake", "send-nap", "report")
 _TEXT = 512  # longest cause / name text taken from a job's payload
 
@@ -164,7 +165,7 @@ class FleetMode:
         mono = time.monotonic()
         if mono < self._connect_at:
             return False
-        self._connect_at = mono + max(self.poll, 1.0)
+        self._connect_at = mono + max(self.poll, RECONNECT_EVERY)  # a dead database costs the loop little
         import psycopg
 
         from .store.coord import JobListener, JobQueue
