@@ -23,6 +23,7 @@ session), answers from what it holds and retries every ``lead_poll``.
 """
 
 import collections
+import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +32,7 @@ from .store import StoreError, dumps
 
 POLICY = "@policy"  # the pseudo-segment of the policy leader's jobs
 POLICY_LOCK = "powerwaked-policy"
+POLICY_SCOPE = "policy"  # the writer scope of the policy gate's state (queue, vetoes, decisions, cooldowns)
 SEGMENT_LOCK = "powerwaked-segment:"  # + the segment's name (store/coord.SegmentLeader's lock)
 # A claimed job stays ours this long without renewal: at least JOB_LEASE, and three lead polls (it is renewed every
 # poll while it runs), so a dead holder's job is redone by the next leader within about that.
@@ -70,6 +72,7 @@ class FleetMode:
         self.counts: Dict[str, int] = collections.Counter()  # submitted, done, failed, forwarded
         self.problem: Optional[str] = None
         self._logged: Dict[str, float] = {}
+        self._policy_saved: Optional[int] = None  # hash of the policy state last written
 
     # -- wiring -----------------------------------------------------------------------------------
     def store_options(self) -> Dict[str, Any]:
@@ -148,6 +151,38 @@ class FleetMode:
         if self.policy_leader != was_policy:
             self.log.warning("instance %s %s the fleet's policies", self.instance,
                              "leads" if self.policy_leader else "no longer leads")  # fmt: skip
+            if self.policy_leader:
+                self._take_policy_state()
+        elif self.policy_leader:
+            self._save_policy_state()
+
+    def _take_policy_state(self) -> None:
+        """A new policy leader carries on with the gate's queue, vetoes, decisions and cooldowns of the last one."""
+        try:
+            text = self.store.read_keyed(POLICY_SCOPE, "rails")
+        except StoreError as exc:
+            self._note("policy", "cannot read the policy state: %s" % exc)
+            return
+        if text is None:
+            return
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        for problem in self.server.rails.restore(data)[:10]:
+            self.log.warning("policy state: %s", problem)
+        self._policy_saved = hash(text)
+
+    def _save_policy_state(self) -> None:
+        """Every lead poll, what changed of the gate's state goes to the ``policy`` scope (for the next leader)."""
+        text = dumps(self.server.rails.export())
+        if hash(text) == self._policy_saved:
+            return
+        try:
+            self.store.write_keyed(POLICY_SCOPE, "rails", text)
+            self._policy_saved = hash(text)
+        except StoreError as exc:
+            self._note("policy", "cannot save the policy state: %s" % exc)
 
     def _heartbeat(self) -> None:
         roles = ",".join(r for r, on in (("segment", self.segment_leader), ("policy", self.policy_leader)) if on)
@@ -421,6 +456,8 @@ class FleetMode:
             # Write nothing more as leader: a later snapshot (the daemon's last) owns no rows, and in the segment's
             # scope it would drop them all.
             self.store.rescope(*self.store.fallback)
+            if self.policy_leader:
+                self._save_policy_state()
             self.segment_leader = self.policy_leader = False
             self.store.resign(SEGMENT_LOCK + self.segment)
             self.store.resign(POLICY_LOCK)

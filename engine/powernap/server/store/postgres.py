@@ -271,6 +271,26 @@ class PostgresStore(SqlStore):
             except StoreError:
                 pass
 
+    def write_keyed(self, scope: str, key: str, text: str) -> None:
+        """One keyed state of another writer scope (the policy leader's ``policy``), in its own transaction."""
+
+        def work(cursor: Any) -> None:
+            cursor.execute(
+                "INSERT INTO powerwaked_state (scope, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value",
+                (scope, key, text),
+            )
+
+        self._transaction(work)
+
+    def read_keyed(self, scope: str, key: str) -> Optional[str]:
+        def work(cursor: Any) -> Optional[str]:
+            cursor.execute("SELECT value FROM powerwaked_state WHERE scope = %s AND key = %s", (scope, key))
+            row = cursor.fetchone()
+            return None if row is None else str(row[0])
+
+        return self._transaction(work)
+
     def heartbeat(self, instance: str, segment: str, roles: str) -> List[Tuple[str, str, str, float]]:
         """Publish our name, segment, roles and heartbeat; returns every instance's (name, segment, roles, age)."""
 
