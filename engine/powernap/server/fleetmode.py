@@ -41,7 +41,7 @@ CLAIMS_PER_TICK = 64  # jobs taken per tick and segment at most (the rest at the
 JOBS_KEPT = 86400.0  # finished jobs are deleted after a day (by the policy leader)
 CONNECT_TIMEOUT = 3  # seconds: the job connection is made from the loop
 RECONNECT_EVERY = 5.0  # seconds between attempts to make it again (as the store's own connection)
-JOB_KINDS = ("wake", "nap", "clear-mark", "demand", "veto", "decide", "send-wake", "send-nap", "report")
+JOB_KINDS = ("wake", "nap", "clear-mark", "demand", "veto", "decide", "send-wake", "send-nap", "report", "engine-veto")
 _TEXT = 512  # longest cause / name text taken from a job's payload
 
 
@@ -73,6 +73,7 @@ class FleetMode:
         self.problem: Optional[str] = None
         self._logged: Dict[str, float] = {}
         self._policy_saved: Optional[int] = None  # hash of the policy state last written
+        self._vetoes_sent: Dict[str, float] = {}  # host -> until when the veto we forwarded holds
 
     # -- wiring -----------------------------------------------------------------------------------
     def store_options(self) -> Dict[str, Any]:
@@ -291,6 +292,31 @@ class FleetMode:
     def _led(self) -> List[str]:
         return ([self.segment] if self.segment_leader else []) + ([POLICY] if self.policy_leader else [])
 
+    def engine_veto(self, record: Any, message: Dict[str, Any], now: float) -> None:
+        """A report's veto (busy engine) at the segment leader: the policy leader's gate must know it.  Sent when it
+        starts, ends, or half of the last one forwarded has run out (not with every heartbeat)."""
+        if "veto_for" not in message:
+            return
+        if self.policy_leader:
+            self.server.rails.engine_veto(record, message, now)
+            return
+        seconds = float(message.get("veto_for") or 0.0)
+        until = self._vetoes_sent.get(record.name)
+        if (seconds > 0 and until is not None and now + seconds / 2 < until) or (seconds <= 0 and until is None):
+            return
+        payload = {"host": record.name, "veto_for": seconds, "veto_reason": str(message.get("veto_reason") or "")}
+        try:
+            self.submit(POLICY, "engine-veto", payload)
+        except StoreError as exc:
+            self._note("veto", "cannot forward the veto of %s: %s" % (record.name, exc))
+            return
+        if seconds > 0:
+            if len(self._vetoes_sent) >= 100000:
+                self._vetoes_sent.clear()  # bounded: at worst a few vetoes are sent again
+            self._vetoes_sent[record.name] = now + seconds
+        else:
+            self._vetoes_sent.pop(record.name, None)
+
     # -- running jobs -----------------------------------------------------------------------------
     def _claim(self) -> None:
         for segment in self._led():
@@ -360,6 +386,10 @@ class FleetMode:
         record = server.registry.get(host)
         if record is None:
             raise ValueError("no host %r" % host[:64])
+        if kind == "engine-veto":
+            veto = {"veto_for": float(payload["veto_for"]), "veto_reason": _text(payload.get("veto_reason") or "")}
+            server.rails.engine_veto(record, veto, server.clock.wall())
+            return {"host": host, "veto_for": veto["veto_for"]}
         if kind == "clear-mark":
             return _json(server.rails.health.clear(record, source, server.clock.wall()))
         if kind == "wake":

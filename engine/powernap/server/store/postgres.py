@@ -344,8 +344,17 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         with self.lock:
             if self.conn is not None:
-                self.conn.close()  # the session's advisory lock goes with it
+                try:
+                    # Released now, not when the server gets round to ending the backend: a successor starting
+                    # at once (a restart, the next leader) must not find the locks still held.
+                    self.conn.rollback()
+                    self.conn.execute("SELECT pg_advisory_unlock_all()")
+                    self.conn.commit()
+                except self._psycopg.Error:
+                    pass
+                self.conn.close()  # the session's advisory locks go with it in any case
                 self.conn = None
+                self.leads = {}
 
 
 def _secrets_of(url: str) -> List[str]:
