@@ -66,6 +66,11 @@ powernap_host_config:
     secureon: "{monitor_secureon}"
 powernap_server: true
 powernap_server_store: "{server_store}"
+powernap_server_segments:
+  lab:
+    subnets: [198.18.0.0/24]
+  other:
+    subnets: [198.51.100.0/24, "2001:db8:1::/64"]
 powernap_server_config:
   powerwaked:
     secret: "{server_secret}"
@@ -174,6 +179,9 @@ def test_no_secret_in_verbose_diff_output(secrets_lab):
     server = handle.exec("h1", ["cat", "/etc/powernap/powerwaked.conf"]).stdout
     assert second["server_secret"] in server and second["bmc_password"] in server
     assert "store = %s" % second["server_store"] in server
+    # powernap_server_segments as [segment.NAME] sections (fleet mode's segments; the daemon checked them)
+    assert "[segment.lab]\nsubnets = 198.18.0.0/24\n" in server
+    assert "[segment.other]\nsubnets = 198.51.100.0/24, 2001:db8:1::/64\n" in server
     store = second["server_store"][len("sqlite://") :]
     deadline = time.monotonic() + 20
     while handle.exec("h1", ["stat", "-c", "%a %U", store], check=False).stdout.strip() != "600 powerwaked":
