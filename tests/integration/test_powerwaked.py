@@ -46,6 +46,17 @@ from powernap.powerwake import ServerClient
 print(json.dumps(ServerClient("http://127.0.0.1:%(port)d", %(secret)r).get(sys.argv[1])))
 """
 
+API_POST = r"""
+import json, sys, urllib.error
+sys.path.insert(0, %(engine)r)
+from powernap.powerwake import ServerClient
+try:
+    answer = ServerClient("http://127.0.0.1:%(port)d", %(secret)r).post(sys.argv[1], json.loads(sys.argv[2]))
+    print(json.dumps({"status": 200, "answer": answer}))
+except urllib.error.HTTPError as exc:
+    print(json.dumps({"status": exc.code, "answer": json.loads(exc.read())}))
+"""
+
 
 class Powerwaked:
     """powerwaked in the lab's controller namespace, started and stopped by pid.
@@ -55,7 +66,7 @@ class Powerwaked:
     ``port`` the UDP report / HTTP API port (two instances in one controller namespace need two).
     """
 
-    def __init__(self, lab, extra="", proxy=(), options=(), hosts=None, port=PORT):
+    def __init__(self, lab, extra="", proxy=(), options=(), hosts=None, port=PORT, confirm_timeout="20s"):
         self.lab = lab
         self.port = port
         self.dir = tempfile.mkdtemp(prefix="powerwaked-lab-")
@@ -68,7 +79,7 @@ class Powerwaked:
             "interface = eth0",
             "broadcast = %s" % lab.broadcast,
             "state_file = %s" % os.path.join(self.dir, "registry.json"),
-            "confirm_timeout = 20s",
+            "confirm_timeout = %s" % confirm_timeout,
             "announce = no",
             *options,
             "[proxy]",
@@ -144,6 +155,11 @@ class Powerwaked:
         if proc.returncode != 0:
             raise AssertionError("API %s failed: %s" % (path, proc.stderr[-500:]))
         return json.loads(proc.stdout)
+
+    def post(self, path, message):
+        """POST a signed request to the API: {"status": HTTP status (200 for any 2xx), "answer": the JSON}."""
+        script = API_POST % {"engine": ENGINE, "secret": SECRET, "port": self.port}
+        return json.loads(self.lab.ctl([PYTHON, "-c", script, path, json.dumps(message)]).stdout)
 
     def report(self, *reports):
         script = SEND_REPORT % {"engine": ENGINE, "secret": SECRET, "port": self.port}
