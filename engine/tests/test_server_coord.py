@@ -1,5 +1,5 @@
 """Several powerwaked instances on one PostgreSQL (issue 18, part 2): the job table and the segment leader,
-against the private cluster (``pg_cluster``).  Not wired into the daemon yet; these are its building blocks."""
+against the private cluster (``pg_cluster``): the building blocks of fleet mode (tests/test_server_fleet.py)."""
 
 import os
 import signal

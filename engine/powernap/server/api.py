@@ -235,7 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with app.lock:
                 answer = route(app, method, self.path, body, self.headers.get("Authorization"), self.client_address)
-            self._reply(200, answer)
+            # Fleet mode: a write another instance carries out is accepted, not done (FLEETMODE.md).
+            self._reply(202 if isinstance(answer, dict) and answer.get("queued") is True else 200, answer)
         except ApiError as exc:
             self._reply(exc.status, {"error": str(exc)})
         except Exception:  # one request must never cost more than its own answer

@@ -10,9 +10,11 @@ type, so nothing unchecked reaches the wake code; errors carry FILE:LINE
 and never show a secret option's value.
 """
 
+import ipaddress
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple, Type
+import socket
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 from urllib.parse import urlsplit
 
 from .. import ini
@@ -81,6 +83,19 @@ class HttpUrl(OptionType):
         return "http(s) URL"
 
 
+class Network(OptionType):
+    """An IPv4 or IPv6 network in CIDR form (host bits must be zero: 198.18.0.0/24, not 198.18.0.1/24)."""
+
+    def parse(self, text: str) -> str:
+        try:
+            return str(ipaddress.ip_network(text.strip(), strict=True))
+        except ValueError:
+            raise ValueError("%r is not a network in CIDR form (e.g. 198.18.0.0/24)" % text[:64]) from None
+
+    def describe(self) -> str:
+        return "IP network (CIDR)"
+
+
 class StoreUrl(OptionType):
     """Where the registry lives: sqlite:///PATH or postgresql://… (secret: it may hold a password)."""
 
@@ -98,6 +113,8 @@ def _path(nonempty: bool = False) -> String:
     return String(nonempty=nonempty, max_length=4096, pattern=r"/[^\0]*", form="an absolute path")
 
 
+# A fleet-mode name (an instance or a segment): it goes into lock names, job rows and metric labels.
+_FLEET_NAME = String(max_length=63, pattern=r"[a-z0-9][a-z0-9-]{0,62}", form="a name of a-z, 0-9 and - (at most 63)")
 _INTERFACE = String(max_length=15, pattern=r"[A-Za-z0-9_.:@-]+", form="a network interface name")
 _USER = String(max_length=64, pattern=r"[^\s-][^\s]*", form="a user name (no spaces, not starting with -)")
 _NAMES = ListOf(String(nonempty=True, max_length=253, pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*", form="a name"))
@@ -125,6 +142,15 @@ class ServerSection(Declared):
                doc="Where the registry is kept across restarts: sqlite:///PATH (the default, next to state_file) "
                    "or postgresql://USER@HOST/DBNAME (needs psycopg 3; a password in the URL makes this file a "
                    "secret: keep it 0600)."),
+        # Fleet mode (several instances on one PostgreSQL; FLEETMODE.md): on when segment is set.
+        Option("instance", _FLEET_NAME, default="",
+               doc="Fleet mode: this instance's name, unique in the fleet (default: the host's short name)."),
+        Option("segment", _FLEET_NAME, default="",
+               doc="Fleet mode: the L2 segment this instance sits on (a [segment.NAME] section). Setting it turns "
+                   "fleet mode on (needs a postgresql:// store); unset: one powerwaked per segment, as before."),
+        Option("lead_poll", Duration(minimum=0.2, maximum=60), default=2.0,
+               doc="Fleet mode: how often an instance tries to take a free lead (segment, policy); a dead leader is "
+                   "replaced within about this plus a second."),
         Option("save_every", Duration(minimum=1), default=10.0, doc="Write heartbeat-only changes at most this often."),
         Option("stale_factor", Number(minimum=1.5), default=3.0,
                doc="An up host is 'unknown' after this many missed heartbeat intervals."),
@@ -244,6 +270,9 @@ class HostSection(Declared):
                doc="Wake methods in order; ipmi is the escalation when WoL is not confirmed."),
         Option("secureon", SecureOn(), default="", secret=True, doc="SecureOn password of the host's NIC."),
         Option("bmc", HostAddress(), default="", doc="BMC address (IPMI)."),
+        Option("segment", _FLEET_NAME, default="",
+               doc="Fleet mode: the host's L2 segment (default: the segment whose subnets hold one of its ip, else "
+                   "the segment of the instance that took its first report)."),
         Option("bmc_port", Integer(1, 65535), default=None, doc="BMC port (default: [ipmi] port)."),
         Option("bmc_user", _USER, default="", doc="BMC user (default: [ipmi] user)."),
         Option("bmc_password", String(), default="", secret=True, doc="BMC password (default: [ipmi] password)."),
@@ -361,6 +390,18 @@ class ClusterSection(Declared):
     )  # fmt: skip
 
 
+class SegmentSection(Declared):
+    """[segment.NAME]: an L2 segment of the fleet (fleet mode): the subnets its hosts sit on."""
+
+    KIND = "powerwaked"
+    TYPE = "segment"
+    OPTIONS = (
+        Option("subnets", ListOf(Network(), nonempty=True, max_items=256), required=True,
+               doc="The segment's subnets (CIDR, IPv4 or IPv6): a host with an address in one sits on this segment. "
+                   "Two segments' subnets never overlap."),
+    )  # fmt: skip
+
+
 _WATTS = Number(0, 100000)
 POWER_STATES = ("on", "idle", "powersave", "suspended", "off")  # the energy accounting's states (energy.py)
 # Typical figures of a recent 1U two-socket server: working ~200 W, idle ~110 W, with the powersave
@@ -426,10 +467,10 @@ SECTIONS: Dict[str, Type[Declared]] = {
     cls.TYPE: cls
     for cls in (
         ServerSection, ProxySection, IpmiSection, HostSection, GroupSection, UpsSection, ScheduleSection,
-        ClusterSection, MetricsSection, EnergySection, EnergyProfileSection,
+        ClusterSection, MetricsSection, EnergySection, EnergyProfileSection, SegmentSection,
     )
 }  # fmt: skip
-NAMED = ("host", "group", "ups", "schedule", "cluster", "energy_profile")
+NAMED = ("host", "group", "ups", "schedule", "cluster", "energy_profile", "segment")
 
 
 class ServerConfig:
@@ -470,6 +511,41 @@ class ServerConfig:
 
     def nap_action(self, group: str) -> str:
         return str(self.groups.get(group, {}).get("nap_action") or "suspend")
+
+    @property
+    def segments(self) -> Dict[str, Dict[str, Any]]:
+        return self.named["segment"]
+
+    @property
+    def fleet(self) -> bool:
+        """Fleet mode: several instances share one PostgreSQL (on when [powerwaked] segment is set)."""
+        return bool(self.server["segment"])
+
+    @property
+    def instance(self) -> str:
+        """This instance's name: ``instance``, or the host's short name made a valid one."""
+        if self.server["instance"]:
+            return str(self.server["instance"])
+        return default_instance_name(socket.gethostname())
+
+    def segment_of(self, name: str, ips: Iterable[str] = ()) -> Optional[str]:
+        """The one home of host -> segment resolution (fleet mode): the host's own ``segment``, else the segment
+        whose subnets hold one of its configured or given addresses, else None (the caller decides: the
+        segment of the instance that took the host's first report)."""
+        host = self.hosts.get(name)
+        if host is not None and host["segment"]:
+            return str(host["segment"])
+        addresses = list(host["ip"]) if host is not None else []
+        addresses += [ip for ip in ips if ip not in addresses]
+        for text in addresses:
+            try:
+                address = ipaddress.ip_address(str(text).split("%", 1)[0])
+            except ValueError:
+                continue
+            for segment, opts in self.segments.items():
+                if any(address in ipaddress.ip_network(net) for net in opts["subnets"]):
+                    return segment
+        return None
 
     @property
     def secret(self) -> str:
@@ -574,6 +650,42 @@ def _check(config: ServerConfig, doc: Any, errors: List[ConfigError]) -> None:
     for name, opts in config.named["schedule"].items():
         if opts["wake"] is None and opts["nap"] is None:
             errors.append(where("schedule." + name)("a schedule needs wake, nap or both"))
+    _check_fleet(config, where, errors)
+
+
+def _check_fleet(config: ServerConfig, where: Any, errors: List[ConfigError]) -> None:
+    """Fleet mode needs PostgreSQL and a declared segment; segments never overlap; a host's segment exists."""
+    segment = config.server["segment"]
+    if segment:
+        try:
+            kind = parse_store_url(config.store)[0]
+        except ValueError:
+            kind = ""  # the store option's own error says why
+        if kind and kind != "postgresql":
+            message = "[powerwaked] segment = %s (fleet mode) needs store = postgresql://… (several instances share "
+            errors.append(where("powerwaked")((message + "one database; SQLite is one file of one server)") % segment,
+                                              "segment"))  # fmt: skip
+        if segment not in config.segments:
+            errors.append(
+                where("powerwaked")("[powerwaked] segment %r: no [segment.%s] section" % (segment, segment), "segment")
+            )
+    for name in config.segments:
+        if not _FLEET_NAME.pattern.fullmatch(name):
+            errors.append(where("segment." + name)("bad segment name %r (use a-z, 0-9 and -, at most 63)" % name))
+    seen: List[Tuple[str, Any]] = []
+    for name, opts in sorted(config.segments.items()):
+        for text in opts["subnets"]:
+            net = ipaddress.ip_network(text)
+            for other, other_net in seen:
+                if net.version == other_net.version and net.overlaps(other_net):
+                    errors.append(where("segment." + name)(
+                        "[segment.%s] subnets: %s overlaps %s of [segment.%s] (a host must sit on one segment)"
+                        % (name, net, other_net, other), "subnets"))  # fmt: skip
+            seen.append((name, net))
+    for name, opts in config.hosts.items():
+        if opts["segment"] and opts["segment"] not in config.segments:
+            message = "[host.%s] segment %r: no [segment.%s] section" % (name, opts["segment"], opts["segment"])
+            errors.append(where("host." + name)(message, "segment"))
 
 
 def _read_secret_file(values: Dict[str, Any], key: str, error: Any, errors: List[ConfigError]) -> None:
@@ -629,6 +741,12 @@ def schema() -> Dict[str, Any]:
     return {
         "section": {(kind + ".NAME" if kind in NAMED else kind): cls.schema() for kind, cls in sorted(SECTIONS.items())}
     }
+
+
+def default_instance_name(hostname: str) -> str:
+    """A host's short name as an instance name: lower case, other characters as -, at most 63."""
+    short = re.sub(r"[^a-z0-9-]", "-", hostname.split(".", 1)[0].lower()).strip("-")[:63].strip("-")
+    return short or "powerwaked"
 
 
 def config_files(main: str) -> List[str]:

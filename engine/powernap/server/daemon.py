@@ -30,17 +30,19 @@ from ..fleet_keys import host_key
 from ..magic_packet import format_mac
 from . import mdns
 from . import protocol as P
-from .api import ApiServer, tls_context
+from .api import ApiError, ApiServer, tls_context
 from .cluster import ClusterPolicy, UrlLoad
 from .config import DEFAULT_CONFIG, ServerConfig, config_files, insecure_mode, load_config
 from .energy import EnergyMeter
 from .fleet import Fleet
+from .fleetmode import POLICY, FleetMode, RoutedFleet
 from .metrics import WakeStats, server_collectors
 from .netinfo import NetView
 from .proxy import RawListener, SleepProxy, tcp_probe
 from .rails import PowerRails
 from .registry import Refused, Registry
 from .schedule import SchedulePolicy, earliest
+from .store import StoreError, open_store
 from .trust import ClaimFilter
 from .ups import UpsPolicy, UpsPoller
 from .wake import WolSender, interface_mac
@@ -74,8 +76,13 @@ class Server:
         self.endpoint = _Endpoint(
             self.keys.for_message, float(opts["max_skew"]), clock=getattr(self.clock, "real_wall", self.clock.wall)
         )
+        # Fleet mode (FLEETMODE.md): several instances on one PostgreSQL; None: the one server of its segment.
+        self.fleetmode: Optional[FleetMode] = FleetMode(self) if config.fleet else None
+        store: Any = config.store  # opened by the registry: a store it cannot open stops the start
+        if self.fleetmode is not None:
+            store = open_store(config.store, self.log.getChild("registry"), fleet=self.fleetmode.store_options())
         self.registry = Registry(
-            config.store,  # opened here: a store it cannot open (a newer schema, a database refused) stops the start
+            store,
             float(opts["stale_factor"]),
             float(opts["save_every"]),
             log=self.log.getChild("registry"),
@@ -85,6 +92,8 @@ class Server:
             waking_timeout=2 * float(opts["confirm_timeout"]) + float(config.ipmi["timeout"]) + 30.0,
         )
         self.endpoint.registry = self.registry
+        if self.fleetmode is not None:
+            self.fleetmode.attach(self.registry.store)
         self.energy = EnergyMeter(config)
         self.registry.meter = self.energy
         self.wake_stats = WakeStats()
@@ -98,7 +107,12 @@ class Server:
             self.registry, config, self.clock, self.wol.send, self._send_datagram, log=self.log.getChild("fleet")
         )
         # Every wake and nap (proxy, policies, API) passes the policy gate on its way to the fleet.
-        self.rails = PowerRails(self.fleet, config, self.clock, log=self.log.getChild("rails"))
+        gate_fleet: Any = self.fleet if self.fleetmode is None else RoutedFleet(self.fleet, self.fleetmode)
+        self.rails = PowerRails(gate_fleet, config, self.clock, log=self.log.getChild("rails"))
+        if self.fleetmode is not None:  # wake-health retries and test wakes pass the fleet-wide gate too
+            self.fleet.health.request_wake = lambda record, cause, test=False: self.gated_wake(
+                record, cause, source="health", test=test
+            )
         self.registry.extras["rails"] = self.rails.export
         self.registry.listeners.append(self.rails.on_state_change)
         self.udp: Optional[socket.socket] = None
@@ -122,6 +136,8 @@ class Server:
         self.started = self.clock.wall()
         # /metrics: the families powerwaked has; later parts register theirs with self.metrics.register.
         self.metrics = server_collectors(self)
+        if self.fleetmode is not None:
+            self.fleetmode.register_metrics(self.metrics)
         self._selector = selectors.DefaultSelector()
         self._watchdog: Optional[float] = None
         self._stopping = False
@@ -135,13 +151,20 @@ class Server:
     def start(self) -> None:
         opts = self.config.server
         now = self.clock.wall()
-        loaded = self.registry.load(import_json=str(opts["state_file"]))
+        # Fleet mode: no 0.1 JSON import (one file of one server); the first lead poll reads the segment's rows.
+        loaded = self.registry.load(import_json=None if self.fleetmode is not None else str(opts["state_file"]))
+        if self.fleetmode is not None:
+            self.fleetmode.start(now)
+            loaded = len(self.registry)
         self.fleet.history = self.registry.recent_history(200)
         if self.registry.problems:
             self.log.error("registry: started with what could be read; see /v1/status 'registry'")
         self.endpoint.guard.restore(self.registry.replay)
         for name, host in self.config.hosts.items():
-            self.registry.define(name, host["mac"], host["ip"], host["groups"], host["bmc"] or None, host["wake"])
+            record = self.registry.define(name, host["mac"], host["ip"], host["groups"], host["bmc"] or None,
+                                          host["wake"])  # fmt: skip
+            if self.fleetmode is not None and record.segment is None:
+                record.segment = self.config.segment_of(name)
         for group, names in self.members.items():
             for name in names:
                 record = self.registry.get(name) or self.registry.define(name)
@@ -259,10 +282,55 @@ class Server:
         self.log.info("sleep proxy on %s (answer_arp=%s)", opts["interface"], proxy_opts["answer_arp"])
 
     def _proxy_wake(self, record: Any, cause: str) -> Any:
-        return self.rails.wake(record, cause, source="proxy")
+        return self.gated_wake(record, cause, source="proxy")
+
+    # -- fleet mode: who does what ------------------------------------------------------------
+    def _leads(self, role: str) -> bool:
+        """Single-instance mode does everything; in fleet mode only the leader of ``role`` (segment, policy)."""
+        if self.fleetmode is None:
+            return True
+        return self.fleetmode.segment_leader if role == "segment" else self.fleetmode.policy_leader
+
+    def gated_wake(self, record: Any, cause: str, method: str = "auto", *, source: str, test: bool = False) -> Any:
+        return self._gated("wake", record, cause, source, method=method, test=test)
+
+    def gated_nap(self, record: Any, action: str, cause: str, *, source: str, force: bool = False) -> Any:
+        return self._gated("nap", record, cause, source, action=action, force=force)
+
+    def _gated(self, kind: str, record: Any, cause: str, source: str, **options: Any) -> Any:
+        """A wake or nap through the policy gate: here, or in fleet mode at the policy leader (its rate limits are
+        the fleet's) as an ``@policy`` job; StoreError when that job cannot be queued."""
+        gate = self.rails.wake if kind == "wake" else self.rails.nap
+        if self.fleetmode is None:
+            return gate(record, cause=cause, source=source, **options)
+        if self.fleetmode.policy_leader:
+            return self._accepted(record, gate(record, cause=cause, source=source, **options))
+        return self._to_policy(record, kind, dict(options, host=record.name, cause=cause, source=source))
+
+    def _to_policy(self, record: Any, kind: str, payload: Dict[str, Any]) -> Dict[str, Any]:
+        job = self.fleetmode.submit(POLICY, kind, payload)
+        return {"host": record.name, "job": job, "segment": self.fleetmode.segment_of(record), "queued": True}
+
+    def _accepted(self, record: Any, entry: Dict[str, Any]) -> Dict[str, Any]:
+        """The policy leader's gate answered: a refusal as it is, else the fleet's 'queued' answer."""
+        if entry.get("what") == "refused":
+            return entry
+        segment = entry.get("segment") or self.fleetmode.segment_of(record)
+        return {"host": record.name, "job": entry.get("job"), "segment": segment, "queued": True,
+                "what": entry.get("what")}  # fmt: skip
+
+    def watch_fd(self, fd: int, callback: Any) -> None:
+        """Fleet mode: read ``fd`` from the loop (the job connection's NOTIFYs)."""
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def unwatch_fd(self, fd: int) -> None:
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError, OSError):
+            pass
 
     def _on_state_change(self, record: Any, old: str, cause: str) -> None:
-        if self.proxy is not None and old == P.WAKING and record.up:
+        if self.proxy is not None and old == P.WAKING and record.up and self._leads("segment"):
             self.proxy.announce(record)
 
     def run(self, max_seconds: Optional[float] = None) -> int:
@@ -310,9 +378,11 @@ class Server:
         now = self.clock.wall()
         if time.monotonic() - self._net_refreshed >= NET_REFRESH:
             self._isolated("network view refresh", self._refresh_net, time.monotonic())
+        if self.fleetmode is not None:
+            self._isolated("fleet mode", self.fleetmode.tick, now)
         self._isolated("registry tick", self.registry.tick, now)
         self._isolated("probe results", self._apply_probes, now)
-        if self.proxy is not None:
+        if self.proxy is not None and self._leads("segment"):
             self._isolated("proxy tick", self.proxy.tick, now)
             if self.raw is not None:
                 self._isolated(
@@ -321,13 +391,14 @@ class Server:
                     [ip for record in self.registry for ip in record.ips if ":" in ip],
                 )
         self._isolated("wake service tick", self.fleet.tick)
-        self._isolated("policy gate", self.rails.tick)
-        for policy, poller in self.ups:
-            self._isolated("UPS %s" % policy.name, policy.observe, poller.latest, now)
-        for schedule in self.schedules:
-            self._isolated("schedule %s" % schedule.name, schedule.tick, now)
-        for cluster in self.clusters.values():
-            self._isolated("cluster %s" % cluster.name, cluster.tick, now)
+        if self._leads("policy"):  # fleet mode: the fleet's policies run once, at the policy leader
+            self._isolated("policy gate", self.rails.tick)
+            for policy, poller in self.ups:
+                self._isolated("UPS %s" % policy.name, policy.observe, poller.latest, now)
+            for schedule in self.schedules:
+                self._isolated("schedule %s" % schedule.name, schedule.tick, now)
+            for cluster in self.clusters.values():
+                self._isolated("cluster %s" % cluster.name, cluster.tick, now)
         self._isolated("replay state", self._prune_replay, self.endpoint.clock())  # message time (real)
         self._isolated("registry save", self.registry.save_if_due, now)
 
@@ -361,7 +432,7 @@ class Server:
                 self.registry.seen(record, now, "probe: %s" % answer)
             elif error:
                 self.log.debug("probe of %s: %s", name, error)
-        for record in self.registry:
+        for record in self.registry.owned():
             if record.state == P.WAKING:
                 self.probe(record)  # a woken host without an engine is confirmed this way
         if len(self._probes) > 4 * MAX_PROBES:
@@ -388,6 +459,8 @@ class Server:
                 self.raw.close()
                 self.raw = None
             self.wol.close()
+            if self.fleetmode is not None:
+                self.fleetmode.close()
             if self.udp is not None:
                 self.registry.wait_saved()
                 self.registry.save(self.clock.wall())
@@ -495,7 +568,10 @@ class Server:
 
     def _on_raw(self, fd: int) -> None:
         now = self.clock.wall()
-        for frame in self.raw.read(fd):
+        frames = self.raw.read(fd)
+        if not self._leads("segment"):
+            return  # fleet mode: the segment's leader answers and wakes; we only drain the socket
+        for frame in frames:
             self._isolated("a proxy frame", self.proxy.on_frame, frame, now)
 
     def _on_mdns(self, fd: int) -> None:
@@ -503,7 +579,7 @@ class Server:
 
     # -- the API's view (called with self.lock held) ------------------------------------------
     def accept_report(
-        self, message: Dict[str, Any], sender: Optional[Tuple[str, int]], commit: bool = True
+        self, message: Dict[str, Any], sender: Optional[Tuple[str, int]], commit: bool = True, forwarded: bool = False
     ) -> Optional[Dict[str, Any]]:
         """Apply a verified report; ``commit`` journals it at once (the API answers only after that).
 
@@ -516,11 +592,25 @@ class Server:
             self.log.warning("host %s sent a report for %r: refused (a host reports only for itself)", host,
                              str(message.get("host"))[:64])  # fmt: skip
             return None
+        if self.fleetmode is not None:
+            known = self.registry.get(host)
+            segment = (known.segment if known is not None else None) or self.config.segment_of(
+                host, message.get("ips") or ()
+            )
+            if not forwarded and not (self.fleetmode.segment_leader and segment in (None, self.fleetmode.segment)):
+                # Verified here, applied by the leader of the host's segment (durable before the ack).
+                payload = {"message": message, "sender": list(sender) if sender else None}
+                job = self.fleetmode.submit(segment or self.fleetmode.segment, "report", payload)
+                self.fleetmode.counts["forwarded"] += 1
+                return {"host": host, "state": known.state if known is not None else P.UNKNOWN, "saved": True,
+                        "forwarded": True, "job": job}  # fmt: skip
         claimed = self.claims.filter(host, message)
         # The source address joins the host's addresses only where it may claim it (never the gateway's);
         # acks and commands still go there.
         sender_ip_ok = sender is not None and self.claims.sender_ok(host, sender[0])
         record = self.registry.accept_report(claimed, sender, self.clock.wall(), sender_ip_ok=sender_ip_ok)
+        if self.fleetmode is not None and record.segment is None:  # its first report decides (FLEETMODE.md)
+            record.segment = self.config.segment_of(record.name, record.ips) or self.fleetmode.segment
         self.rails.engine_veto(record, claimed, self.clock.wall())
         self.reports += 1
         saved = self.registry.commit() if commit else True
@@ -557,6 +647,7 @@ class Server:
             "energy": dict(self.energy.report(self.registry, self.clock.wall()), price_per_kwh=self.energy.price),
             "policy": self.rails.to_dict(self.clock.wall(), full),
             "test_clock": isinstance(self.clock, TestClock),
+            **({"fleet": self.fleetmode.status()} if self.fleetmode is not None else {}),
             **{name: part(self.clock.wall()) for name, part in self.status_parts.items()},
         }
 
@@ -571,6 +662,8 @@ class Server:
     def _host(self, record: Any, full: bool) -> Dict[str, Any]:
         shown = dict(_shown(record.to_dict(), full), policy=self.rails.host_view(record.name, self.clock.wall(), full))
         shown["energy"] = self.energy.host_report(record, self.clock.wall())  # the accumulators plus the running state
+        if self.fleetmode is not None:
+            shown["segment"] = self.fleetmode.segment_of(record)
         return shown
 
     def api_metrics(self) -> str:
@@ -620,7 +713,7 @@ class Server:
             return None
         if method not in ("auto", "wol", "ipmi"):
             method = "auto"
-        return self.rails.wake(record, cause, method, source="api")
+        return self._fleet_api(self.gated_wake, record, cause, method, source="api")
 
     def api_nap(self, target: str, action: Optional[str], cause: str, force: bool = False) -> Optional[Dict[str, Any]]:
         """Nap a host through the policy gate (a veto or a failed-wake mark refuse it unless ``force``)."""
@@ -628,12 +721,29 @@ class Server:
         if record is None:
             return None
         group = record.groups[0] if record.groups else ""
-        return self.rails.nap(record, str(action or self.config.nap_action(group)), cause, source="api", force=force)
+        return self._fleet_api(
+            self.gated_nap, record, str(action or self.config.nap_action(group)), cause, source="api", force=force
+        )
+
+    def _fleet_api(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """An API write; in fleet mode a database that refuses the job is a 503 (nothing was queued)."""
+        try:
+            return call(*args, **kwargs)
+        except StoreError as exc:
+            raise ApiError(503, "not queued, the fleet's database refused: %s" % exc) from None
+
+    def _policy_job(self, kind: str, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """Fleet mode: a policy-state write asked at an instance that does not lead the policies."""
+        job = self._fleet_api(self.fleetmode.submit, POLICY, kind, payload)
+        return {"job": job, "segment": POLICY, "queued": True}
 
     def api_decisions(self) -> List[Dict[str, Any]]:
         return self.rails.list_decisions()
 
     def api_decide(self, decision_id: str, approve: bool, who: str, force: bool = False) -> Optional[Dict[str, Any]]:
+        if not self._leads("policy"):
+            payload = {"host": decision_id, "approve": approve, "source": who, "force": force}
+            return dict(self._policy_job("decide", payload), decision=decision_id)
         return self.rails.decide(decision_id, approve, who, force)
 
     def api_veto(
@@ -642,6 +752,9 @@ class Server:
         """Set (or with ``clear``, lift) the API client ``who``'s veto on a group's naps; None: no such group."""
         if group not in self.members:
             return None
+        if not self._leads("policy"):
+            payload = {"host": group, "source": who, "ttl": ttl, "cause": reason, "clear": clear}
+            return dict(self._policy_job("veto", payload), group=group)
         now = self.clock.wall()
         owner = "api %s" % who
         if clear:  # every veto of the group (an engine whose monitor is still busy sets its own again)
@@ -653,12 +766,22 @@ class Server:
         record = self.registry.find(target)
         if record is None:
             return None
+        if self.fleetmode is not None and not (
+            self.fleetmode.segment_leader and self.fleetmode.segment_of(record) == self.fleetmode.segment
+        ):  # the mark is in the host's record: its segment's leader writes it
+            segment = self.fleetmode.segment_of(record)
+            payload = {"host": record.name, "source": who}
+            job = self._fleet_api(self.fleetmode.submit, segment, "clear-mark", payload)
+            return {"host": record.name, "job": job, "segment": segment, "queued": True}
         return self.rails.health.clear(record, who, self.clock.wall())
 
     def api_demand(self, group: str, more: int, ttl: float, who: str) -> Optional[Dict[str, Any]]:
         cluster = self.clusters.get(group)
         if cluster is None:
             return None
+        if not self._leads("policy"):
+            payload = {"host": group, "more": more, "ttl": ttl, "source": who}
+            return dict(self._policy_job("demand", payload), group=group)
         return cluster.demand(more, ttl, who, self.clock.wall())
 
 

@@ -244,7 +244,7 @@ class Fleet:
             record = self.registry.get(name)
             if record is not None and ok and action == "soft":
                 self.registry.set_state(record, P.OFF, "IPMI soft-off", now)
-        for record in self.registry:
+        for record in self.registry.owned():  # fleet mode: another segment's wakes are its leader's
             if record.state == P.WAKING and record.name not in self.waiting:
                 # A wake in flight across a restart (or lost otherwise): resume confirming it from
                 # when it was sent, so it escalates or ends as asleep instead of waking forever.

@@ -212,7 +212,7 @@ class WakeHealth:
 
     # -- the clock ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        for record in self.registry:
+        for record in self.registry.owned():  # fleet mode: each segment's leader retries its own hosts' wakes
             health = record.wake_health
             if health.get("in_flight") and record.name not in self.fleet.waiting:
                 health["in_flight"] = False  # an attempt lost across a restart: nothing left to confirm
@@ -236,7 +236,12 @@ class WakeHealth:
                 self._test_wakes(window, now)
 
     def _test_wakes(self, window: WakeTestWindow, now: float) -> None:
-        records = [r for r in (self.registry.get(n) for n in self.members.get(window.group, ())) if r is not None]
+        owns = self.registry.owns  # fleet mode: a segment's leader tests its own hosts
+        records = [
+            r
+            for r in (self.registry.get(n) for n in self.members.get(window.group, ()))
+            if r is not None and (owns is None or owns(r))
+        ]
         busy = sum(1 for r in records if r.wake_health.get("in_flight") and r.wake_health.get("test"))
         free = window.at_once - busy
         if free <= 0:

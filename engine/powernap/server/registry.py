@@ -157,6 +157,7 @@ class HostRecord:
         self.energy: Dict[str, float] = {}  # the energy meter's accumulators
         self.power_since = 0.0  # when it last went from down to up or back: the cluster's rotation order
         self.wake_health: Dict[str, Any] = {"result": "never", "marked": False}
+        self.segment: Optional[str] = None  # fleet mode: the L2 segment whose leader writes this record
 
     @property
     def mac(self) -> Optional[str]:
@@ -238,6 +239,10 @@ class Registry:
         self._writer: Optional[threading.Thread] = None
         # (seq, when, error, history it could not write) from the writer thread
         self._written: Optional[Tuple[int, float, Optional[str], List[Dict[str, Any]]]] = None
+        # Fleet mode: which records this instance writes (its segment's, while it leads it); the others are
+        # mirrored from the store (``mirror``) and never ticked, saved or resolved here.  None: all of them.
+        self.owns: Optional[Callable[[HostRecord], bool]] = None
+        self.mirrored_version = 0  # the newest host-row version the mirror has read
 
     # -- lookup -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[HostRecord]:
@@ -245,6 +250,12 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self.hosts)
+
+    def owned(self) -> List[HostRecord]:
+        """The records this instance writes (all of them, unless fleet mode says otherwise)."""
+        if self.owns is None:
+            return list(self.hosts.values())
+        return [record for record in self.hosts.values() if self.owns(record)]
 
     def get(self, name: str) -> Optional[HostRecord]:
         return self.hosts.get(name)
@@ -440,7 +451,7 @@ class Registry:
 
     def tick(self, now: float) -> None:
         """Time-based conclusions: quiet sleepers are asleep/off, quiet up hosts unknown, stuck wakes end."""
-        for record in list(self.hosts.values()):
+        for record in self.owned():
             quiet = now - (record.last_seen or record.since or 0.0)
             if record.state in (P.SUSPENDING, P.HIBERNATING) and quiet > QUIET_TO_ASLEEP:
                 self.set_state(record, P.ASLEEP, "quiet after %s" % record.state, now)
@@ -459,7 +470,7 @@ class Registry:
             "saved": now,
             "seq": self.store.seq if self.store is not None else 0,
             "replay": dict(self.replay),
-            "hosts": [r.to_dict() for r in self.hosts.values()],
+            "hosts": [r.to_dict() for r in self.owned()],
             "extras": {name: export() for name, export in self.extras.items()},
         }
 
@@ -620,6 +631,64 @@ class Registry:
         if imported is not None:
             self._imported(imported)
         return len(self.hosts)
+
+    def mirror(self, now: float) -> int:
+        """Fleet mode: take in the host rows other writers changed since the last call; returns how many.
+
+        A mirrored record replaces ours wholesale (its writer is the authority); a state change is told to the
+        listeners (the policy gate's cooldowns, the metrics) but not to the energy meter: the writer counts it.
+        """
+        mirror = getattr(self.store, "mirror", None)
+        if mirror is None:
+            return 0
+        problems: List[str] = []
+        rows, self.mirrored_version = mirror(self.mirrored_version, problems)
+        for problem in problems[:5]:
+            if self.log is not None:
+                self.log.warning("registry mirror: %s", problem)
+        taken = 0
+        for segment, data in rows:
+            try:
+                record = HostRecord.from_dict(data)
+            except ValueError:
+                continue
+            old = self.hosts.get(record.name)
+            record.segment = segment or None
+            if old is not None and self.owns is not None and self.owns(old):
+                continue  # ours (a row written before we took the lead): we are its writer now
+            if old is None and len(self.hosts) >= self.max_hosts:
+                continue
+            self.hosts[record.name] = record
+            self._index(record)
+            taken += 1
+            if old is not None and old.state != record.state:
+                for listener in self.listeners:
+                    listener(record, old.state, "mirrored from segment %s" % segment)
+        return taken
+
+    def take_over(self) -> int:
+        """Fleet mode: the store now writes as our segment's leader: read its rows and journal (the previous
+        leader's acknowledged reports) over what the mirror held; returns how many records it read."""
+        problems: List[str] = []
+        snapshot, entries = self.store.read(problems)
+        items = (snapshot or {}).get("hosts")
+        count = 0
+        for item in items if isinstance(items, list) else ():
+            try:
+                record = HostRecord.from_dict(item, problems)
+            except ValueError:
+                continue
+            record.segment = getattr(self.store, "rows_segment", None)
+            self.hosts[record.name] = record
+            count += 1
+        self._reindex()
+        for entry in entries:
+            self._replay_entry(entry, problems)
+        for problem in problems[:20]:
+            if self.log is not None:
+                self.log.error("registry: %s", problem)
+        self._dirty = self._urgent = True  # the journal just replayed is written into our snapshot soon
+        return count
 
     def _imported(self, path: str) -> None:
         """The JSON registry is in memory: write it to the store, and only then rename it aside."""

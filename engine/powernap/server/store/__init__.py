@@ -120,13 +120,17 @@ def parse_url(url: str) -> Tuple[str, str]:
     raise ValueError("the store must be a SQLite or PostgreSQL URL (the scheme was not recognised)")
 
 
-def open_store(url: str, log: Any = None) -> Store:
-    """The store a URL names (PostgreSQL's module, and psycopg, are imported only when asked for)."""
+def open_store(url: str, log: Any = None, fleet: Optional[Dict[str, Any]] = None) -> Store:
+    """The store a URL names (PostgreSQL's module, and psycopg, are imported only when asked for).
+
+    ``fleet``: fleet mode's writer (PostgreSQL only; see ``postgres.PostgresStore``)."""
     kind, target = parse_url(url)
     if kind == "sqlite":
+        if fleet is not None:
+            raise StoreError("fleet mode needs a PostgreSQL store")
         from .sqlite import SqliteStore
 
         return SqliteStore(target, log)
     from .postgres import PostgresStore
 
-    return PostgresStore(target, log)
+    return PostgresStore(target, log, fleet)

@@ -1,7 +1,8 @@
 """Several powerwaked instances on one PostgreSQL: the job table and the per-segment leader (issue 18, part 2).
 
-Self-contained and NOT wired into the daemon yet: the building blocks the multi-segment work will use,
-tested against a private PostgreSQL (``tests/test_server_coord.py``).
+The building blocks fleet mode (``server/fleetmode.py``) uses, tested against a private PostgreSQL
+(``tests/test_server_coord.py``); the daemon holds its leads with ``PostgresStore.try_lead`` (the same
+lock names, on the store's own session) rather than ``SegmentLeader``.
 
 - **Jobs** (``JobQueue``): L2 work for a segment (a WoL, a proxy answer, a confirmation, a local
   escalation) is a row of ``powerwaked_jobs``.  An instance on that segment claims the oldest ready

@@ -6,9 +6,17 @@ run the engine never import this module.  Supported servers: PostgreSQL 12 and l
 - The schema is the server's: created and migrated on start (``MIGRATIONS``), versioned in
   ``powerwaked_meta``, under a transaction-level advisory lock so two servers starting at once do
   not both migrate.  A database migrated by a newer powerwaked is refused.
-- One powerwaked per database until the multi-instance work lands: a session advisory lock
-  (``INSTANCE_LOCK``) is held while connected; a second server on the same database is refused
-  with a clear error instead of overwriting the first one's registry.
+- One server per database, unless fleet mode: a single server holds the session advisory lock
+  ``INSTANCE_LOCK`` while connected; a second one on the same database is refused with a clear error
+  instead of overwriting the first one's registry.  Fleet-mode instances (``scope`` given) hold it
+  shared (so a single server cannot join them, nor they it) plus a lock on their own name (two
+  instances of one name are refused).
+- Fleet mode (schema 2): the journal, replay floors, snapshot header and keyed state carry the writer's
+  ``scope`` (``segment:NAME`` or ``policy``), so one instance's snapshot never drops another's rows;
+  host rows carry their ``segment`` and a ``version`` from one sequence (``powerwaked_host_version``),
+  and ``mirror`` reads the rows changed since a version.  Host rows are written under a
+  transaction lock (``VERSION_LOCK``), so versions become visible in the order they were taken and a
+  reader that saw version N never misses a later commit of a smaller one.
 - A commit returns once PostgreSQL has made it durable (``synchronous_commit`` as the database sets
   it; ``on`` is the default): the journal is durable before the ack, as with SQLite.
 - The connection string holds a password: it is never logged nor put into an error (``redact``;
@@ -17,17 +25,21 @@ run the engine never import this module.  Supported servers: PostgreSQL 12 and l
 """
 
 import time
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import SCHEMA, StoreError, redact
-from .sql import SqlStore
+from . import StoreError, redact
+from .coord import JOB_DDL
+from .sql import SqlStore, _loads
 
 INSTANCE_LOCK = 0x70776B64  # "pwkd": the session lock one server holds on its database
 MIGRATE_LOCK = 0x70776B6D  # "pwkm": taken for the length of a schema migration
 CONNECT_TIMEOUT = 5  # seconds; a statement gets STATEMENT_TIMEOUT
 STATEMENT_TIMEOUT = "10s"
 RECONNECT_EVERY = 5.0
+VERSION_LOCK = 0x70776B76  # "pwkv": host rows are written one transaction at a time (versions commit in order)
+SCHEMA = 2  # PostgreSQL's own schema version (SQLite's is store.SCHEMA, unchanged by fleet mode)
+MIRROR_BATCH = 5000  # host rows one mirror read returns at most (the rest comes with the next tick)
 
 # Version N's statements take a database from version N-1 to N.
 MIGRATIONS = {
@@ -39,15 +51,44 @@ MIGRATIONS = {
         "CREATE TABLE IF NOT EXISTS powerwaked_history (id bigserial PRIMARY KEY, at double precision NOT NULL, "
         "entry text NOT NULL)",
     ),
+    # Fleet mode: writer scopes, host rows with segment and version, the instances' table and the jobs.
+    2: (
+        "CREATE SEQUENCE IF NOT EXISTS powerwaked_host_version",
+        "ALTER TABLE powerwaked_hosts ADD COLUMN IF NOT EXISTS segment text NOT NULL DEFAULT ''",
+        "ALTER TABLE powerwaked_hosts ADD COLUMN IF NOT EXISTS version bigint NOT NULL "
+        "DEFAULT nextval('powerwaked_host_version')",
+        "CREATE INDEX IF NOT EXISTS powerwaked_hosts_version ON powerwaked_hosts (version)",
+    )
+    + tuple(
+        statement
+        for table, key in (("powerwaked_replay", "sender"), ("powerwaked_state", "key"), ("powerwaked_journal", "seq"))
+        for statement in (
+            "ALTER TABLE %s ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT ''" % table,
+            "ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s_pkey" % (table, table),
+            "ALTER TABLE %s ADD PRIMARY KEY (scope, %s)" % (table, key),
+        )
+    )
+    + (
+        "CREATE TABLE IF NOT EXISTS powerwaked_instances (name text PRIMARY KEY, segment text NOT NULL, "
+        "roles text NOT NULL DEFAULT '', heartbeat timestamptz NOT NULL DEFAULT now())",
+    )
+    + JOB_DDL,
 }
 
 
 class PostgresStore(SqlStore):
     PLACEHOLDER = "%s"
+    SCOPED = True
     kind = "postgresql"
 
-    def __init__(self, url: str, log: Any = None):
+    def __init__(self, url: str, log: Any = None, fleet: Optional[Dict[str, str]] = None):
+        """``fleet``: fleet mode's ``{"instance": NAME, "scope": SCOPE, "segment": SEGMENT OR None}`` (the writer
+        scope and the segment whose host rows this instance owns); None: the one server of the database."""
         super().__init__(log)
+        if fleet is not None:
+            self.instance = fleet["instance"]
+            self.scope = fleet["scope"]
+            self.rows_segment = fleet.get("segment")
         self.where = redact(url)
         self._url = url
         self._secrets = _secrets_of(url)
@@ -62,10 +103,16 @@ class PostgresStore(SqlStore):
         self.ERRORS = (psycopg.Error,)
         self.conn: Optional[Any] = None
         self._retry_at = 0.0
+        self.session = 0  # counts connections: a lead taken on one session is gone with it
+        self.leads: Dict[str, int] = {}  # lock name -> the session that holds it
+        self.fallback: Optional[Tuple[str, Optional[str]]] = (
+            None  # fleet mode: the scope of an instance leading nothing
+        )
         self.conn = self._connect()  # a database we cannot reach or may not use: refuse to start
 
     def _connect(self) -> Any:
         psycopg = self._psycopg
+        self.session += 1
         try:
             conn = psycopg.connect(self._url, connect_timeout=CONNECT_TIMEOUT, application_name="powerwaked")
         except psycopg.Error as exc:
@@ -73,12 +120,28 @@ class PostgresStore(SqlStore):
         try:
             with conn.cursor() as cursor:
                 cursor.execute("SET statement_timeout = '%s'" % STATEMENT_TIMEOUT)
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", (INSTANCE_LOCK,))
-                if not cursor.fetchone()[0]:
-                    raise StoreError(
-                        "PostgreSQL store %s is in use by another powerwaked (one server per database for now)"
-                        % self.where
+                if not self.instance:
+                    cursor.execute("SELECT pg_try_advisory_lock(%s)", (INSTANCE_LOCK,))
+                    if not cursor.fetchone()[0]:
+                        raise StoreError(
+                            "PostgreSQL store %s is in use by another powerwaked (one server per database, unless "
+                            "fleet mode: [powerwaked] segment)" % self.where
+                        )
+                else:
+                    cursor.execute("SELECT pg_try_advisory_lock_shared(%s)", (INSTANCE_LOCK,))
+                    if not cursor.fetchone()[0]:
+                        raise StoreError(
+                            "PostgreSQL store %s is in use by a powerwaked that is not in fleet mode" % self.where
+                        )
+                    cursor.execute(
+                        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                        ("powerwaked-instance:" + self.instance,),
                     )
+                    if not cursor.fetchone()[0]:
+                        raise StoreError(
+                            "PostgreSQL store %s: another powerwaked runs as instance %r ([powerwaked] instance "
+                            "must be unique)" % (self.where, self.instance)
+                        )
                 conn.commit()
                 self._migrate(cursor)
                 conn.commit()
@@ -111,6 +174,121 @@ class PostgresStore(SqlStore):
             if self.log is not None:
                 self.log.info("store %s: schema migrated to version %d", self.where, step)
 
+    # -- fleet mode ------------------------------------------------------------------------------------
+    def _write_host_rows(self, cursor: Any, changed: List[Tuple[str, str]], gone: List[Tuple[str]]) -> None:
+        if (not changed and not gone) or (self.rows_segment or "").startswith("@"):
+            return  # "@...": an instance leading no segment (or the policy leader) writes nobody's rows
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (VERSION_LOCK,))  # versions commit in order
+        segment = self.rows_segment or ""
+        if changed:
+            cursor.executemany(
+                "INSERT INTO powerwaked_hosts (name, record, segment) VALUES (%s, %s, %s) ON CONFLICT (name) "
+                "DO UPDATE SET record = excluded.record, segment = excluded.segment, "
+                "version = nextval('powerwaked_host_version')",
+                [(name, text, segment) for name, text in changed],
+            )
+        if gone:
+            if self.rows_segment is None:
+                cursor.executemany("DELETE FROM powerwaked_hosts WHERE name = %s", gone)
+            else:  # only our own rows: a host that moved to another segment is that writer's now
+                cursor.executemany(
+                    "DELETE FROM powerwaked_hosts WHERE name = %s AND segment = %s",
+                    [(name, self.rows_segment) for (name,) in gone],
+                )
+
+    def mirror(self, since: int, problems: List[str]) -> Tuple[List[Tuple[str, Dict[str, Any]]], int]:
+        """Host rows other writers changed after version ``since``, oldest first: ``([(segment, record)], newest)``.
+
+        At most MIRROR_BATCH rows a call (the caller asks again next tick). Rows of our own segment are skipped
+        (we write them); an unreadable row is noted in ``problems`` and skipped.
+        """
+
+        def work(cursor: Any) -> List[Any]:
+            cursor.execute(
+                "SELECT name, segment, record, version FROM powerwaked_hosts WHERE version > %s "
+                "ORDER BY version LIMIT %s",
+                (int(since), MIRROR_BATCH),
+            )
+            return cursor.fetchall()
+
+        rows = self._transaction(work)
+        records = []
+        newest = int(since)
+        for name, segment, text, version in rows:
+            newest = max(newest, int(version))
+            if self.rows_segment is not None and segment == self.rows_segment:
+                continue
+            record = _loads(text, "mirrored host %r" % name, problems)
+            if isinstance(record, dict):
+                records.append((segment, record))
+        return records, newest
+
+    def rescope(self, scope: str, segment: Optional[str]) -> None:
+        """Write as another scope from now on (a lead taken or lost): the caller reads it again (``read``)."""
+        with self.lock:
+            self._rescope(scope, segment)
+
+    def _rescope(self, scope: str, segment: Optional[str]) -> None:
+        self.scope, self.rows_segment = scope, segment
+        self.seq = 0
+        self.journal_length = 0
+        self._hosts, self._replay, self._state = {}, {}, {}
+
+    def try_lead(self, lock: str) -> bool:
+        """Take the session advisory lock ``lock`` on the store's own connection, or prove we still hold it.
+
+        The writer's session is the lock's: a leader whose connection broke cannot write as leader on a new one
+        (``_connection`` rescopes first), so two writers of one segment never overlap.  False on any error.
+        """
+
+        def work(cursor: Any) -> bool:
+            if self.leads.get(lock) == self.session:
+                cursor.execute("SELECT 1")
+                return True
+            cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock,))
+            return bool(cursor.fetchone()[0])
+
+        try:
+            held = self._transaction(work)
+        except StoreError:
+            self.leads.pop(lock, None)
+            return False
+        if held:
+            self.leads[lock] = self.session
+        else:
+            self.leads.pop(lock, None)
+        return held
+
+    def resign(self, lock: str) -> None:
+        """Give a lead back (shutdown): the next instance takes it at its next poll, not after a timeout."""
+        if self.leads.pop(lock, None) == self.session:
+
+            def work(cursor: Any) -> None:
+                cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
+
+            try:
+                self._transaction(work)
+            except StoreError:
+                pass
+
+    def heartbeat(self, instance: str, segment: str, roles: str) -> List[Tuple[str, str, str, float]]:
+        """Publish our name, segment, roles and heartbeat; returns every instance's (name, segment, roles, age)."""
+
+        def work(cursor: Any) -> List[Any]:
+            cursor.execute(
+                "INSERT INTO powerwaked_instances (name, segment, roles, heartbeat) VALUES (%s, %s, %s, now()) "
+                "ON CONFLICT (name) DO UPDATE SET segment = excluded.segment, roles = excluded.roles, "
+                "heartbeat = now()",
+                (instance, segment, roles),
+            )
+            cursor.execute(
+                "SELECT name, segment, roles, extract(epoch FROM now() - heartbeat) FROM powerwaked_instances "
+                "ORDER BY name LIMIT 1000"
+            )
+            return cursor.fetchall()
+
+        return [(str(n), str(seg), str(r), float(age)) for n, seg, r, age in self._transaction(work)]
+
     # -- SqlStore's hooks -----------------------------------------------------------------------------
     def _connection(self) -> Any:
         if self.conn is None:
@@ -121,6 +299,12 @@ class PostgresStore(SqlStore):
             self.conn = self._connect()
             if self.log is not None:
                 self.log.warning("store %s: reconnected", self.where)
+            if self.leads or (self.fallback is not None and (self.scope, self.rows_segment) != self.fallback):
+                # Fencing: the leads went with the old session; until the daemon takes one again (try_lead), this
+                # process writes only as an instance leading nothing, never another leader's rows.
+                self.leads = {}
+                if self.fallback is not None:
+                    self._rescope(*self.fallback)
         return self.conn
 
     def _broken(self, exc: Exception) -> None:

@@ -37,6 +37,11 @@ class SqlStore(Store):
         self._hosts: Dict[str, int] = {}  # what the store holds: name -> hash of the JSON text
         self._replay: Dict[str, float] = {}
         self._state: Dict[str, int] = {}
+        # Fleet mode (PostgreSQL only): the writer scope of this process's journal, replay floors, snapshot header
+        # and keyed state, and the segment whose host rows it owns (None: every row, as one server has them).
+        self.scope = ""
+        self.rows_segment: Optional[str] = None
+        self.instance = ""  # fleet mode: history entries name the instance that wrote them
 
     # -- what a backend supplies ------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -51,10 +56,23 @@ class SqlStore(Store):
         """After an error: drop a connection that is no longer usable (PostgreSQL reconnects later)."""
 
     ERRORS: Tuple[type, ...] = ()
+    #: the tables carry a writer scope and host rows a segment and version (PostgreSQL's schema 2; SQLite: no)
+    SCOPED = False
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _sql(self, text: str) -> str:
         return text if self.PLACEHOLDER == "?" else text.replace("?", self.PLACEHOLDER)
+
+    @property
+    def _meta_key(self) -> str:
+        """The snapshot header's key in powerwaked_meta: one per writer scope ("snapshot" for one server)."""
+        return "snapshot@" + self.scope if self.scope else "snapshot"
+
+    def _scoped(self, text: str) -> Tuple[str, Tuple[Any, ...]]:
+        """A query on a scoped table limited to our scope (``{scope}`` marks where: " WHERE scope = ?" or nothing)."""
+        if not self.SCOPED:
+            return self._sql(text.format(scope="", and_scope="")), ()
+        return self._sql(text.format(scope=" WHERE scope = ?", and_scope=" AND scope = ?")), (self.scope,)
 
     def _transaction(self, work: Callable[[Any], Any]) -> Any:
         """Run ``work(cursor)`` in one transaction: all of it is committed, or none of it."""
@@ -86,25 +104,29 @@ class SqlStore(Store):
         return self._transaction(work)
 
     def _read_tables(self, cursor: Any, problems: List[str]) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
-        cursor.execute(self._sql("SELECT value FROM powerwaked_meta WHERE key = ?"), ("snapshot",))
+        cursor.execute(self._sql("SELECT value FROM powerwaked_meta WHERE key = ?"), (self._meta_key,))
         row = cursor.fetchone()
         meta = _loads(row[0], "the snapshot's header", problems) if row else None
         snapshot: Optional[Dict[str, Any]] = dict(meta) if isinstance(meta, dict) else None
         done = snapshot.get("seq", 0) if snapshot is not None else 0
         done = done if isinstance(done, int) and not isinstance(done, bool) else 0
         hosts: List[Any] = []
-        cursor.execute("SELECT name, record FROM powerwaked_hosts ORDER BY name")
+        if self.rows_segment is None:
+            cursor.execute("SELECT name, record FROM powerwaked_hosts ORDER BY name")
+        else:  # fleet mode: the rows this writer owns (the rest is mirrored, see ``mirror``)
+            cursor.execute(self._sql("SELECT name, record FROM powerwaked_hosts WHERE segment = ? ORDER BY name"),
+                           (self.rows_segment,))  # fmt: skip
         for name, text in cursor.fetchall():
             self._hosts[name] = hash(text)  # a bad row is known too, so the next snapshot replaces or drops it
             record = _loads(text, "host %r" % name, problems)
             if record is not None:
                 hosts.append(record)
         replay: Dict[str, float] = {}
-        cursor.execute("SELECT sender, ts FROM powerwaked_replay")
+        cursor.execute(*self._scoped("SELECT sender, ts FROM powerwaked_replay{scope}"))
         for sender, ts in cursor.fetchall():
             replay[sender] = self._replay[sender] = float(ts)
         state: Dict[str, Any] = {}
-        cursor.execute("SELECT key, value FROM powerwaked_state")
+        cursor.execute(*self._scoped("SELECT key, value FROM powerwaked_state{scope}"))
         for key, text in cursor.fetchall():
             self._state[key] = hash(text)
             value = _loads(text, "state %r" % key, problems)
@@ -113,7 +135,7 @@ class SqlStore(Store):
         if snapshot is not None or hosts or state:
             snapshot = dict(snapshot or {}, hosts=hosts, replay=replay, **state)
         entries: List[Dict[str, Any]] = []
-        cursor.execute("SELECT seq, entry FROM powerwaked_journal ORDER BY seq")
+        cursor.execute(*self._scoped("SELECT seq, entry FROM powerwaked_journal{scope} ORDER BY seq"))
         rows = cursor.fetchall()
         self.seq = max([done] + [int(seq) for seq, _entry in rows])
         for seq, text in rows:
@@ -132,10 +154,11 @@ class SqlStore(Store):
         for entry in entries:
             seq += 1
             entry["seq"] = seq
-            rows.append((seq, dumps(entry)))
+            rows.append((seq, dumps(entry)) + ((self.scope,) if self.SCOPED else ()))
+        columns = "seq, entry, scope) VALUES (?, ?, ?)" if self.SCOPED else "seq, entry) VALUES (?, ?)"
 
         def work(cursor: Any) -> None:
-            cursor.executemany(self._sql("INSERT INTO powerwaked_journal (seq, entry) VALUES (?, ?)"), rows)
+            cursor.executemany(self._sql("INSERT INTO powerwaked_journal (" + columns), rows)
 
         self._transaction(work)
         self.seq = seq  # only once durable: a refused batch leaves no gap the next one must explain
@@ -163,19 +186,37 @@ class SqlStore(Store):
 
         def work(cursor: Any) -> int:
             upsert = "INSERT INTO %s (%s, %s) VALUES (?, ?) ON CONFLICT (%s) DO UPDATE SET %s = excluded.%s"
-            for table, key, value, changed, gone in (
-                ("powerwaked_hosts", "name", "record", changed_hosts, gone_hosts),
-                ("powerwaked_replay", "sender", "ts", changed_replay, gone_replay),
-                ("powerwaked_state", "key", "value", changed_state, gone_state),
-            ):
-                if changed:
-                    cursor.executemany(self._sql(upsert % (table, key, value, key, value, value)), changed)
-                if gone:
-                    cursor.executemany(self._sql("DELETE FROM %s WHERE %s = ?" % (table, key)), gone)
+            if self.SCOPED:
+                self._write_host_rows(cursor, changed_hosts, gone_hosts)
+                scoped = (
+                    "INSERT INTO %s (%s, %s, scope) VALUES (?, ?, ?) "
+                    "ON CONFLICT (scope, %s) DO UPDATE SET %s = excluded.%s"
+                )
+                for table, key, value, changed, gone in (
+                    ("powerwaked_replay", "sender", "ts", changed_replay, gone_replay),
+                    ("powerwaked_state", "key", "value", changed_state, gone_state),
+                ):
+                    if changed:
+                        rows = [row + (self.scope,) for row in changed]
+                        cursor.executemany(self._sql(scoped % (table, key, value, key, value, value)), rows)
+                    if gone:
+                        rows = [row + (self.scope,) for row in gone]
+                        cursor.executemany(self._sql("DELETE FROM %s WHERE %s = ? AND scope = ?" % (table, key)), rows)
+            else:
+                for table, key, value, changed, gone in (
+                    ("powerwaked_hosts", "name", "record", changed_hosts, gone_hosts),
+                    ("powerwaked_replay", "sender", "ts", changed_replay, gone_replay),
+                    ("powerwaked_state", "key", "value", changed_state, gone_state),
+                ):
+                    if changed:
+                        cursor.executemany(self._sql(upsert % (table, key, value, key, value, value)), changed)
+                    if gone:
+                        cursor.executemany(self._sql("DELETE FROM %s WHERE %s = ?" % (table, key)), gone)
             cursor.execute(self._sql(upsert % ("powerwaked_meta", "key", "value", "key", "value", "value")),
-                           ("snapshot", header))  # fmt: skip
-            cursor.execute(self._sql("DELETE FROM powerwaked_journal WHERE seq <= ?"), (upto,))
-            cursor.execute("SELECT count(*) FROM powerwaked_journal")
+                           (self._meta_key, header))  # fmt: skip
+            sql, scope = self._scoped("DELETE FROM powerwaked_journal WHERE seq <= ?{and_scope}")
+            cursor.execute(sql, (upto,) + scope)
+            cursor.execute(*self._scoped("SELECT count(*) FROM powerwaked_journal{scope}"))
             return int(cursor.fetchone()[0])
 
         remaining = self._transaction(work)
@@ -189,9 +230,15 @@ class SqlStore(Store):
     def _after_snapshot(self) -> None:
         """Housekeeping after a committed snapshot (SQLite gives free pages back)."""
 
+    def _write_host_rows(self, cursor: Any, changed: List[Tuple[str, str]], gone: List[Tuple[str]]) -> None:
+        """Fleet mode's host rows (with their segment and a new version each): PostgreSQL's."""
+        raise NotImplementedError
+
     def append_history(self, entries: List[Dict[str, Any]]) -> None:
         if not entries:
             return
+        if self.instance:  # one history for the fleet: each entry says which instance wrote it
+            entries = [dict(entry, instance=self.instance) for entry in entries]
         rows = [(float(entry.get("time") or 0.0), dumps(entry)) for entry in entries]
 
         def work(cursor: Any) -> None:

@@ -1,0 +1,493 @@
+"""Fleet mode: several powerwaked instances on one PostgreSQL (issue 18 part 2; the design is FLEETMODE.md).
+
+On when ``[powerwaked] segment`` is set.  Each instance:
+
+- **mirrors** every host row of the database into its registry each tick (``Registry.mirror``: rows with a
+  version newer than the last it read), so its API shows every host of every segment;
+- tries every ``lead_poll`` to take two leads, PostgreSQL session advisory locks held **on the store's own
+  connection** (so a writer whose session died cannot go on writing as leader: ``PostgresStore.try_lead``):
+  the **segment leader** (``powerwaked-segment:NAME``) is the one writer of its segment's host rows, runs
+  the sleep proxy, the per-host timers and the segment's jobs; the **policy leader** (``powerwaked-policy``)
+  runs the policy gate's queue, UPS, schedules and clusters once for the fleet, and the ``@policy`` jobs;
+- publishes its name, segment, roles and heartbeat (``powerwaked_instances``), read back for /v1/status.
+
+Writes go as **jobs** (``store/coord.JobQueue``; a NOTIFY on its own autocommit connection wakes the
+leader at once): a wake or nap asked at any instance goes to the policy leader (``@policy``: the gate's
+rate limits are fleet-wide), whose gate sends it on as ``send-wake``/``send-nap`` to the host's segment,
+whose leader runs it through the existing wake path (``Fleet``) and keeps the job leased until the wake is
+confirmed or given up; a job whose holder died is redone by the next leader of its segment.  A report at
+an instance that does not lead its segment is verified there and forwarded as a ``report`` job.
+
+A database that goes away never stops the daemon: it leads nothing (the store rescopes itself on the next
+session), answers from what it holds and retries every ``lead_poll``.
+"""
+
+import collections
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import protocol as P
+from .store import StoreError, dumps
+
+POLICY = "@policy"  # the pseudo-segment of the policy leader's jobs
+POLICY_LOCK = "powerwaked-policy"
+SEGMENT_LOCK = "powerwaked-segment:"  # + the segment's name (store/coord.SegmentLeader's lock)
+# A claimed job stays ours this long without renewal: at least JOB_LEASE, and three lead polls (it is renewed every
+# poll while it runs), so a dead holder's job is redone by the next leader within about that.
+JOB_LEASE = 5.0
+CLAIMS_PER_TICK = 64  # jobs taken per tick and segment at most (the rest at the next tick)
+JOBS_KEPT = 86400.0  # finished jobs are deleted after a day (by the policy leader)
+CONNECT_TIMEOUT = 3  # seconds: the job connection is made from the loop
+RECONNECT_EVERY = 5.0  # seconds between attempts to make it again (as the store's own connection)
+JOB_KINDS = ("wake", "nap", "clear-mark", "demand", "veto", "decide", "send-wake", "send-nap", "report")
+_TEXT = 512  # longest cause / name text taken from a job's payload
+
+
+class FleetMode:
+    """One instance's part of the fleet (called from the daemon's loop and API, with the daemon's lock held)."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        config = server.config
+        self.instance = config.instance
+        self.segment = str(config.server["segment"])
+        self.poll = float(config.server["lead_poll"])
+        self.lease = max(JOB_LEASE, 3 * self.poll + 2.0)
+        self.log = server.log.getChild("fleet")
+        self.store: Any = None  # the registry's PostgresStore (attach)
+        self.segment_leader = False
+        self.policy_leader = False
+        self.conn: Any = None  # autocommit: jobs and LISTEN
+        self.queue: Any = None
+        self._listening_fd: Optional[int] = None
+        self._connect_at = 0.0
+        self._next_poll = 0.0
+        self._next_cleanup = 0.0
+        self._notified = True
+        self.running: Dict[int, Dict[str, Any]] = {}  # our send-wake jobs awaiting confirmation
+        self.instances: List[Tuple[str, str, str, float]] = []  # (name, segment, roles, heartbeat age)
+        self.jobs = {"queued": 0, "running": 0}
+        self.counts: Dict[str, int] = collections.Counter()  # submitted, done, failed, forwarded
+        self.problem: Optional[str] = None
+        self._logged: Dict[str, float] = {}
+
+    # -- wiring -----------------------------------------------------------------------------------
+    def store_options(self) -> Dict[str, Any]:
+        """The store's writer while this instance leads nothing (``open_store(fleet=...)``)."""
+        return {"instance": self.instance, "scope": "instance:" + self.instance, "segment": "@none"}
+
+    def attach(self, store: Any) -> None:
+        self.store = store
+        store.fallback = ("instance:" + self.instance, "@none")
+        registry = self.server.registry
+        registry.owns = lambda record: self.segment_leader and record.segment == self.segment
+
+    def segment_of(self, record: Any) -> str:
+        """The segment a host's L2 work goes to (its record's, the config's, else ours)."""
+        if record.segment:
+            return str(record.segment)
+        return self.server.config.segment_of(record.name, record.ips) or self.segment
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        """At start-up, before the sockets: take what leads are free and mirror the fleet (no job runs yet)."""
+        self._next_poll = time.monotonic() + self.poll
+        self._poll_leads()
+        self._heartbeat()
+        try:
+            self.server.registry.mirror(now)
+        except StoreError as exc:
+            self._note("mirror", "cannot read the other instances' hosts: %s" % exc)
+
+    def tick(self, now: float) -> None:
+        mono = time.monotonic()
+        if mono >= self._next_poll:
+            self._next_poll = mono + self.poll
+            self._poll_leads()
+            self._heartbeat()
+            self._jobs_poll(mono)
+            self._notified = True  # a lease of a dead holder runs out without a NOTIFY: look on every poll
+        try:
+            self.server.registry.mirror(now)
+        except StoreError as exc:
+            self._note("mirror", "cannot read the other instances' hosts: %s" % exc)
+        if self.segment_leader and self.store.scope != "segment:" + self.segment:
+            # The store's session broke and it fenced itself: we lead again only once the lock is ours again.
+            self.segment_leader = False
+            self.log.warning("instance %s lost the lead of segment %s with its database session", self.instance,
+                             self.segment)  # fmt: skip
+        if self._notified and self._ensure_jobs():
+            self._notified = False
+            self._claim()
+        self._check_running()
+
+    def _poll_leads(self) -> None:
+        store, registry = self.store, self.server.registry
+        was_segment, was_policy = self.segment_leader, self.policy_leader
+        segment = store.try_lead(SEGMENT_LOCK + self.segment)
+        if segment and (not was_segment or store.scope != "segment:" + self.segment):
+            # Taken (or taken again on a new session): read the segment's rows and the previous leader's journal.
+            registry.wait_saved()
+            store.rescope("segment:" + self.segment, self.segment)
+            self.segment_leader = True
+            try:
+                count = registry.take_over()
+            except StoreError as exc:
+                self.segment_leader = False
+                store.rescope(*store.fallback)
+                store.resign(SEGMENT_LOCK + self.segment)
+                self._note("lead", "cannot read segment %s to lead it: %s" % (self.segment, exc))
+                return
+            self.log.warning("instance %s leads segment %s (%d hosts read)", self.instance, self.segment, count)
+        elif was_segment and not segment:
+            self.segment_leader = False
+            registry.wait_saved()
+            store.rescope(*store.fallback)
+            self.log.warning("instance %s no longer leads segment %s", self.instance, self.segment)
+        self.policy_leader = store.try_lead(POLICY_LOCK)
+        if self.policy_leader != was_policy:
+            self.log.warning("instance %s %s the fleet's policies", self.instance,
+                             "leads" if self.policy_leader else "no longer leads")  # fmt: skip
+
+    def _heartbeat(self) -> None:
+        roles = ",".join(r for r, on in (("segment", self.segment_leader), ("policy", self.policy_leader)) if on)
+        try:
+            self.instances = self.store.heartbeat(self.instance, self.segment, roles)
+            self.problem = None
+        except StoreError as exc:
+            self.problem = str(exc)
+            self._note("heartbeat", "cannot publish this instance: %s" % exc)
+
+    # -- the job connection -----------------------------------------------------------------------
+    def _ensure_jobs(self) -> bool:
+        if self.conn is not None:
+            return True
+        mono = time.monotonic()
+        if mono < self._connect_at:
+            return False
+        self._connect_at = mono + max(self.poll, RECONNECT_EVERY)  # a dead database costs the loop little
+        import psycopg
+
+        from .store.coord import JobListener, JobQueue
+
+        try:
+            conn = psycopg.connect(self.store._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                   application_name="powerwaked-jobs")  # fmt: skip
+            conn.execute("SET statement_timeout = '10s'")
+            JobListener(conn, [self.segment, POLICY])
+        except psycopg.Error as exc:
+            self._note("jobs", "cannot connect for jobs: %s" % self.store._error(exc))
+            return False
+        self.conn, self.queue = conn, JobQueue(conn, self.instance)
+        conn.add_notify_handler(self._on_notify)
+        try:
+            self.server.watch_fd(conn.fileno(), self._on_readable)
+            self._listening_fd = conn.fileno()
+        except (OSError, ValueError):
+            self._listening_fd = None
+        return True
+
+    def _drop_jobs(self, exc: Exception) -> None:
+        self._note("jobs", "job connection lost: %s" % self.store._error(exc))
+        if self._listening_fd is not None:
+            self.server.unwatch_fd(self._listening_fd)
+            self._listening_fd = None
+        try:
+            self.conn.close()
+        except Exception:  # closing a broken connection: nothing more to do
+            pass
+        self.conn = self.queue = None
+
+    def _on_notify(self, notify: Any) -> None:
+        self._notified = True
+
+    def _on_readable(self, fd: int) -> None:
+        """NOTIFYs came: let psycopg read them (its handler sets _notified), claim at once."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.execute("SELECT 1")
+        except Exception as exc:  # psycopg.Error: the connection is gone
+            self._drop_jobs(exc)
+            return
+        if self._notified:
+            self._notified = False
+            self._claim()
+
+    def _jobs_poll(self, mono: float) -> None:
+        if not self._ensure_jobs():
+            return
+        try:
+            rows = self.conn.execute(
+                "SELECT state, count(*) FROM powerwaked_jobs WHERE state IN ('queued', 'running') GROUP BY state"
+            ).fetchall()
+            self.jobs = {"queued": 0, "running": 0}
+            self.jobs.update({str(state): int(count) for state, count in rows})
+            if self.policy_leader and mono >= self._next_cleanup:
+                self._next_cleanup = mono + 60.0
+                self.queue.reap()
+                self.conn.execute(
+                    "DELETE FROM powerwaked_jobs WHERE state IN ('done', 'failed') "
+                    "AND finished < now() - make_interval(secs => %s)",
+                    (JOBS_KEPT,),
+                )
+            for job_id in list(self.running):
+                if not self.queue.renew(job_id, self.lease):
+                    self.log.warning("job %d went to another instance (our lease ran out)", job_id)
+                    del self.running[job_id]
+        except Exception as exc:  # psycopg.Error
+            self._drop_jobs(exc)
+
+    # -- submitting -------------------------------------------------------------------------------
+    def submit(self, segment: str, kind: str, payload: Dict[str, Any]) -> int:
+        """Queue a job (durable once this returns); StoreError when the database refuses."""
+        if not self._ensure_jobs():
+            raise StoreError("fleet: no database connection for jobs (retrying)")
+        try:
+            job_id = self.queue.submit(segment, kind, payload)
+        except Exception as exc:  # psycopg.Error
+            self._drop_jobs(exc)
+            raise StoreError("fleet: job not queued: %s" % self.store._error(exc)) from None
+        self.counts["submitted"] += 1
+        if segment in self._led():
+            self._notified = True  # ours: taken at the next tick even if the NOTIFY is read later
+        return job_id
+
+    def _led(self) -> List[str]:
+        return ([self.segment] if self.segment_leader else []) + ([POLICY] if self.policy_leader else [])
+
+    # -- running jobs -----------------------------------------------------------------------------
+    def _claim(self) -> None:
+        for segment in self._led():
+            for _index in range(CLAIMS_PER_TICK):
+                try:
+                    job = self.queue.claim(segment, self.lease)
+                except Exception as exc:  # psycopg.Error
+                    self._drop_jobs(exc)
+                    return
+                if job is None:
+                    break
+                self._run(job)
+
+    def _run(self, job: Dict[str, Any]) -> None:
+        job_id = job["id"]
+        try:
+            result = self._execute(job)
+        except (ValueError, KeyError, TypeError, P.ProtocolError) as exc:
+            self.log.warning("job %d (%s) refused: %s", job_id, str(job.get("kind"))[:32], exc)
+            self._finish(job_id, {"error": str(exc)[:500]}, failed=True)
+            return
+        if result is not None:  # None: still running (a wake awaiting its confirmation)
+            self._finish(job_id, result)
+
+    def _finish(self, job_id: int, result: Dict[str, Any], failed: bool = False) -> None:
+        self.running.pop(job_id, None)
+        if self.queue is None:
+            return  # the lease runs out and the next leader redoes it
+        try:
+            dumps(result)
+        except (TypeError, ValueError):
+            result = {"result": "not JSON"}
+        try:
+            if failed:
+                self.queue.fail(job_id, str(result.get("error")))
+            else:
+                self.queue.done(job_id, result)
+        except Exception as exc:  # psycopg.Error
+            self._drop_jobs(exc)
+            return
+        self.counts["failed" if failed else "done"] += 1
+
+    def _execute(self, job: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Do one job; its payload is checked like any input (a database row is no trusted source)."""
+        server = self.server
+        kind, payload = job["kind"], job["payload"]
+        if kind not in JOB_KINDS or not isinstance(payload, dict):
+            raise ValueError("unknown job kind or payload")
+        if kind == "report":
+            message = P.check_message(payload.get("message"))
+            sender = payload.get("sender")
+            address = tuple(P.PeerAddress().check(sender)) if sender is not None else None
+            answer = server.accept_report(message, address, forwarded=True)
+            return {"host": message["from"], "applied": answer is not None}
+        host = _text(payload.get("host"))
+        cause = _text(payload.get("cause") or "job %d" % job["id"])
+        source = _text(payload.get("source") or "api")
+        if kind == "demand":
+            return _json(server.api_demand(host, int(payload["more"]), float(payload["ttl"]), source))
+        if kind == "veto":
+            ttl = payload.get("ttl")
+            reason = _text(payload.get("cause") or "")
+            answer = server.api_veto(host, source, None if ttl is None else float(ttl), reason, bool(payload["clear"]))
+            return _json(answer)
+        if kind == "decide":
+            return _json(server.api_decide(host, bool(payload["approve"]), source, bool(payload.get("force"))))
+        record = server.registry.get(host)
+        if record is None:
+            raise ValueError("no host %r" % host[:64])
+        if kind == "clear-mark":
+            return _json(server.rails.health.clear(record, source, server.clock.wall()))
+        if kind == "wake":
+            return _json(server.rails.wake(record, cause, _method(payload), source=source))
+        if kind == "nap":
+            action = _text(payload.get("action") or "") or server.config.nap_action(
+                record.groups[0] if record.groups else ""
+            )
+            return _json(server.rails.nap(record, action, cause, source=source, force=bool(payload.get("force"))))
+        if kind == "send-nap":
+            wake_at = payload.get("wake_at")
+            entry = server.fleet.nap(record, _text(payload.get("action") or "suspend"), cause,
+                                     None if wake_at is None else float(wake_at), source=source,
+                                     urgent=bool(payload.get("urgent")))  # fmt: skip
+            return _json(entry)
+        # send-wake: the segment's wake path; the job stays ours (leased) until the wake is confirmed or given up.
+        if record.up:
+            return {"host": host, "method": "none", "already": record.state}
+        entry = server.fleet.wake(record, cause, _method(payload), source=source, test=bool(payload.get("test")))
+        if entry.get("method") in (None, "none") or host not in server.fleet.waiting:
+            return _json(entry)
+        self.running[job["id"]] = {"host": host, "entry": _json(entry)}
+        return None
+
+    def _check_running(self) -> None:
+        waiting = self.server.fleet.waiting
+        for job_id, job in list(self.running.items()):
+            record = self.server.registry.get(job["host"])
+            if record is None or record.up or job["host"] not in waiting or not self.segment_leader:
+                confirmed = record is not None and record.up
+                self._finish(job_id, dict(job["entry"], confirmed=confirmed))
+
+    # -- views ------------------------------------------------------------------------------------
+    def status(self) -> Dict[str, Any]:
+        alive = 3 * self.poll + 10.0  # a heartbeat older than this is a dead instance's
+        segments: Dict[str, Dict[str, Any]] = {name: {"leader": None} for name in self.server.config.segments}
+        policy = None
+        for name, segment, roles, age in self.instances:
+            if age > alive:
+                continue
+            if "segment" in roles.split(","):
+                segments.setdefault(segment, {"leader": None})["leader"] = name
+            if "policy" in roles.split(","):
+                policy = name
+        return {
+            "instance": self.instance,
+            "segment": self.segment,
+            "segment_leader": self.segment_leader,
+            "policy_leader": self.policy_leader,
+            "policy": {"leader": policy},
+            "segments": segments,
+            "jobs": dict(self.jobs),
+            "counts": dict(self.counts),
+            "problem": self.problem,
+        }
+
+    def register_metrics(self, metrics: Any) -> None:
+        from ..prometheus import COUNTER, GAUGE
+
+        metrics.register(
+            "powerwaked_fleet_leader",
+            GAUGE,
+            "1 while this instance holds the lead of role (segment: its segment's writer and proxy; policy).",
+            lambda: [({"role": "segment"}, int(self.segment_leader)), ({"role": "policy"}, int(self.policy_leader))],
+        )
+        metrics.register(
+            "powerwaked_fleet_jobs",
+            GAUGE,
+            "Jobs of the whole fleet by state (queued, running), as of the last lead poll.",
+            lambda: [({"state": state}, count) for state, count in sorted(self.jobs.items())],
+        )
+        metrics.register(
+            "powerwaked_fleet_job_events_total",
+            COUNTER,
+            "Jobs this instance submitted, finished (done, failed) and reports it forwarded.",
+            lambda: [({"event": e}, self.counts.get(e, 0)) for e in ("submitted", "done", "failed", "forwarded")],
+        )
+
+    def close(self) -> None:
+        """Shutdown: give the leads back (the next instance takes them at its next poll) and close."""
+        if self.conn is not None:
+            if self._listening_fd is not None:
+                self.server.unwatch_fd(self._listening_fd)
+                self._listening_fd = None
+            try:
+                self.conn.close()
+            except Exception:  # shutting down
+                pass
+            self.conn = self.queue = None
+        if self.store is not None:
+            self.server.registry.wait_saved()
+            if self.segment_leader:
+                self.server.registry.save(self.server.clock.wall())
+            # Write nothing more as leader: a later snapshot (the daemon's last) owns no rows, and in the segment's
+            # scope it would drop them all.
+            self.store.rescope(*self.store.fallback)
+            self.segment_leader = self.policy_leader = False
+            self.store.resign(SEGMENT_LOCK + self.segment)
+            self.store.resign(POLICY_LOCK)
+
+    def _note(self, what: str, message: str) -> None:
+        """Log a database trouble once a minute per kind (a database that is down must not flood the log)."""
+        mono = time.monotonic()
+        if mono - self._logged.get(what, float("-inf")) >= 60.0:
+            self._logged[what] = mono
+            self.log.error("%s", message)
+
+
+class RoutedFleet:
+    """The policy gate's fleet in fleet mode: a wake or nap that passed the gate goes to the host's segment as a
+    job (even our own segment: one path); everything else is the real ``Fleet``'s."""
+
+    def __init__(self, fleet: Any, mode: FleetMode):
+        self.fleet = fleet
+        self.mode = mode
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fleet, name)
+
+    def wake(
+        self, record: Any, cause: str, method: str = "auto", source: str = "", test: bool = False
+    ) -> Dict[str, Any]:
+        payload = {"host": record.name, "cause": cause, "method": method, "source": source, "test": test}
+        return self._send(record, "wake", "send-wake", payload)
+
+    def nap(self, record: Any, action: str, cause: str, wake_at: Optional[float] = None, source: str = "",
+            urgent: bool = False) -> Dict[str, Any]:  # fmt: skip
+        payload = {"host": record.name, "cause": cause, "action": action, "wake_at": wake_at, "source": source,
+                   "urgent": urgent}  # fmt: skip
+        return self._send(record, "nap", "send-nap", payload)
+
+    def _send(self, record: Any, what: str, kind: str, payload: Dict[str, Any]) -> Dict[str, Any]:
+        segment = self.mode.segment_of(record)
+        entry = {"time": self.fleet.clock.wall(), "host": record.name, "what": what, "cause": payload["cause"],
+                 "segment": segment, "errors": []}  # fmt: skip
+        try:
+            entry["job"] = self.mode.submit(segment, kind, payload)
+            entry["method"] = "job"
+            if what == "wake" and not record.up and record.state != P.WAKING:
+                # Seen as waking here at once (the policies must not ask again while the host's row catches up);
+                # its segment's leader writes the real state, and the mirror brings it back.
+                self.fleet.registry.set_state(record, P.WAKING, "%s (job %d)" % (payload["cause"], entry["job"]),
+                                              entry["time"])  # fmt: skip
+        except StoreError as exc:
+            entry["method"] = "none"
+            entry["errors"] = [str(exc)]
+            self.mode.log.warning("cannot send the %s of %s to segment %s: %s", what, record.name, segment, exc)
+        return entry
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a job's text field is not text")
+    return value[:_TEXT]
+
+
+def _method(payload: Dict[str, Any]) -> str:
+    method = payload.get("method") or "auto"
+    return method if method in ("auto", "wol", "ipmi") else "auto"
+
+
+def _json(value: Any) -> Dict[str, Any]:
+    """A job's result: the answer as it is when it is a JSON object (else wrapped)."""
+    if isinstance(value, dict):
+        return {key: item for key, item in value.items() if isinstance(key, str)}
+    return {"result": value}

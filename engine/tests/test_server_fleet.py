@@ -1,0 +1,326 @@
+"""Fleet mode in the daemon (FLEETMODE.md): several Server objects on one private PostgreSQL, in process.
+
+Each test drives its instances by hand (``pump``: the loop's input dispatch and tick), so every step is
+deterministic; the WoL and command senders are recorders and the hosts have no addresses (no packet leaves,
+no probe).  The lab tests (tests/integration/test_powerwaked_fleet.py) run it with real hosts and packets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from server_fakes import SECRET, Sent, server_config, signed_report
+from test_server_api import free_port
+
+from powernap import powerwake
+from powernap.server import fleetmode
+from powernap.server import protocol as P
+from powernap.server.daemon import Server
+
+ENGINE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+A1_MAC, B1_MAC = "02:50:4e:00:00:01", "02:50:4e:01:00:01"
+HOSTS = """
+[segment.lan-a]
+subnets = 198.18.0.0/24
+[segment.lan-b]
+subnets = 198.18.1.0/24
+[host.a1]
+mac = %s
+segment = lan-a
+groups = web
+[host.b1]
+mac = %s
+segment = lan-b
+groups = web
+[group.web]
+""" % (A1_MAC, B1_MAC)
+
+
+@pytest.fixture
+def database(postgresql, request):
+    return postgresql.create_database("fleetd_%d_%s" % (os.getpid(), request.node.name[5:40].lower()))
+
+
+class Instances:
+    def __init__(self, tmp_path, url):
+        self.tmp_path, self.url = tmp_path, url
+        self.servers = []
+
+    def start(self, instance, segment, extra=""):
+        directory = self.tmp_path / instance
+        directory.mkdir()
+        text = "store = %s\ninstance = %s\nsegment = %s\nlead_poll = 0.2s\nport = %d\n%s%s" % (
+            self.url, instance, segment, free_port(), HOSTS, extra)  # fmt: skip
+        server = Server(server_config(directory, text), api=False)
+        server.sent = Sent()
+        server.fleet.send_wol = server.sent.send_wol
+        server.fleet.send_datagram = server.sent.send_datagram
+        server.start()
+        self.servers.append(server)
+        return server
+
+    def stop(self, server):
+        self.servers.remove(server)
+        server.shutdown()
+
+
+def pump(*servers):
+    """One turn of each instance's loop: its ready inputs (the job NOTIFYs), then its tick."""
+    for server in servers:
+        for key, _mask in server._selector.select(0):
+            with server.lock:
+                server._isolated("input", key.data, key.fd)
+        with server.lock:
+            server.tick()
+
+
+def settle(predicate, servers, seconds=10.0, what="condition"):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pump(*servers)
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+@pytest.fixture
+def fleet(tmp_path, database):
+    instances = Instances(tmp_path, database)
+    yield instances
+    for server in list(instances.servers):
+        server.shutdown()
+
+
+def _report(server, host, **fields):
+    """A host's signed report, as the UDP path verifies it; no sender address, so that nothing (a confirmation
+    probe, a command) is ever sent anywhere but loopback."""
+    message = server.endpoint.accept(signed_report(host, ts=time.time(), nonce=os.urandom(8).hex(), state="awake",
+                                                   event="heartbeat", interval=30.0, **fields))  # fmt: skip
+    return server.accept_report(message, None)
+
+
+def test_each_instance_leads_its_segment_and_shows_every_host_of_the_fleet(fleet):
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader, [a, b], what="both leads")
+    assert a.fleetmode.policy_leader != b.fleetmode.policy_leader  # the policies run once
+    assert _report(a, "a1")["state"] == P.AWAKE
+    settle(lambda: b.api_host("a1")["state"] == P.AWAKE, [a, b], what="b mirrors a1")
+    assert b.api_host("a1")["segment"] == "lan-a" and a.api_host("b1")["segment"] == "lan-b"
+    status = b.api_status()["fleet"]
+    assert status["instance"] == "seg-b-1" and status["segment"] == "lan-b" and status["segment_leader"]
+    assert status["segments"] == {"lan-a": {"leader": "seg-a-1"}, "lan-b": {"leader": "seg-b-1"}}
+    assert status["jobs"] == {"queued": 0, "running": 0}
+    metrics = a.api_metrics()
+    assert 'powerwaked_fleet_leader{role="segment"} 1' in metrics
+    # Only the writer of a row ticks it: a1 at b is a mirror, never made stale or saved by b.
+    assert [r.name for r in b.registry.owned()] == ["b1"] and [r.name for r in a.registry.owned()] == ["a1"]
+
+
+def test_a_wake_asked_at_one_segment_is_sent_by_the_leader_of_the_hosts_segment(fleet):
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader, [a, b], what="both leads")
+    answer = a.api_wake("b1", "auto", "API request from admin")
+    assert answer["queued"] is True and answer["segment"] == "lan-b" and answer["host"] == "b1"
+    assert isinstance(answer["job"], int) or answer["job"] is None  # None: the gate queued it (rate limit)
+    settle(lambda: b.sent.wol == [B1_MAC], [a, b], what="b's WoL for b1")
+    assert a.sent.wol == []  # never on segment A
+    settle(lambda: a.api_host("b1")["state"] == P.WAKING, [a, b], what="a sees b1 waking")
+    assert b.fleetmode.running  # the send-wake job stays leased until the wake is confirmed
+    _report(b, "b1")
+    settle(lambda: not b.fleetmode.running and b.fleetmode.jobs == {"queued": 0, "running": 0}, [a, b],
+           what="the job done")  # fmt: skip
+    assert b.fleetmode.counts["done"] >= 1 and b.sent.wol == [B1_MAC]
+
+
+def test_a_report_at_an_instance_that_does_not_lead_is_forwarded_verified(fleet):
+    first = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: first.fleetmode.segment_leader, [first], what="first leads")
+    second = fleet.start("seg-a-2", "lan-a")
+    pump(first, second)
+    assert not second.fleetmode.segment_leader
+    answer = _report(second, "a1")
+    assert answer["forwarded"] is True and isinstance(answer["job"], int)
+    settle(lambda: first.registry.get("a1").state == P.AWAKE, [first, second], what="the leader applied it")
+    settle(lambda: second.api_host("a1")["state"] == P.AWAKE, [first, second], what="the mirror shows it")
+    with pytest.raises(P.ProtocolError):  # nothing unauthenticated is forwarded
+        second.endpoint.accept(signed_report("a1", master="another secret of the wrong fleet", ts=time.time()))
+
+
+def test_the_lead_and_a_leased_job_of_a_dead_leader_go_to_the_other_instance_of_the_segment(
+    fleet, monkeypatch, postgresql
+):
+    import psycopg
+
+    monkeypatch.setattr(fleetmode, "JOB_LEASE", 1.0)  # the lease: max(this, 3 lead polls + 2 s) = 2.6 s
+    first = fleet.start("seg-b-1", "lan-b")
+    settle(lambda: first.fleetmode.segment_leader and first.fleetmode.policy_leader, [first], what="first leads")
+    second = fleet.start("seg-b-2", "lan-b")
+    pump(first, second)
+    first.api_wake("b1", "auto", "API request from admin")
+    settle(lambda: first.sent.wol == [B1_MAC] and first.fleetmode.running, [first, second], what="first's wake")
+    # first dies (kill -9): its sessions end, it never ticks again.
+    with psycopg.connect(postgresql.url(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
+                      "'powerwaked%%' AND pid <> pg_backend_pid() AND pid IN (%s, %s)",
+                      (first.registry.store.conn.info.backend_pid, first.fleetmode.conn.info.backend_pid))  # fmt: skip
+    died = time.monotonic()
+    took = settle(lambda: second.fleetmode.segment_leader, [second], what="second takes the lead")
+    assert took - died <= 0.2 + 1.0 + 0.5  # lead_poll + 1 s (+ the test's own turns)
+    settle(lambda: second.sent.wol == [B1_MAC], [second], seconds=10, what="the job redone by second")
+    assert second.registry.get("b1").state == P.WAKING
+    # The dead leader's session is gone: if it came back it could not write as leader any more.
+    pump(first)
+    assert not first.fleetmode.segment_leader and first.registry.store.scope == "instance:seg-b-1"
+
+
+def test_a_database_that_goes_away_costs_the_lead_not_the_daemon(fleet, postgresql):
+    import psycopg
+
+    a = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: a.fleetmode.segment_leader, [a], what="a leads")
+    with psycopg.connect(postgresql.url(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (a.registry.store.conn.info.backend_pid,))
+    pump(a)  # the lost session: the store reconnects fenced (no lead until it is taken again); nothing raised
+    pump(a)
+    assert a.errors == 0
+    settle(lambda: a.fleetmode.segment_leader and a.registry.store.scope == "segment:lan-a", [a], what="leads again")
+    assert a.errors == 0 and a.api_status()["fleet"]["segment_leader"]
+
+
+def test_a_leader_that_stops_leaves_its_segments_rows_to_the_next(fleet):
+    first = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: first.fleetmode.segment_leader, [first], what="first leads")
+    _report(first, "a1")
+    pump(first)
+    fleet.stop(first)  # a clean stop gives the lead back at once, and keeps the rows
+    second = fleet.start("seg-a-2", "lan-a")
+    assert second.fleetmode.segment_leader  # taken at its start: free
+    assert second.registry.get("a1").state == P.AWAKE and second.registry.get("a1").engine
+
+
+def test_a_cluster_group_spanning_two_segments_is_led_once_and_woken_on_each_segment(fleet):
+    cluster = "[cluster.web]\ngroup = web\nmin_awake = 2\n"
+    a, b = fleet.start("seg-a-1", "lan-a", cluster), fleet.start("seg-b-1", "lan-b", cluster)
+    servers = [a, b]
+    settle(lambda: a.sent.wol == [A1_MAC] and b.sent.wol == [B1_MAC], servers, what="one wake on each segment")
+    leader = a if a.fleetmode.policy_leader else b
+    assert leader.clusters["web"].to_dict() is not None
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # the policy leader sees both waking (mirrored): no second wake
+        pump(*servers)
+        time.sleep(0.02)
+    assert a.sent.wol == [A1_MAC] and b.sent.wol == [B1_MAC]
+    assert {r.name: r.state for r in leader.registry} == {"a1": P.WAKING, "b1": P.WAKING}
+
+
+# -- the daemon itself: three powerwaked processes on loopback, one private PostgreSQL ----------------------------
+class _Daemon:
+    """A powerwaked process whose magic packets go to its own loopback port (which instance sent one is known)."""
+
+    def __init__(self, tmp_path, url, instance, segment):
+        import socket
+
+        from test_server_api import free_port
+
+        self.instance = instance
+        self.wol = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.wol.bind(("127.0.0.1", 0))
+        self.wol.settimeout(0.05)
+        self.port = free_port()
+        directory = tmp_path / instance
+        directory.mkdir()
+        self.config = directory / "powerwaked.conf"
+        self.config.write_text(
+            "[powerwaked]\nsecret = %s\nlisten = 127.0.0.1\nport = %d\nannounce = no\nbroadcast = 127.0.0.1\n"
+            "wol_port = %d\nstore = %s\ninstance = %s\nsegment = %s\nlead_poll = 0.5s\nstate_file = %s\n%s"
+            % (SECRET, self.port, self.wol.getsockname()[1], url, instance, segment, directory / "r.json", HOSTS)
+        )
+        self.config.chmod(0o600)
+        self.log = directory / "powerwaked.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "powernap.server.daemon", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ENGINE), cwd=ENGINE,
+            )  # fmt: skip
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def status(self):
+        return powerwake.ServerClient(self.url, SECRET).get("/v1/status")
+
+    def magic_packets(self):
+        """The MACs of the magic packets this instance sent since the last call."""
+        macs = []
+        for _index in range(100):
+            try:
+                data = self.wol.recv(1024)
+            except OSError:
+                break
+            macs.append(":".join("%02x" % b for b in data[6:12]))
+        return macs
+
+    def stop(self, kill=False):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.wol.close()
+
+
+def _until(predicate, seconds, what, daemons):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except OSError:  # an API not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for %s\n%s" % (what, "\n".join(d.log.read_text()[-3000:] for d in daemons)))
+
+
+def test_the_daemons_carry_a_wake_to_the_hosts_segment_and_redo_it_when_its_leader_is_killed(tmp_path, database):
+    import urllib.request
+
+    daemons = []
+    try:
+        a = _Daemon(tmp_path, database, "seg-a-1", "lan-a")
+        daemons.append(a)
+        _until(lambda: a.status()["fleet"]["segment_leader"], 20, "seg-a-1 leads", daemons)
+        b1 = _Daemon(tmp_path, database, "seg-b-1", "lan-b")
+        daemons.append(b1)
+        _until(lambda: a.status()["fleet"]["segments"]["lan-b"]["leader"] == "seg-b-1", 20, "seg-b-1 leads", daemons)
+        b2 = _Daemon(tmp_path, database, "seg-b-2", "lan-b")
+        daemons.append(b2)
+        _until(lambda: not b2.status()["fleet"]["segment_leader"], 20, "seg-b-2 up, not leading", daemons)
+        # A wake asked at segment A's instance, for a host on segment B: 202, sent by B's leader only.
+        label = P.http_label("POST", "/v1/wake")
+        body = P.encode(SECRET.encode(), {"kind": "request", "from": "admin", "host": "b1"}, label)
+        with urllib.request.urlopen(urllib.request.Request(a.url + "/v1/wake", data=body, method="POST"),
+                                    timeout=5) as reply:  # fmt: skip
+            assert reply.status == 202
+            answer = json.loads(reply.read())
+        assert answer["queued"] is True and answer["segment"] == "lan-b" and answer["host"] == "b1"
+        _until(lambda: b1.magic_packets() == [B1_MAC], 10, "seg-b-1's magic packet", daemons)
+        assert a.magic_packets() == [] and b2.magic_packets() == []
+        for daemon in daemons:  # every instance shows the same host, waking
+            _until(lambda d=daemon: powerwake.ServerClient(d.url, SECRET).get("/v1/hosts/b1")["state"] == "waking",
+                   10, "b1 waking at %s" % daemon.instance, daemons)  # fmt: skip
+        # kill -9 the leader of B while it holds the wake's job (no confirmation comes): seg-b-2 takes the lead
+        # within lead_poll + 1 s (+ the API's own turn), and redoes the job once its lease has run out.
+        b1.stop(kill=True)
+        killed = time.monotonic()
+        _until(lambda: b2.status()["fleet"]["segment_leader"], 5, "seg-b-2 leads", daemons)
+        assert time.monotonic() - killed <= 0.5 + 1.0 + 1.0
+        _until(lambda: b2.magic_packets() == [B1_MAC], 15, "the job redone by seg-b-2", daemons)
+        assert a.magic_packets() == []
+    finally:
+        for daemon in daemons:
+            daemon.stop()

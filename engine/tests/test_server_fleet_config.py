@@ -1,0 +1,98 @@
+"""Fleet mode's options (FLEETMODE.md): instance, segment, lead_poll, [segment.NAME], a host's segment."""
+
+import pytest
+
+from powernap.server.config import default_instance_name, load_config
+
+BASE = """[powerwaked]
+secret = 0123456789abcdef-fleet
+listen = 127.0.0.1
+"""
+PG = "store = postgresql:///powerwaked?host=/tmp/pg\n"
+SEGMENTS = """
+[segment.lan-a]
+subnets = 198.18.0.0/24, fd00:a::/64
+
+[segment.lan-b]
+subnets = 198.18.1.0/24
+"""
+
+
+def _load(tmp_path, text):
+    path = tmp_path / "powerwaked.conf"
+    path.write_text(text)
+    config, errors = load_config([str(path)])
+    return config, [str(error) for error in errors], str(path)
+
+
+def test_a_fleet_config_is_taken_and_resolves_each_hosts_segment(tmp_path):
+    text = (
+        BASE
+        + PG
+        + "instance = seg-a-1\nsegment = lan-a\nlead_poll = 500ms\n"
+        + SEGMENTS
+        + (
+            "[host.a1]\nip = 198.18.0.11\n[host.b1]\nsegment = lan-b\nip = 198.18.0.12\n"
+            "[host.x]\nmac = 02:00:00:00:00:01\n"
+        )
+    )
+    config, errors, _path = _load(tmp_path, text)
+    assert errors == []
+    assert config.fleet and config.instance == "seg-a-1" and config.server["lead_poll"] == 0.5
+    assert config.segments["lan-a"]["subnets"] == ("198.18.0.0/24", "fd00:a::/64")
+    assert config.segment_of("a1") == "lan-a"  # by its configured address
+    assert config.segment_of("b1") == "lan-b"  # its own option wins over its address
+    assert config.segment_of("x") is None  # unknown: the instance that takes its first report decides
+    assert config.segment_of("x", ["198.18.1.7"]) == "lan-b"  # a reported address decides
+    assert config.segment_of("r", ["fd00:a::5%eth0"]) == "lan-a"
+    assert config.segment_of("r", ["203.0.113.1", "bogus"]) is None
+
+
+def test_single_instance_mode_is_the_default(tmp_path):
+    config, errors, _path = _load(tmp_path, BASE)
+    assert errors == []
+    assert not config.fleet and config.server["segment"] == "" and config.server["lead_poll"] == 2.0
+    assert config.instance == default_instance_name(__import__("socket").gethostname())
+
+
+def test_the_default_instance_name_is_a_valid_one():
+    assert default_instance_name("Seg_A1.example.org") == "seg-a1"
+    assert default_instance_name("---") == "powerwaked"
+    assert len(default_instance_name("x" * 100)) == 63
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # fleet mode on a SQLite store
+        ("segment = lan-a\n" + SEGMENTS, ":4: [powerwaked] segment = lan-a (fleet mode) needs store = postgresql"),
+        ("store = sqlite:///tmp/x.sqlite3\nsegment = lan-a\n" + SEGMENTS, "needs store = postgresql"),
+        # a segment with no section
+        (PG + "segment = lan-c\n" + SEGMENTS, ":5: [powerwaked] segment 'lan-c': no [segment.lan-c] section"),
+        # overlapping subnets of two segments
+        (
+            PG
+            + "segment = lan-a\n[segment.lan-a]\nsubnets = 198.18.0.0/16\n[segment.lan-b]\nsubnets = 198.18.1.0/24\n",
+            ":9: [segment.lan-b] subnets: 198.18.1.0/24 overlaps 198.18.0.0/16 of [segment.lan-a]",
+        ),
+        # a host's segment naming no segment
+        (
+            PG + "segment = lan-a\n" + SEGMENTS + "[host.h1]\nsegment = lan-z\n",
+            ":13: [host.h1] segment 'lan-z': no [segment.lan-z] section",
+        ),
+        # bad values
+        ("instance = Seg_A\n", ":4: option 'instance':"),
+        ("lead_poll = 0\n", ":4: option 'lead_poll':"),
+        (PG + "segment = lan-a\n[segment.lan-a]\nsubnets = 198.18.0.1/24\n", ":7: option 'subnets': list item"),
+        (PG + "segment = lan-a\n[segment.lan-a]\n", ":6: option 'subnets' is required"),
+        ("[segment.lan_a]\nsubnets = 198.18.0.0/24\n", ":4: bad segment name 'lan_a'"),
+    ],
+)
+def test_fleet_errors_name_the_section_and_option(tmp_path, extra, expected):
+    _config, errors, path = _load(tmp_path, BASE + extra)
+    assert any(path + expected in error or (path in error and expected in error) for error in errors), errors
+
+
+def test_a_password_in_the_store_url_is_never_in_a_fleet_error(tmp_path):
+    _config, errors, _path = _load(tmp_path, BASE + "store = sqlite:///tmp/hunter2-secret.sqlite3\nsegment = lan-a\n")
+    assert errors and not any("hunter2" in error for error in errors)

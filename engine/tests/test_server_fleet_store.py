@@ -1,0 +1,142 @@
+"""Fleet mode's PostgreSQL store (FLEETMODE.md): writer scopes, host rows with segment and version, the mirror
+read, the migration from schema 1, and who may share a database; against the private cluster (``pg_cluster``)."""
+
+import os
+
+import pytest
+
+from powernap.server.store import StoreError, open_store
+from powernap.server.store.postgres import MIGRATIONS
+
+
+@pytest.fixture
+def database(postgresql, request):
+    return postgresql.create_database("fleet_%d_%s" % (os.getpid(), request.node.name[5:40].lower()))
+
+
+def _writer(url, instance, segment):
+    scope = "segment:" + segment if segment else "policy"
+    return open_store(url, fleet={"instance": instance, "scope": scope, "segment": segment or "@policy"})
+
+
+def _host(name, state="awake"):
+    return {"name": name, "state": state}
+
+
+def _snapshot(seq, hosts=(), replay=None, **state):
+    return dict({"schema": 1, "saved": 1.0, "seq": seq, "hosts": list(hosts), "replay": replay or {}}, **state)
+
+
+def test_one_writers_snapshot_never_drops_anothers_journal_state_or_rows(database):
+    a, b = _writer(database, "seg-a-1", "lan-a"), _writer(database, "seg-b-1", "lan-b")
+    a.append([{"sender_ts": ["a1", 1.0]}, {"sender_ts": ["a1", 2.0]}])
+    b.append([{"sender_ts": ["b1", 1.0]}])
+    b.write_snapshot(_snapshot(b.seq, [_host("b1")], {"b1": 1.0}, extras={"rails": "b"}))
+    a.write_snapshot(_snapshot(1, [_host("a1")], {"a1": 1.0}, extras={"rails": "a"}))  # the journal up to seq 1 only
+    b.write_snapshot(_snapshot(b.seq, [], {}, extras={"rails": "b2"}))  # b drops its host: a's row stays
+    a.close(), b.close()
+    a, b = _writer(database, "seg-a-1", "lan-a"), _writer(database, "seg-b-1", "lan-b")
+    snap_a, journal_a = a.read([])
+    snap_b, journal_b = b.read([])
+    assert [h["name"] for h in snap_a["hosts"]] == ["a1"] and snap_a["replay"] == {"a1": 1.0}
+    assert snap_a["extras"] == {"rails": "a"} and journal_a == [{"sender_ts": ["a1", 2.0], "seq": 2}]
+    assert snap_b["hosts"] == [] and snap_b["replay"] == {} and snap_b["extras"] == {"rails": "b2"}
+    assert journal_b == []
+    a.close(), b.close()
+
+
+def test_the_mirror_reads_the_other_writers_rows_changed_since_a_version(database):
+    a, b = _writer(database, "seg-a-1", "lan-a"), _writer(database, "seg-b-1", "lan-b")
+    a.write_snapshot(_snapshot(0, [_host("a1"), _host("a2")]))
+    b.write_snapshot(_snapshot(0, [_host("b1")]))
+    rows, seen = b.mirror(0, [])
+    assert sorted((segment, record["name"]) for segment, record in rows) == [("lan-a", "a1"), ("lan-a", "a2")]
+    assert b.mirror(seen, []) == ([], seen)  # nothing new (its own row b1 is never mirrored)
+    a.write_snapshot(_snapshot(0, [_host("a1", "asleep"), _host("a2")]))  # only a1 changed: one row written
+    rows, newer = b.mirror(seen, [])
+    assert rows == [("lan-a", _host("a1", "asleep"))] and newer > seen
+    a.close(), b.close()
+
+
+def test_a_policy_writer_owns_no_host_rows(database):
+    a, policy = _writer(database, "seg-a-1", "lan-a"), _writer(database, "seg-a-2", None)
+    a.write_snapshot(_snapshot(0, [_host("a1")]))
+    policy.write_snapshot(_snapshot(0, [], queue=[1, 2]))  # no hosts in its snapshot: nobody's row is dropped
+    assert [record["name"] for _segment, record in policy.mirror(0, [])[0]] == ["a1"]
+    assert policy.read([])[0]["queue"] == [1, 2] and a.read([])[0]["hosts"] == [_host("a1")]
+    a.close(), policy.close()
+
+
+def test_history_is_shared_and_names_the_instance(database):
+    a, b = _writer(database, "seg-a-1", "lan-a"), _writer(database, "seg-b-1", "lan-b")
+    a.append_history([{"time": 1.0, "host": "a1", "action": "wake"}])
+    b.append_history([{"time": 2.0, "host": "b1", "action": "nap"}])
+    assert [(e["host"], e["instance"]) for e in a.read_history(10)] == [("a1", "seg-a-1"), ("b1", "seg-b-1")]
+    a.close(), b.close()
+
+
+def test_who_may_share_a_database(database):
+    single = open_store(database)
+    with pytest.raises(StoreError, match="not in fleet mode"):
+        _writer(database, "seg-a-1", "lan-a")
+    single.close()
+    a = _writer(database, "seg-a-1", "lan-a")
+    with pytest.raises(StoreError, match="in use by another powerwaked"):
+        open_store(database)
+    with pytest.raises(StoreError, match="instance 'seg-a-1'"):
+        _writer(database, "seg-a-1", "lan-b")
+    _writer(database, "seg-a-2", "lan-a").close()
+    a.close()
+
+
+def test_a_schema_1_database_is_migrated_with_its_data(database):
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE powerwaked_meta (key text PRIMARY KEY, value text NOT NULL)")
+        for statement in MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO powerwaked_meta VALUES ('store_schema', '1'), "
+                     "('snapshot', '{\"schema\":1,\"saved\":1.0,\"seq\":1}')")  # fmt: skip
+        conn.execute("INSERT INTO powerwaked_hosts VALUES ('h1', '{\"name\":\"h1\"}'), ('h2', '{\"name\":\"h2\"}')")
+        conn.execute("INSERT INTO powerwaked_replay VALUES ('h1', 5.0)")
+        conn.execute("INSERT INTO powerwaked_state VALUES ('extras', '{\"rails\":1}')")
+        conn.execute("INSERT INTO powerwaked_journal VALUES (1, '{\"sender_ts\":[\"h1\",4.0]}'), "
+                     "(2, '{\"sender_ts\":[\"h1\",6.0]}')")  # fmt: skip
+    store = open_store(database)  # one server, as before: scope "" holds all that was there
+    snapshot, journal = store.read([])
+    assert [h["name"] for h in snapshot["hosts"]] == ["h1", "h2"] and snapshot["replay"] == {"h1": 5.0}
+    assert snapshot["extras"] == {"rails": 1} and journal == [{"sender_ts": ["h1", 6.0], "seq": 2}]
+    store.append([{"sender_ts": ["h1", 7.0]}])
+    store.write_snapshot(_snapshot(3, [_host("h1")], {"h1": 7.0}, extras={"rails": 2}))
+    store.close()
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM powerwaked_meta WHERE key = 'store_schema'").fetchone() == ("2",)
+        versions = conn.execute("SELECT name, segment, version FROM powerwaked_hosts ORDER BY name").fetchall()
+        assert [(name, segment) for name, segment, _v in versions] == [("h1", "")]
+        assert conn.execute("SELECT count(*) FROM powerwaked_journal").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM powerwaked_jobs").fetchone() == (0,)  # the job table is there
+
+
+def test_a_writer_whose_session_died_never_writes_as_leader_on_the_next(database, postgresql, monkeypatch):
+    import psycopg
+
+    from powernap.server.store import postgres
+
+    monkeypatch.setattr(postgres, "RECONNECT_EVERY", 0.0)
+    old = _writer(database, "seg-a-1", "lan-a")
+    old.fallback = ("instance:seg-a-1", "@none")
+    assert old.try_lead("powerwaked-segment:lan-a")
+    old.write_snapshot(_snapshot(0, [_host("a1")]))
+    with psycopg.connect(postgresql.url(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (old.conn.info.backend_pid,))
+    new = _writer(database, "seg-a-2", "lan-a")
+    assert new.try_lead("powerwaked-segment:lan-a")  # the lock went with the old session
+    new.write_snapshot(_snapshot(0, [_host("a1", "asleep")]))
+    with pytest.raises(StoreError):
+        old.write_snapshot(_snapshot(0, [_host("a1", "awake")]))  # the broken session: refused
+    old.write_snapshot(_snapshot(0, [_host("a1", "awake")]))  # reconnected: as an instance leading nothing
+    assert old.scope == "instance:seg-a-1" and not old.leads
+    assert not old.try_lead("powerwaked-segment:lan-a")
+    assert new.read([])[0]["hosts"] == [_host("a1", "asleep")]  # the new leader's row stands
+    old.close(), new.close()
