@@ -217,6 +217,37 @@ def test_a_cluster_group_spanning_two_segments_is_led_once_and_woken_on_each_seg
     assert {r.name: r.state for r in leader.registry} == {"a1": P.WAKING, "b1": P.WAKING}
 
 
+def test_the_next_policy_leader_carries_on_with_the_gates_vetoes_and_queue(fleet):
+    first = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: first.fleetmode.policy_leader, [first], what="first leads the policies")
+    second = fleet.start("seg-b-1", "lan-b")
+    pump(first, second)
+    assert not second.fleetmode.policy_leader
+    answer = second.api_veto("web", "admin", 600.0, "maintenance", False)  # asked at the other instance: a job
+    assert answer["queued"] is True and answer["segment"] == "@policy" and answer["group"] == "web"
+    settle(lambda: first.rails.vetoes.get("web"), [first, second], what="the policy leader took the veto")
+    pump(first)
+    time.sleep(0.25)
+    pump(first)  # a lead poll: the gate's state is written to the policy scope
+    fleet.stop(first)
+    settle(lambda: second.fleetmode.policy_leader, [second], what="second leads the policies")
+    assert list(second.rails.vetoes["web"]) == ["api admin"]
+    assert second.api_status()["fleet"]["policy_leader"]
+
+
+def test_a_busy_engines_veto_reaches_the_policy_leaders_gate_from_another_segment(fleet):
+    a = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: a.fleetmode.policy_leader, [a], what="a leads the policies")
+    b = fleet.start("seg-b-1", "lan-b")
+    settle(lambda: b.fleetmode.segment_leader, [a, b], what="b leads lan-b")
+    _report(b, "b1", veto_for=600.0, veto_reason="backup running")
+    _report(b, "b1", veto_for=600.0, veto_reason="backup running")  # a refresh: not forwarded again
+    settle(lambda: "host b1" in a.rails.vetoes.get("web", {}), [a, b], what="the veto at the policy leader")
+    assert b.fleetmode.counts["submitted"] == 1 and not b.rails.vetoes
+    _report(b, "b1", veto_for=0.0)
+    settle(lambda: not a.rails.vetoes.get("web"), [a, b], what="the veto lifted")
+
+
 # -- the daemon itself: three powerwaked processes on loopback, one private PostgreSQL ----------------------------
 class _Daemon:
     """A powerwaked process whose magic packets go to its own loopback port (which instance sent one is known)."""

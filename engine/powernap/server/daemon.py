@@ -611,7 +611,10 @@ class Server:
         record = self.registry.accept_report(claimed, sender, self.clock.wall(), sender_ip_ok=sender_ip_ok)
         if self.fleetmode is not None and record.segment is None:  # its first report decides (FLEETMODE.md)
             record.segment = self.config.segment_of(record.name, record.ips) or self.fleetmode.segment
-        self.rails.engine_veto(record, claimed, self.clock.wall())
+        if self.fleetmode is not None:  # the fleet's gate is the policy leader's
+            self.fleetmode.engine_veto(record, claimed, self.clock.wall())
+        else:
+            self.rails.engine_veto(record, claimed, self.clock.wall())
         self.reports += 1
         saved = self.registry.commit() if commit else True
         return {"host": record.name, "state": record.state, "saved": saved}

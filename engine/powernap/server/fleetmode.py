@@ -23,6 +23,7 @@ session), answers from what it holds and retries every ``lead_poll``.
 """
 
 import collections
+import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +32,7 @@ from .store import StoreError, dumps
 
 POLICY = "@policy"  # the pseudo-segment of the policy leader's jobs
 POLICY_LOCK = "powerwaked-policy"
+POLICY_SCOPE = "policy"  # the writer scope of the policy gate's state (queue, vetoes, decisions, cooldowns)
 SEGMENT_LOCK = "powerwaked-segment:"  # + the segment's name (store/coord.SegmentLeader's lock)
 # A claimed job stays ours this long without renewal: at least JOB_LEASE, and three lead polls (it is renewed every
 # poll while it runs), so a dead holder's job is redone by the next leader within about that.
@@ -39,7 +41,7 @@ CLAIMS_PER_TICK = 64  # jobs taken per tick and segment at most (the rest at the
 JOBS_KEPT = 86400.0  # finished jobs are deleted after a day (by the policy leader)
 CONNECT_TIMEOUT = 3  # seconds: the job connection is made from the loop
 RECONNECT_EVERY = 5.0  # seconds between attempts to make it again (as the store's own connection)
-JOB_KINDS = ("wake", "nap", "clear-mark", "demand", "veto", "decide", "send-wake", "send-nap", "report")
+JOB_KINDS = ("wake", "nap", "clear-mark", "demand", "veto", "decide", "send-wake", "send-nap", "report", "engine-veto")
 _TEXT = 512  # longest cause / name text taken from a job's payload
 
 
@@ -70,6 +72,8 @@ class FleetMode:
         self.counts: Dict[str, int] = collections.Counter()  # submitted, done, failed, forwarded
         self.problem: Optional[str] = None
         self._logged: Dict[str, float] = {}
+        self._policy_saved: Optional[int] = None  # hash of the policy state last written
+        self._vetoes_sent: Dict[str, float] = {}  # host -> until when the veto we forwarded holds
 
     # -- wiring -----------------------------------------------------------------------------------
     def store_options(self) -> Dict[str, Any]:
@@ -148,6 +152,38 @@ class FleetMode:
         if self.policy_leader != was_policy:
             self.log.warning("instance %s %s the fleet's policies", self.instance,
                              "leads" if self.policy_leader else "no longer leads")  # fmt: skip
+            if self.policy_leader:
+                self._take_policy_state()
+        elif self.policy_leader:
+            self._save_policy_state()
+
+    def _take_policy_state(self) -> None:
+        """A new policy leader carries on with the gate's queue, vetoes, decisions and cooldowns of the last one."""
+        try:
+            text = self.store.read_keyed(POLICY_SCOPE, "rails")
+        except StoreError as exc:
+            self._note("policy", "cannot read the policy state: %s" % exc)
+            return
+        if text is None:
+            return
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        for problem in self.server.rails.restore(data)[:10]:
+            self.log.warning("policy state: %s", problem)
+        self._policy_saved = hash(text)
+
+    def _save_policy_state(self) -> None:
+        """Every lead poll, what changed of the gate's state goes to the ``policy`` scope (for the next leader)."""
+        text = dumps(self.server.rails.export())
+        if hash(text) == self._policy_saved:
+            return
+        try:
+            self.store.write_keyed(POLICY_SCOPE, "rails", text)
+            self._policy_saved = hash(text)
+        except StoreError as exc:
+            self._note("policy", "cannot save the policy state: %s" % exc)
 
     def _heartbeat(self) -> None:
         roles = ",".join(r for r, on in (("segment", self.segment_leader), ("policy", self.policy_leader)) if on)
@@ -256,6 +292,31 @@ class FleetMode:
     def _led(self) -> List[str]:
         return ([self.segment] if self.segment_leader else []) + ([POLICY] if self.policy_leader else [])
 
+    def engine_veto(self, record: Any, message: Dict[str, Any], now: float) -> None:
+        """A report's veto (busy engine) at the segment leader: the policy leader's gate must know it.  Sent when it
+        starts, ends, or half of the last one forwarded has run out (not with every heartbeat)."""
+        if "veto_for" not in message:
+            return
+        if self.policy_leader:
+            self.server.rails.engine_veto(record, message, now)
+            return
+        seconds = float(message.get("veto_for") or 0.0)
+        until = self._vetoes_sent.get(record.name)
+        if (seconds > 0 and until is not None and now + seconds / 2 < until) or (seconds <= 0 and until is None):
+            return
+        payload = {"host": record.name, "veto_for": seconds, "veto_reason": str(message.get("veto_reason") or "")}
+        try:
+            self.submit(POLICY, "engine-veto", payload)
+        except StoreError as exc:
+            self._note("veto", "cannot forward the veto of %s: %s" % (record.name, exc))
+            return
+        if seconds > 0:
+            if len(self._vetoes_sent) >= 100000:
+                self._vetoes_sent.clear()  # bounded: at worst a few vetoes are sent again
+            self._vetoes_sent[record.name] = now + seconds
+        else:
+            self._vetoes_sent.pop(record.name, None)
+
     # -- running jobs -----------------------------------------------------------------------------
     def _claim(self) -> None:
         for segment in self._led():
@@ -325,6 +386,10 @@ class FleetMode:
         record = server.registry.get(host)
         if record is None:
             raise ValueError("no host %r" % host[:64])
+        if kind == "engine-veto":
+            veto = {"veto_for": float(payload["veto_for"]), "veto_reason": _text(payload.get("veto_reason") or "")}
+            server.rails.engine_veto(record, veto, server.clock.wall())
+            return {"host": host, "veto_for": veto["veto_for"]}
         if kind == "clear-mark":
             return _json(server.rails.health.clear(record, source, server.clock.wall()))
         if kind == "wake":
@@ -421,6 +486,8 @@ class FleetMode:
             # Write nothing more as leader: a later snapshot (the daemon's last) owns no rows, and in the segment's
             # scope it would drop them all.
             self.store.rescope(*self.store.fallback)
+            if self.policy_leader:
+                self._save_policy_state()
             self.segment_leader = self.policy_leader = False
             self.store.resign(SEGMENT_LOCK + self.segment)
             self.store.resign(POLICY_LOCK)

@@ -271,6 +271,26 @@ class PostgresStore(SqlStore):
             except StoreError:
                 pass
 
+    def write_keyed(self, scope: str, key: str, text: str) -> None:
+        """One keyed state of another writer scope (the policy leader's ``policy``), in its own transaction."""
+
+        def work(cursor: Any) -> None:
+            cursor.execute(
+                "INSERT INTO powerwaked_state (scope, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value",
+                (scope, key, text),
+            )
+
+        self._transaction(work)
+
+    def read_keyed(self, scope: str, key: str) -> Optional[str]:
+        def work(cursor: Any) -> Optional[str]:
+            cursor.execute("SELECT value FROM powerwaked_state WHERE scope = %s AND key = %s", (scope, key))
+            row = cursor.fetchone()
+            return None if row is None else str(row[0])
+
+        return self._transaction(work)
+
     def heartbeat(self, instance: str, segment: str, roles: str) -> List[Tuple[str, str, str, float]]:
         """Publish our name, segment, roles and heartbeat; returns every instance's (name, segment, roles, age)."""
 
@@ -324,8 +344,17 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         with self.lock:
             if self.conn is not None:
-                self.conn.close()  # the session's advisory lock goes with it
+                try:
+                    # Released now, not when the server gets round to ending the backend: a successor starting
+                    # at once (a restart, the next leader) must not find the locks still held.
+                    self.conn.rollback()
+                    self.conn.execute("SELECT pg_advisory_unlock_all()")
+                    self.conn.commit()
+                except self._psycopg.Error:
+                    pass
+                self.conn.close()  # the session's advisory locks go with it in any case
                 self.conn = None
+                self.leads = {}
 
 
 def _secrets_of(url: str) -> List[str]:
