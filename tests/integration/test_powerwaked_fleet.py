@@ -233,7 +233,9 @@ def test_killed_proxy_leader_is_replaced_and_the_sleeper_woken_for_an_arp(fleet)
     assert "connected" in proc.stdout, proc.stdout
     wakes = wol_wakes(lab_b, "h2", killed_at)
     assert len(wakes) == 1, wakes  # woken once, by the new leader's proxy
-    assert wakes[0]["t"] - killed_at <= TAKEOVER_BOUND, "woken %.1fs after the kill" % (wakes[0]["t"] - killed_at)
+    took = wakes[0]["t"] - killed_at
+    print("b2 woken %.1fs after its proxy leader was killed (bound %.1fs)" % (took, TAKEOVER_BOUND))
+    assert took <= TAKEOVER_BOUND, "woken %.1fs after the kill" % took
     status = fleet_status(survivor)
     assert status["segment_leader"] is True and status["segments"]["lan-b"]["leader"] == survivor.name, status
     history = [e for e in survivor.get("/v1/history")["history"] if e["host"] == "b2" and e["what"] == "wake"]
