@@ -25,7 +25,7 @@ wire messages (``RecordSchema``).
 
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from ..options import (
     Boolean,
@@ -243,6 +243,11 @@ class Registry:
         # mirrored from the store (``mirror``) and never ticked, saved or resolved here.  None: all of them.
         self.owns: Optional[Callable[[HostRecord], bool]] = None
         self.mirrored_version = 0  # the newest host-row version the mirror has read
+        # Fleet mode: records a report or state change touched since their rows were last written.  Their rows are
+        # written at the next tick (``save_if_due``), not with the next snapshot: the other instances' APIs show a
+        # report within about a tick, not ``save_every``.  (The snapshot still writes anything else that changed.)
+        self.changed_rows: Set[str] = set()
+        self._rows_written: Optional[Tuple[float, Optional[str]]] = None  # (when, error) from a row writer
 
     # -- lookup -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[HostRecord]:
@@ -384,6 +389,8 @@ class Registry:
             state = P.AWAKE if message.get("event") == "heartbeat" else P.RESUMED
         self.set_state(record, state, "report %s" % message.get("event"), now)
         self._dirty = True
+        if self.owns is not None:
+            self.changed_rows.add(name)
         return record
 
     def note_sender(self, sender: str, ts: float) -> None:
@@ -432,6 +439,8 @@ class Registry:
             record.power_since = now
         self._dirty = True
         self._urgent = True
+        if self.owns is not None:
+            self.changed_rows.add(record.name)
         if self.log is not None:
             self.log.info("host %s: %s -> %s (%s)", record.name, old, state, cause)
         for listener in self.listeners:
@@ -482,6 +491,7 @@ class Registry:
             self._writer.join()  # an older snapshot must never land after this one
         self._collect(now)
         self.commit()
+        self.changed_rows = set()  # the snapshot holds them
         data = self.snapshot(now)
         history, self.history = self.history, []
         try:
@@ -506,10 +516,13 @@ class Registry:
             return False
         since = now - self._saved_at
         if not ((self._urgent and since >= URGENT_SAVE) or (self._dirty and since >= self.save_every)):
+            if self.changed_rows and background:
+                self._write_rows(now)
             return False
         if not background:
             return self.save(now)
         self.commit()
+        self.changed_rows = set()  # the snapshot holds them
         data = self.snapshot(now)
         history, self.history = self.history, []
         self._dirty = self._urgent = False  # changes from now on mark it again
@@ -528,6 +541,30 @@ class Registry:
         self._writer.start()
         return True
 
+    def _write_rows(self, now: float) -> None:
+        """Fleet mode: the rows of the records reports and state changes touched, on the writer thread (one
+        transaction; writers run one at a time and take their data in order, so no row is overwritten by an older
+        one).  A failure leaves them to the next snapshot, which writes every row that differs from the store's."""
+        owns = self.owns
+        records = []
+        for name in self.changed_rows:
+            record = self.hosts.get(name)
+            if record is not None and owns is not None and owns(record):
+                records.append(record.to_dict())
+        self.changed_rows = set()
+        if not records:
+            return
+
+        def write() -> None:
+            try:
+                self.store.write_rows(records)
+                self._rows_written = (now, None)
+            except Exception as exc:  # OSError (a database that is down) above all; the loop hears of it
+                self._rows_written = (now, str(exc) or type(exc).__name__)
+
+        self._writer = threading.Thread(target=write, name="registry-rows", daemon=True)
+        self._writer.start()
+
     def wait_saved(self, timeout: float = 10.0) -> None:
         """Let a background write finish (shutdown, tests)."""
         if self._writer is not None:
@@ -535,6 +572,10 @@ class Registry:
         self._collect(time.time())
 
     def _collect(self, now: float) -> None:
+        rows, self._rows_written = self._rows_written, None
+        if rows is not None and rows[1] is not None:
+            self._dirty = self._urgent = True  # the next snapshot writes the rows that differ from the store's
+            self._save_failed(rows[0], rows[1])
         written, self._written = self._written, None
         if written is None:
             return
