@@ -9,7 +9,7 @@ from server_fakes import Sent, engine_decode, server_config
 
 from powernap.clock import FakeClock
 from powernap.server.fleet import Fleet
-from powernap.server.registry import Registry
+from powernap.server.registry import HostRecord, Registry
 from powernap.server.store import open_store
 
 
@@ -312,6 +312,25 @@ def test_bad_saved_fields_fall_back_to_defaults(store_url):
     assert (record.wol, record.load, record.interval, record.macs, record.cpus) == ({}, None, 30.0, [], None)
     for field in ("wol", "load", "interval", "macs", "cpus"):
         assert "field %r" % field in registry.problems["load"]
+
+
+def test_a_record_read_like_the_one_held_reuses_only_equal_fields_and_checks_every_other():
+    """The fleet mirror reads every row of the fleet: fields equal to the held (checked) record's are taken from it,
+    anything else is checked as ever, and the result is the same record as a full check gives."""
+    held = HostRecord.from_dict({"name": "h1", "macs": ["02:00:00:00:00:01"], "ips": ["10.0.0.1"], "load": 0.5,
+                                 "wake_health": {"result": "succeeded", "marked": False}})  # fmt: skip
+    row = dict(held.to_dict(), load=0.25, idle_seconds=12.0, last_seen=100.0)
+    assert HostRecord.from_dict(row, like=held).to_dict() == HostRecord.from_dict(row).to_dict()
+    taken = HostRecord.from_dict(row, like=held)
+    assert taken.macs == held.macs and taken.macs is not held.macs  # a copy: the two records never share a list
+    problems = []
+    hostile = dict(row, macs=["not-a-mac"], interval=1e9, wake_health={"result": "x" * 5000}, cpus=True)
+    checked = HostRecord.from_dict(hostile, problems, like=held)
+    assert (checked.macs, checked.interval, checked.cpus) == ([], 30.0, None)
+    assert checked.wake_health == {"result": "never", "marked": False}
+    assert len(problems) == 4
+    other = HostRecord.from_dict(dict(row, name="h2", macs=["bad"]), like=held)  # another host's record: no reuse
+    assert other.macs == []
 
 
 def test_a_wake_lost_across_a_restart_is_resumed_by_the_wake_service(tmp_path):

@@ -120,6 +120,9 @@ class RecordSchema(Declared):
     )  # fmt: skip
 
 
+_RECORD_OPTIONS = {opt.name: opt for opt in RecordSchema.OPTIONS}
+
+
 class HostRecord:
     """What the server knows about one host."""
 
@@ -176,16 +179,29 @@ class HostRecord:
         return {field: _copy(getattr(self, field)) for field in self.FIELDS}
 
     @classmethod
-    def from_dict(cls, data: Any, problems: Optional[List[str]] = None) -> "HostRecord":
-        """A record from saved JSON, every field validated; a bad field keeps its default (and is noted)."""
+    def from_dict(
+        cls, data: Any, problems: Optional[List[str]] = None, like: Optional["HostRecord"] = None
+    ) -> "HostRecord":
+        """A record from saved JSON, every field validated; a bad field keeps its default (and is noted).
+
+        ``like``: the record of the same host we hold (the mirror's): a field equal to its value takes a copy of
+        that value, validated when it was taken in, instead of being checked again (a heartbeat changes few fields,
+        and every instance takes in every row of the fleet)."""
         if not isinstance(data, dict):
             raise ValueError("a host record must be an object")
-        name = RecordSchema.option("name").type.check(data.get("name"))
+        name = _RECORD_OPTIONS["name"].type.check(data.get("name"))
         record = cls(name)
+        if like is not None and like.name != name:
+            like = None
         for field, value in data.items():
-            opt = RecordSchema.option(field) if isinstance(field, str) else None
+            opt = _RECORD_OPTIONS.get(field) if isinstance(field, str) else None
             if opt is None or field == "name":
                 continue
+            if like is not None:
+                known = getattr(like, field)
+                if type(value) is type(known) and value == known:
+                    setattr(record, field, _copy(known))
+                    continue
             try:
                 checked = None if value is None and opt.default is None else opt.type.check(value)
             except ValueError as exc:
@@ -689,11 +705,11 @@ class Registry:
                 self.log.warning("registry mirror: %s", problem)
         taken = 0
         for segment, data in rows:
+            old = self.hosts.get(data.get("name")) if isinstance(data.get("name"), str) else None
             try:
-                record = HostRecord.from_dict(data)
+                record = HostRecord.from_dict(data, like=old)
             except ValueError:
                 continue
-            old = self.hosts.get(record.name)
             record.segment = segment or None
             if old is not None and self.owns is not None and self.owns(old):
                 continue  # ours (a row written before we took the lead): we are its writer now
