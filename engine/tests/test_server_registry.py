@@ -333,6 +333,20 @@ def test_a_record_read_like_the_one_held_reuses_only_equal_fields_and_checks_eve
     assert other.macs == []
 
 
+def test_a_fleet_larger_than_max_hosts_is_reported_not_silently_cut_at_the_mirror():
+    """Fleet mode: every instance holds every host of the fleet; rows the cap leaves out are said in the status."""
+
+    class Rows:  # the store's mirror read: rows of another segment's writer
+        def mirror(self, since, problems):
+            return [("lan-b", {"name": "b%d" % n, "state": "awake"}) for n in range(3)], since + 3
+
+    registry = Registry(max_hosts=2)
+    registry.store = Rows()
+    assert registry.mirror(1.0) == 2 and len(registry) == 2
+    assert "1 hosts of other segments left out" in registry.problems["mirror"]
+    assert "max_hosts = 2" in registry.problems["mirror"]
+
+
 def test_a_wake_lost_across_a_restart_is_resumed_by_the_wake_service(tmp_path):
     fleet, registry, clock, sent = _fleet(tmp_path, "[host.h1]\nmac = 52:54:00:00:00:01\nbmc = 10.9.9.1\n")
     registry.define("h1", ["52:54:00:00:00:01"], bmc="10.9.9.1", wake=["wol", "ipmi"])

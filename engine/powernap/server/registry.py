@@ -707,7 +707,7 @@ class Registry:
         for problem in problems[:5]:
             if self.log is not None:
                 self.log.warning("registry mirror: %s", problem)
-        taken = 0
+        taken = capped = 0
         for segment, data in rows:
             old = self.hosts.get(data.get("name")) if isinstance(data.get("name"), str) else None
             try:
@@ -718,6 +718,7 @@ class Registry:
             if old is not None and self.owns is not None and self.owns(old):
                 continue  # ours (a row written before we took the lead): we are its writer now
             if old is None and len(self.hosts) >= self.max_hosts:
+                capped += 1
                 continue
             self.hosts[record.name] = record
             self._index(record)
@@ -725,6 +726,16 @@ class Registry:
             if old is not None and old.state != record.state:
                 for listener in self.listeners:
                     listener(record, old.state, "mirrored from segment %s" % segment)
+        if capped:  # a fleet larger than max_hosts: never silently short of hosts at this instance's API
+            if "mirror" not in self.problems and self.log is not None:
+                self.log.error("registry mirror: hosts of other segments left out: max_hosts = %d counts every host "
+                               "of the fleet", self.max_hosts)  # fmt: skip
+            self.problems["mirror"] = (
+                "%d hosts of other segments left out (not shown here): max_hosts = %d counts every host of the fleet"
+                % (capped, self.max_hosts)
+            )
+        elif "mirror" in self.problems and len(self.hosts) < self.max_hosts:
+            del self.problems["mirror"]
         return taken
 
     def take_over(self) -> int:
