@@ -7,9 +7,12 @@ about 3,333 reports a second in all).  Each instance sends its segment's magic p
 127.0.0.1 on a port of its own, where this script listens: a packet arriving on another segment's port
 is a packet on the wrong segment.
 
-After one full report cycle (every host registered), for one more cycle:
+After one full report cycle (every host registered), while the generator goes on (at least one more cycle):
 
 - **instance CPU**: each instance's process time over the cycle (mean and busiest, % of one core);
+- **UDP drops**: datagrams the kernel dropped for a full receive buffer (``/proc/net/snmp``), over the run
+  and while measuring, with the number of host rows in the database: a host no instance knows and without
+  a row never reached its leader (its reports were dropped); one with a row was not mirrored;
 - **database CPU and size**: every process of the PostgreSQL cluster over the cycle, and
   ``pg_database_size`` at the end;
 - **report -> visible elsewhere**: a report of a sampled host (kept out of the generator) carrying a
@@ -53,6 +56,9 @@ SEGMENTS = int(os.environ.get("BENCH_FLEET_SEGMENTS", "10"))
 PERIOD = 30.0  # every host reports every 30 s
 SAMPLES = 100  # sampled reports and sampled wakes each
 DEADLINE = 30.0  # a sampled report or wake that takes longer counts as lost
+# The generator reports until the measurement ends (it is stopped then): the load is on while the samples are taken,
+# however long they take.  This many cycles at most, so that it ends on its own should the benchmark die.
+GENERATOR_CYCLES = 60
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -151,7 +157,7 @@ sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setblocking(False)
 start = time.monotonic()
 sent = 0
-total = len(names) * cycles
+total = len(names) * cycles  # an upper bound: the benchmark stops it once it has measured
 while sent < total:
     due = min(total, int((time.monotonic() - start) / B.PERIOD * len(names)) + 1)
     while sent < due:
@@ -283,6 +289,17 @@ def wait_api(client, proc, timeout=60.0):
     raise RuntimeError("a powerwaked instance's API did not answer within %ds" % timeout)
 
 
+def udp_receive_drops():
+    """Datagrams the kernel dropped since boot because a socket's receive buffer was full (this network
+    namespace's UDP RcvbufErrors: every socket's, but the benchmark's sockets are the busy ones)."""
+    try:
+        with open("/proc/net/snmp", encoding="ascii") as handle:
+            lines = [line.split() for line in handle if line.startswith("Udp:")]
+        return int(lines[1][lines[0].index("RcvbufErrors")])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else None
@@ -368,6 +385,7 @@ def main():
         return 2
     directory = tempfile.mkdtemp(prefix="powernap-bench-fleet-")
     cluster = pg_cluster.PrivateCluster(bindir).start()
+    drops_before = udp_receive_drops()
     procs, logs, listener, generator = [], [], None, None
     finished = False
     try:
@@ -384,12 +402,13 @@ def main():
         for client, proc in zip(clients, procs, strict=True):
             wait_api(client, proc)
         step = max(1, HOSTS // (2 * SAMPLES))
-        report_samples = list(range(0, HOSTS, step))[:SAMPLES]
+        spread = max(1, min(SEGMENTS, step - 1))  # sampled hosts on every segment, not only where step lands
+        report_samples = [i + n % spread for n, i in enumerate(range(0, HOSTS - 1, step))][:SAMPLES]
         wake_samples = [i + 1 for i in report_samples if i + 1 < HOSTS][:SAMPLES]
         skip = report_samples + wake_samples
         generator = subprocess.Popen(
             [sys.executable, "-c", GENERATOR % {"engine": ENGINE, "bench": os.path.dirname(os.path.abspath(__file__))},
-             json.dumps(api_ports), json.dumps(skip), "2"],
+             json.dumps(api_ports), json.dumps(skip), str(GENERATOR_CYCLES)],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         warm = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the sampled hosts register once too
@@ -403,6 +422,7 @@ def main():
         time.sleep(PERIOD + 2.0)  # the first cycle: every host registers
         db_root = cluster.pid
         cpu_before = [cpu_seconds(p.pid) for p in procs]
+        drops_cycle = udp_receive_drops()
         db_pids = process_tree(db_root)
         db_before = sum(cpu_seconds(pid) for pid in db_pids)
         started = time.monotonic()
@@ -417,6 +437,10 @@ def main():
         with psycopg.connect(url) as conn:
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         known = [c.get("/v1/status").get("hosts") for c in clients]
+        drops = udp_receive_drops() - drops_before
+        drops_cycle = drops_before + drops - drops_cycle  # those while the samples were taken
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT count(*) FROM powerwaked_hosts").fetchone()[0]
         alive = sum(1 for p in procs if p.poll() is None)
         finished = True
     finally:
@@ -440,6 +464,12 @@ def main():
     woken = [v for v in wakes if v is not None]
     emit("instances still running at the end", alive, "of %d" % SEGMENTS, target=str(SEGMENTS), ok=alive == SEGMENTS)
     emit("hosts known by every instance", min(known), "hosts", target=str(HOSTS), ok=min(known) == HOSTS)
+    # Where a host is missing: no row at all (its reports never reached its segment's leader: see the drops),
+    # or a row the mirror has not taken in.
+    emit("hosts known by the best instance", max(known), "hosts")
+    emit("host rows in the database", rows, "rows")
+    emit("UDP datagrams dropped, receive buffers full (whole run)", drops, "datagrams")
+    emit("UDP datagrams dropped, receive buffers full (measured)", drops_cycle, "datagrams")
     emit("instance CPU, mean", round(100.0 * sum(cpu) / len(cpu) / elapsed, 1), "% of one core")
     emit("instance CPU, busiest", round(100.0 * max(cpu) / elapsed, 1), "% of one core")
     emit("database CPU", round(100.0 * db_cpu / elapsed, 1), "% of one core")
