@@ -120,6 +120,23 @@ def test_each_instance_leads_its_segment_and_shows_every_host_of_the_fleet(fleet
     assert [r.name for r in b.registry.owned()] == ["b1"] and [r.name for r in a.registry.owned()] == ["a1"]
 
 
+def test_a_heartbeat_shows_at_the_other_instances_within_a_few_ticks_not_at_the_next_snapshot(fleet):
+    """A report that changes no state (most of them) must not wait for ``save_every`` (10 s) to be seen elsewhere:
+    the leader writes the rows reports touched at its next tick, and the mirror reads them at the reader's."""
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader, [a, b], what="both leads")
+    _report(a, "a1")
+    settle(lambda: b.api_host("a1")["state"] == P.AWAKE, [a, b], what="b mirrors a1")
+    saves = a.registry.saves
+    for marker in (1234.5, 2345.5, 3456.5):  # heartbeats in a row: each one shows, none waits for a snapshot
+        sent = time.monotonic()
+        _report(a, "a1", idle_seconds=marker)
+        shown = settle(lambda: b.api_host("a1")["idle_seconds"] == marker, [a, b], seconds=5.0,  # noqa: B023
+                       what="b shows a1's heartbeat")  # fmt: skip
+        assert shown - sent < 2.0
+    assert a.registry.saves - saves <= 1  # rows, not snapshots: at most one (save_every) came due meanwhile
+
+
 def test_a_wake_asked_at_one_segment_is_sent_by_the_leader_of_the_hosts_segment(fleet):
     a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
     settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader, [a, b], what="both leads")

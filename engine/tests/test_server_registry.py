@@ -9,7 +9,7 @@ from server_fakes import Sent, engine_decode, server_config
 
 from powernap.clock import FakeClock
 from powernap.server.fleet import Fleet
-from powernap.server.registry import Registry
+from powernap.server.registry import HostRecord, Registry
 from powernap.server.store import open_store
 
 
@@ -312,6 +312,39 @@ def test_bad_saved_fields_fall_back_to_defaults(store_url):
     assert (record.wol, record.load, record.interval, record.macs, record.cpus) == ({}, None, 30.0, [], None)
     for field in ("wol", "load", "interval", "macs", "cpus"):
         assert "field %r" % field in registry.problems["load"]
+
+
+def test_a_record_read_like_the_one_held_reuses_only_equal_fields_and_checks_every_other():
+    """The fleet mirror reads every row of the fleet: fields equal to the held (checked) record's are taken from it,
+    anything else is checked as ever, and the result is the same record as a full check gives."""
+    held = HostRecord.from_dict({"name": "h1", "macs": ["02:00:00:00:00:01"], "ips": ["10.0.0.1"], "load": 0.5,
+                                 "wake_health": {"result": "succeeded", "marked": False}})  # fmt: skip
+    row = dict(held.to_dict(), load=0.25, idle_seconds=12.0, last_seen=100.0)
+    assert HostRecord.from_dict(row, like=held).to_dict() == HostRecord.from_dict(row).to_dict()
+    taken = HostRecord.from_dict(row, like=held)
+    assert taken.macs == held.macs and taken.macs is not held.macs  # a copy: the two records never share a list
+    problems = []
+    hostile = dict(row, macs=["not-a-mac"], interval=1e9, wake_health={"result": "x" * 5000}, cpus=True)
+    checked = HostRecord.from_dict(hostile, problems, like=held)
+    assert (checked.macs, checked.interval, checked.cpus) == ([], 30.0, None)
+    assert checked.wake_health == {"result": "never", "marked": False}
+    assert len(problems) == 4
+    other = HostRecord.from_dict(dict(row, name="h2", macs=["bad"]), like=held)  # another host's record: no reuse
+    assert other.macs == []
+
+
+def test_a_fleet_larger_than_max_hosts_is_reported_not_silently_cut_at_the_mirror():
+    """Fleet mode: every instance holds every host of the fleet; rows the cap leaves out are said in the status."""
+
+    class Rows:  # the store's mirror read: rows of another segment's writer
+        def mirror(self, since, problems):
+            return [("lan-b", {"name": "b%d" % n, "state": "awake"}) for n in range(3)], since + 3
+
+    registry = Registry(max_hosts=2)
+    registry.store = Rows()
+    assert registry.mirror(1.0) == 2 and len(registry) == 2
+    assert "1 hosts of other segments left out" in registry.problems["mirror"]
+    assert "max_hosts = 2" in registry.problems["mirror"]
 
 
 def test_a_wake_lost_across_a_restart_is_resumed_by_the_wake_service(tmp_path):

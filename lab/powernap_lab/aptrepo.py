@@ -19,7 +19,7 @@ import shutil
 import time
 
 from . import image
-from .common import CACHE_ROOT, CONTROLLER_LAN, LabError, run
+from .common import CACHE_ROOT, LabError, run
 
 # What the role installs on a Debian host when it lacks it (the engine module's missing_packages), plus
 # python3-apt, which ansible.builtin.apt installs for itself when the host lacks it.
@@ -27,13 +27,16 @@ DEFAULT_PACKAGES = ("python3-apt", "python3", "tar", "ethtool")
 # Debian policy 5.6.1: lowercase letters, digits, + - . ; at least two characters, starting alphanumeric.
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,99}$")
 PORT = 8080
-URL = "http://%s:%d/" % (CONTROLLER_LAN, PORT)
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Bump when the way the repository is made changes: it is part of the cache key.
 REPO_VERSION = 2
 # The one apt source of every lab host (the image's own sources.list points outside the lab).
 HOST_SOURCES_LIST = "# powernap lab: no route out of the lab; the lab's repository is in sources.list.d/\n"
-HOST_SOURCE = "deb [trusted=yes] %s ./\n" % URL
+
+
+def host_source(lab):
+    """The apt source line of a host of this lab: the repository served from the lab's own controller."""
+    return "deb [trusted=yes] http://%s:%d/ ./\n" % (lab.controller_lan, PORT)
 
 
 def check_packages(packages):

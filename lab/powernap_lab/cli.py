@@ -14,18 +14,18 @@ from contextlib import contextmanager
 
 from . import aptrepo, cgroups, disks, image, inventory, network, services, vm, vmimage
 from .common import (
+    DEFAULT_SEGMENT,
     HOST_KINDS,
     MAX_HOSTS,
     PYTHON,
+    SEGMENTS,
     TOOL_ENTRY,
     Lab,
     LabError,
-    bmc_address,
     check_packages,
     check_root,
-    host_address,
+    check_segment,
     host_index,
-    host_mac,
     pid_alive,
     record_pid,
     recorded_pids,
@@ -111,18 +111,23 @@ def cmd_up(lab, args):
         raise LabError("--hosts must be between 1 and %d" % MAX_HOSTS)
     kinds = parse_kind(args.kind, ["h%d" % i for i in range(1, args.hosts + 1)])
     want_vm = "vm" in kinds.values()
+    if want_vm and args.segment != DEFAULT_SEGMENT:
+        # The VM image's identity script writes segment 0's controller into each VM's /etc/hosts.
+        raise LabError("--kind vm needs --segment %d (VM hosts exist only on the default segment)" % DEFAULT_SEGMENT)
     check_packages(vm=want_vm)
     t0 = time.monotonic()
     with lab_lock(lab):
         state = lab.load_state()
         if state and supervisor_alive(lab):
             running = (len(state["hosts"]), state.get("suite", image.SUITE))
-            if running != (args.hosts, args.suite or running[1]) or any(
-                h.get("kind", "nspawn") != kinds[h["name"]] for h in state["hosts"]
+            if (
+                running != (args.hosts, args.suite or running[1])
+                or any(h.get("kind", "nspawn") != kinds[h["name"]] for h in state["hosts"])
+                or lab.segment != args.segment
             ):
                 raise LabError(
-                    "lab %r is already up with %d %s hosts of other kinds; run `powernap-lab --name %s down` first"
-                    % (lab.name, running[0], running[1], lab.name)
+                    "lab %r is already up with %d %s hosts of other kinds (segment %d); run `powernap-lab --name %s "
+                    "down` first" % (lab.name, running[0], running[1], lab.segment, lab.name)
                 )
             request(lab, {"op": "wait-booted", "timeout": args.timeout, "only_on": True}, timeout=args.timeout + 10)
             log("lab %r is already up (%d %s hosts)" % (lab.name, args.hosts, running[1]))
@@ -131,6 +136,7 @@ def cmd_up(lab, args):
         if state or os.path.exists(lab.run) or lab.all_netns():
             log("lab %r: cleaning up a previous, incomplete run" % lab.name)
             teardown(lab)
+        lab.segment = args.segment
         rootfs = image.ensure_image(log, args.suite) if "nspawn" in kinds.values() else None
         apt_repo = (
             aptrepo.ensure_repo(args.suite, args.apt_packages, log)
@@ -153,9 +159,9 @@ def cmd_up(lab, args):
                 {
                     "name": "h%d" % i,
                     "index": i,
-                    "address": host_address(i),
-                    "mac": host_mac(i),
-                    "bmc_address": bmc_address(i),
+                    "address": lab.host_address(i),
+                    "mac": lab.host_mac(i),
+                    "bmc_address": lab.bmc_address(i),
                     "bmc_user": "admin",
                     "bmc_password": "pw-h%d-%s" % (i, secrets.token_hex(4)),
                     "kind": kinds["h%d" % i],
@@ -169,6 +175,8 @@ def cmd_up(lab, args):
             "name": lab.name,
             "created": time.time(),
             "suite": args.suite,
+            "segment": lab.segment,
+            "network": lab.network_facts(),
             "image": rootfs,
             "apt_repo": apt_repo,
             "vm": vm_state,
@@ -351,6 +359,7 @@ def status_data(lab):
         "hosts": hosts,
         "inventory": lab.inventory_path,
         "groups": state.get("groups", {}),
+        "network": lab.network_facts(),
         "vm": {"accel": state["vm"]["accel"], "reason": state["vm"]["reason"]} if state.get("vm") else None,
     }
 
@@ -571,6 +580,14 @@ def cmd_image(_lab, args):
     return 0
 
 
+def segment_number(text):
+    """--segment: an integer in SEGMENTS."""
+    try:
+        return check_segment(int(text))
+    except (ValueError, LabError):
+        raise argparse.ArgumentTypeError("invalid segment %r: use %d..%d" % (text, SEGMENTS[0], SEGMENTS[-1])) from None
+
+
 def package_list(text):
     """--apt-packages: comma-separated Debian package names ("" for none)."""
     try:
@@ -594,6 +611,14 @@ def build_parser():
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("up", help="build (once) and boot the lab; idempotent")
     s.add_argument("--hosts", type=int, default=3)
+    s.add_argument(
+        "--segment",
+        type=segment_number,
+        default=DEFAULT_SEGMENT,
+        help="the lab's L2 segment K (%d..%d): LAN 198.18.K.0/24, management 198.19.K.0/24, host MACs "
+        "02:50:4e:0K:..; labs on different segments are disjoint and can run side by side (default %%(default)s)"
+        % (SEGMENTS[0], SEGMENTS[-1]),
+    )
     s.add_argument("--groups", action="append", help="NAME=h1,h2 (repeatable, or ';'-separated)")
     s.add_argument("--timeout", type=float, default=120, help="seconds to wait for the hosts to boot")
     s.add_argument("--no-boot", action="store_true", help="leave the hosts powered off")

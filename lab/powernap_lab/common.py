@@ -24,10 +24,10 @@ TOOL = os.path.join(LAB_DIR, "powernap-lab")
 TOOL_ENTRY = os.path.join(LAB_DIR, "powernap_lab", "__main__.py")
 PYTHON = "/usr/bin/python3"
 
-LAN_NET = "198.18.0"
-MGMT_NET = "198.19.0"
-CONTROLLER_LAN = LAN_NET + ".2"
-CONTROLLER_MGMT = MGMT_NET + ".2"
+# A lab is one L2 segment K (``up --segment K``, saved in its state): LAN 198.18.K.0/24, management
+# 198.19.K.0/24, MACs 02:50:4e:0K:..; segment 0 is the lab's original (and default) numbering.
+SEGMENTS = range(10)
+DEFAULT_SEGMENT = 0
 UPS_PORT = 3493
 UPS_NAME = "rack1"
 BMC_PORT = 623
@@ -99,16 +99,37 @@ def host_index(host):
     return int(m.group(1))
 
 
-def host_mac(index):
-    return "02:50:4e:00:%02x:%02x" % (index >> 8, index & 0xFF)
+def check_segment(segment):
+    if not isinstance(segment, int) or isinstance(segment, bool) or segment not in SEGMENTS:
+        raise LabError("invalid segment %r: use %d..%d" % (segment, SEGMENTS[0], SEGMENTS[-1]))
+    return segment
 
 
-def host_address(index):
-    return "%s.%d" % (LAN_NET, 10 + index)
+def lan_net(segment):
+    """The first three octets of segment's LAN /24."""
+    return "198.18.%d" % check_segment(segment)
 
 
-def bmc_address(index):
-    return "%s.%d" % (MGMT_NET, 10 + index)
+def mgmt_net(segment):
+    return "198.19.%d" % check_segment(segment)
+
+
+def host_mac(index, segment):
+    return "02:50:4e:%02x:%02x:%02x" % (check_segment(segment), index >> 8, index & 0xFF)
+
+
+def host_address(index, segment):
+    return "%s.%d" % (lan_net(segment), 10 + index)
+
+
+def bmc_address(index, segment):
+    return "%s.%d" % (mgmt_net(segment), 10 + index)
+
+
+def lab_mac(role, segment):
+    """The MAC of a lab-side endpoint (role: ctl-lan, ctl-mgmt, bmc); one per segment, never a host's."""
+    prefix, last = {"ctl-lan": ("ff", 2), "ctl-mgmt": ("fe", 2), "bmc": ("fe", 1)}[role]
+    return "02:50:4e:%s:%02x:%02x" % (prefix, check_segment(segment), last)
 
 
 class Lab:
@@ -117,6 +138,59 @@ class Lab:
     def __init__(self, name=None):
         self.name = check_name(name or os.environ.get("POWERNAP_LAB_NAME") or DEFAULT_NAME)
         self.run = os.path.join(RUN_ROOT, self.name)
+        self._segment = None
+
+    # the lab's L2 segment: chosen by `up`, then read from the lab's state by every later command
+    @property
+    def segment(self):
+        if self._segment is None:
+            state = self.load_state() or {}
+            self._segment = check_segment(state.get("segment", DEFAULT_SEGMENT))
+        return self._segment
+
+    @segment.setter
+    def segment(self, value):
+        self._segment = check_segment(value)
+
+    @property
+    def lan_cidr(self):
+        return lan_net(self.segment) + ".0/24"
+
+    @property
+    def mgmt_cidr(self):
+        return mgmt_net(self.segment) + ".0/24"
+
+    @property
+    def controller_lan(self):
+        return lan_net(self.segment) + ".2"
+
+    @property
+    def controller_mgmt(self):
+        return mgmt_net(self.segment) + ".2"
+
+    @property
+    def broadcast(self):
+        return lan_net(self.segment) + ".255"
+
+    def host_address(self, index):
+        return host_address(index, self.segment)
+
+    def host_mac(self, index):
+        return host_mac(index, self.segment)
+
+    def bmc_address(self, index):
+        return bmc_address(index, self.segment)
+
+    def network_facts(self):
+        """The segment's numbering as saved in the lab's state (what tests and tools read)."""
+        return {
+            "segment": self.segment,
+            "lan": self.lan_cidr,
+            "mgmt": self.mgmt_cidr,
+            "controller": self.controller_lan,
+            "controller_mgmt": self.controller_mgmt,
+            "broadcast": self.broadcast,
+        }
 
     # namespaces
     @property

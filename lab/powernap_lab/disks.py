@@ -4,7 +4,7 @@ import hashlib
 import os
 
 from . import aptrepo
-from .common import CONTROLLER_LAN, GUEST_NIC_DIR, LabError, run, write_file
+from .common import GUEST_NIC_DIR, LabError, run, write_file
 from .wol import DEFAULT_STATE, write_state
 
 GUEST_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest")
@@ -57,7 +57,7 @@ def provision(lab, host, index, all_hosts, pubkey, apt_repo=False):
     write_file(os.path.join(root, "etc/apt/sources.list"), aptrepo.HOST_SOURCES_LIST)
     lab_source = os.path.join(root, "etc/apt/sources.list.d/powernap-lab.list")
     if apt_repo:
-        write_file(lab_source, aptrepo.HOST_SOURCE)
+        write_file(lab_source, aptrepo.host_source(lab))
     elif os.path.exists(lab_source):
         os.unlink(lab_source)
     write_file(os.path.join(root, "etc/hostname"), host + "\n")
@@ -67,7 +67,7 @@ def provision(lab, host, index, all_hosts, pubkey, apt_repo=False):
         "127.0.0.1\tlocalhost",
         "127.0.1.1\t%s" % host,
         "::1\tlocalhost ip6-localhost ip6-loopback",
-        "%s\tcontroller ups" % CONTROLLER_LAN,
+        "%s\tcontroller ups" % lab.controller_lan,
     ]
     lines += ["%s\t%s" % (h["address"], h["name"]) for h in all_hosts]
     write_file(os.path.join(root, "etc/hosts"), "\n".join(lines) + "\n")

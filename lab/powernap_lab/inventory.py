@@ -3,7 +3,7 @@
 import json
 
 from . import aptrepo, image
-from .common import BMC_PORT, CONTROLLER_LAN, CONTROLLER_MGMT, GUEST_SUSPEND, LAN_NET, UPS_NAME, UPS_PORT
+from .common import BMC_PORT, GUEST_SUSPEND, UPS_NAME, UPS_PORT
 
 
 def _scalar(v):
@@ -63,12 +63,14 @@ def build(lab, state):
         "ansible_control_path_dir": lab.path("ssh-cp"),
         "powernap_lab_name": lab.name,
         "powernap_lab_suite": state.get("suite", image.SUITE),
-        "powernap_lab_apt_source": aptrepo.HOST_SOURCE.strip() if state.get("apt_repo") else "",
-        "powernap_lab_controller": CONTROLLER_LAN,
-        "powernap_lab_controller_mgmt": CONTROLLER_MGMT,
-        "powernap_lab_broadcast": LAN_NET + ".255",
+        "powernap_lab_apt_source": aptrepo.host_source(lab).strip() if state.get("apt_repo") else "",
+        "powernap_lab_segment": lab.segment,
+        "powernap_lab_lan": lab.lan_cidr,
+        "powernap_lab_controller": lab.controller_lan,
+        "powernap_lab_controller_mgmt": lab.controller_mgmt,
+        "powernap_lab_broadcast": lab.broadcast,
         "powernap_lab_interface": "eth0",
-        "powernap_lab_ups_host": CONTROLLER_LAN,
+        "powernap_lab_ups_host": lab.controller_lan,
         "powernap_lab_ups_port": UPS_PORT,
         "powernap_lab_ups_name": UPS_NAME,
         "powernap_lab_ups_user": ups["user"],

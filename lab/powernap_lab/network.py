@@ -4,16 +4,7 @@ Every veth is created inside a lab namespace, with its peer placed straight into
 namespace, so no lab link or address ever exists in the root namespace.
 """
 
-from .common import (
-    CONTROLLER_LAN,
-    CONTROLLER_MGMT,
-    LabError,
-    bmc_address,
-    host_address,
-    host_mac,
-    ip,
-    run,
-)
+from .common import LabError, ip, lab_mac, run
 
 
 def netns_exists(name):
@@ -66,23 +57,23 @@ def setup_fabric(lab):
             ip("link", "add", br, "type", "bridge", "forward_delay", "0", "stp_state", "0", ns=lab.ns_switch)
         ip("link", "set", br, "up", ns=lab.ns_switch)
     # controller: eth0 on the LAN, eth1 on the management network
-    _veth(lab, lab.port("ctl"), lab.ns_ctl, "eth0", lab.br_lan, mac="02:50:4e:ff:00:02")
-    _veth(lab, lab.mport("ctl"), lab.ns_ctl, "eth1", lab.br_mgmt, mac="02:50:4e:fe:00:02")
-    _addr(lab.ns_ctl, "eth0", CONTROLLER_LAN + "/24")
-    _addr(lab.ns_ctl, "eth1", CONTROLLER_MGMT + "/24")
+    _veth(lab, lab.port("ctl"), lab.ns_ctl, "eth0", lab.br_lan, mac=lab_mac("ctl-lan", lab.segment))
+    _veth(lab, lab.mport("ctl"), lab.ns_ctl, "eth1", lab.br_mgmt, mac=lab_mac("ctl-mgmt", lab.segment))
+    _addr(lab.ns_ctl, "eth0", lab.controller_lan + "/24")
+    _addr(lab.ns_ctl, "eth1", lab.controller_mgmt + "/24")
     _bcast_route(lab.ns_ctl, "eth0")
     # all BMCs share one namespace, one address each on its management port
-    _veth(lab, lab.mport("bmc"), lab.ns_bmc, "eth0", lab.br_mgmt, mac="02:50:4e:fe:00:01")
+    _veth(lab, lab.mport("bmc"), lab.ns_bmc, "eth0", lab.br_mgmt, mac=lab_mac("bmc", lab.segment))
 
 
 def setup_host(lab, index):
     host = "h%d" % index
     ns = lab.ns_host(host)
     ensure_netns(ns)
-    _veth(lab, lab.port(host), ns, "eth0", lab.br_lan, mac=host_mac(index))
-    _addr(ns, "eth0", host_address(index) + "/24")
+    _veth(lab, lab.port(host), ns, "eth0", lab.br_lan, mac=lab.host_mac(index))
+    _addr(ns, "eth0", lab.host_address(index) + "/24")
     _bcast_route(ns, "eth0")
-    _addr(lab.ns_bmc, "eth0", bmc_address(index) + "/24")
+    _addr(lab.ns_bmc, "eth0", lab.bmc_address(index) + "/24")
 
 
 def setup_vm_host(lab, index):
@@ -93,7 +84,7 @@ def setup_vm_host(lab, index):
         ip("tuntap", "add", "dev", tap, "mode", "tap", ns=lab.ns_switch)
     ip("link", "set", tap, "master", lab.br_lan, ns=lab.ns_switch)
     ip("link", "set", tap, "down", ns=lab.ns_switch)
-    _addr(lab.ns_bmc, "eth0", bmc_address(index) + "/24")
+    _addr(lab.ns_bmc, "eth0", lab.bmc_address(index) + "/24")
 
 
 def set_port(lab, host, up):

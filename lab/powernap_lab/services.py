@@ -7,7 +7,6 @@ import time
 from . import aptrepo
 from .common import (
     BMC_PORT,
-    CONTROLLER_LAN,
     PYTHON,
     TOOL_ENTRY,
     UPS_NAME,
@@ -96,7 +95,7 @@ def write_configs(lab, state):
         "[%s]\n    driver = dummy-ups\n    port = %s.dev\n    mode = dummy-once\n"
         '    desc = "powernap lab UPS"\n' % (UPS_NAME, UPS_NAME),
     )
-    write_file(os.path.join(d, "upsd.conf"), "LISTEN %s %d\nMAXAGE 30\n" % (CONTROLLER_LAN, UPS_PORT))
+    write_file(os.path.join(d, "upsd.conf"), "LISTEN %s %d\nMAXAGE 30\n" % (lab.controller_lan, UPS_PORT))
     write_file(
         os.path.join(d, "upsd.users"),
         "[%s]\n    password = %s\n    actions = SET FSD\n    instcmds = ALL\n"
@@ -185,7 +184,7 @@ def start_all(sup):
             sup,
             "apt-repo",
             ctl
-            + [PYTHON, "-m", "http.server", "--bind", CONTROLLER_LAN, "--directory", sup.state["apt_repo"]]
+            + [PYTHON, "-m", "http.server", "--bind", lab.controller_lan, "--directory", sup.state["apt_repo"]]
             + [str(aptrepo.PORT)],
         )
 

@@ -49,16 +49,15 @@ class LabHandle:
     """A running lab. Hosts are named h1..hN.
 
     Attributes: ``name``, ``tool`` (path of powernap-lab), ``inventory_path``, ``hosts`` (list of dicts with
-    name, address, mac, bmc_address, bmc_user, bmc_password), ``controller`` (198.18.0.2),
-    ``broadcast`` (198.18.0.255), ``ups`` (dict host/port/name/user/password).
+    name, address, mac, bmc_address, bmc_user, bmc_password), ``network`` (the lab segment's numbering:
+    segment, lan, mgmt, controller, controller_mgmt, broadcast), ``controller`` (198.18.K.2 on segment K),
+    ``broadcast`` (198.18.K.255), ``ups`` (dict host/port/name/user/password).
     """
 
     def __init__(self, name, tool=LAB_TOOL):
         self.name = name
         self.tool = tool
         self.inventory_path = os.path.join("/run/powernap-lab", name, "inventory.yml")
-        self.controller = "198.18.0.2"
-        self.broadcast = "198.18.0.255"
         self.hosts = []
         self.ups = {}
         self.refresh()
@@ -78,6 +77,10 @@ class LabHandle:
         """Reload host facts (addresses, MACs, BMC credentials) from the lab's state."""
         with open(os.path.join("/run/powernap-lab", self.name, "lab.json"), encoding="utf-8") as f:
             state = json.load(f)
+        self.network = state["network"]
+        self.segment = self.network["segment"]
+        self.controller = self.network["controller"]
+        self.broadcast = self.network["broadcast"]
         self.hosts = [
             {k: h[k] for k in ("name", "address", "mac", "bmc_address", "bmc_user", "bmc_password")}
             for h in state["hosts"]
@@ -184,14 +187,14 @@ class LabHandle:
         out = self.ctl(["/usr/bin/python3", "-c", script], timeout=timeout + 10).stdout
         return out.startswith("ok")
 
-    def tcpdump(self, args, stdout=subprocess.DEVNULL, timeout=30):
-        """Start tcpdump ARGS in the controller namespace; return its Popen once it captures.
+    def tcpdump(self, args, stdout=subprocess.DEVNULL, timeout=30, netns=None):
+        """Start tcpdump ARGS in the controller namespace (or ``netns``); return its Popen once it captures.
 
         tcpdump says "listening on IFACE" on stderr when its socket is bound: packets sent after that are
         seen. A fixed sleep instead can miss the first packets on a loaded machine. The caller stops it by pid.
         """
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", "%s-ctl" % self.name, "tcpdump"] + [str(a) for a in args],
+            ["ip", "netns", "exec", netns or "%s-ctl" % self.name, "tcpdump"] + [str(a) for a in args],
             stdout=stdout,
             stderr=subprocess.PIPE,
         )
@@ -244,10 +247,12 @@ def require_root():
         )
 
 
-def bring_up(name, hosts, groups=None, timeout=180, suite=None, kind=None):
+def bring_up(name, hosts, groups=None, timeout=180, suite=None, kind=None, segment=None):
     """Bring a lab up (idempotent) and return its handle; on failure tear it down and fail."""
     require_root()
     cmd = [LAB_TOOL, "--name", name, "up", "--hosts", str(hosts), "--timeout", str(timeout)]
+    if segment is not None:
+        cmd += ["--segment", str(segment)]
     if groups:
         cmd += ["--groups", groups]
     if suite:
@@ -291,3 +296,34 @@ def lab_reset(lab):
         if lab.power_state(h["name"]) != "on":
             lab.power(h["name"], "on")
         lab.wait_booted(h["name"])
+
+
+def segment_lab_names(base=None):
+    """Names of the two segment labs: the test lab name (default ``fleet``) + ``a`` / ``b``, 8 characters at most."""
+    base = (base or os.environ.get("POWERNAP_LAB_TEST_NAME") or "fleet")[:7]
+    return base + "a", base + "b"
+
+
+@pytest.fixture(scope="session")
+def segment_labs():
+    """Two labs on L2 segments 1 and 2 (two hosts each; disjoint bridges, subnets and MACs), up side by side.
+
+    Shared by the lab's segment test and the fleet-mode tests (one bring-up for the session); both labs are
+    taken down at the end unless POWERNAP_LAB_KEEP=1.
+    """
+    names = segment_lab_names()
+    labs = []
+    try:
+        for segment, name in enumerate(names, start=1):
+            labs.append(bring_up(name, 2, segment=segment))
+        yield tuple(labs)
+    finally:
+        if os.environ.get("POWERNAP_LAB_KEEP") != "1":
+            problems = []
+            for name in names:  # both, even when the first fails
+                try:
+                    tear_down(name)
+                except LabError as exc:
+                    problems.append(str(exc))
+            if problems:
+                raise LabError("; ".join(problems))

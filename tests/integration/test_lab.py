@@ -11,6 +11,7 @@ import time
 import pytest
 
 from .conftest import LAB_TOOL, bring_up, require_root, tear_down
+from .test_powerwaked import Capture
 
 pytestmark = pytest.mark.lab
 
@@ -432,6 +433,68 @@ def test_second_lab_coexists_and_down_leaves_nothing(lab):
     # the session lab is untouched
     assert lab.tcp_ok("h1")
     lab.ansible("lab", "ping")
+
+
+def test_segments_are_disjoint_l2_segments(segment_labs):
+    """Two labs on segments 1 and 2 run side by side: own subnets, MACs, bridges; a magic packet stays on its LAN."""
+    lab_a, lab_b = segment_labs
+    for lab, k in ((lab_a, 1), (lab_b, 2)):
+        assert lab.network == {
+            "segment": k,
+            "lan": "198.18.%d.0/24" % k,
+            "mgmt": "198.19.%d.0/24" % k,
+            "controller": "198.18.%d.2" % k,
+            "controller_mgmt": "198.19.%d.2" % k,
+            "broadcast": "198.18.%d.255" % k,
+        }
+        for i, h in enumerate(lab.status()["hosts"], start=1):
+            assert (h["address"], h["bmc_address"], h["mac"]) == (
+                "198.18.%d.%d" % (k, 10 + i),
+                "198.19.%d.%d" % (k, 10 + i),
+                "02:50:4e:%02x:00:%02x" % (k, i),
+            )
+        # later commands use the lab's own segment: the inventory, the hosts' view, the UPS on its controller
+        inv = json.loads(lab.ctl([lab.ansible_bin("ansible-inventory"), "-i", lab.inventory_path, "--list"]).stdout)
+        assert inv["_meta"]["hostvars"]["h1"]["powernap_lab_ups_host"] == lab.controller
+        assert "%s/24" % lab.host("h1")["address"] in lab.exec("h1", "ip -o -4 addr show dev eth0").stdout
+        assert "%s\tcontroller ups" % lab.controller in lab.exec("h1", "cat /etc/hosts").stdout
+        assert nut_status(lab) in ("OL", "OB", "OB LB")
+    assert not {h["mac"] for h in lab_a.hosts} & {h["mac"] for h in lab_b.hosts}
+    # no route between the segments: A's controller cannot reach B's hosts
+    assert lab_a.ctl(["ping", "-n", "-c1", "-W1", lab_b.host("h1")["address"]], check=False).returncode != 0
+    target = lab_b.host("h1")
+    suspend(lab_b, "h1")
+    try:
+        on_a, on_b = Capture(lab_a, bridge=True), Capture(lab_b, bridge=True)
+        try:
+            for dest in (lab_a.broadcast, "255.255.255.255"):
+                lab_a.ctl(["wakeonlan", "-i", dest, target["mac"]])
+            lab_b.stays("h1", "suspended", seconds=2)
+        finally:
+            seen_a, seen_b = on_a.stop(), on_b.stop()
+        assert Capture.count(seen_a, target["mac"]) == 2, seen_a[-2000:]
+        assert Capture.count(seen_b, target["mac"]) == 0, seen_b[-2000:]
+        # the same capture on B does see a packet sent on B (so "none on B" above is not a blind capture)
+        on_b = Capture(lab_b, bridge=True)
+        try:
+            lab_b.ctl(["wakeonlan", "-i", lab_b.broadcast, target["mac"]])
+            lab_b.wait_power("h1", "on", timeout=10)
+        finally:
+            seen_b = on_b.stop()
+        assert Capture.count(seen_b, target["mac"]) == 1, seen_b[-2000:]
+    finally:
+        if lab_b.power_state("h1") != "on":
+            lab_b.power("h1", "on")
+        lab_b.wait_booted("h1")
+
+
+def test_up_refuses_another_segment_for_a_running_lab(segment_labs):
+    lab_a = segment_labs[0]
+    proc = lab_a.run("up", "--hosts", "2", "--segment", "3", check=False)
+    assert proc.returncode != 0 and "segment 1" in proc.stderr, proc.stderr
+    proc = lab_a.run("up", "--hosts", "2", "--segment", "10", check=False)
+    assert proc.returncode != 0 and "invalid segment" in proc.stderr, proc.stderr
+    assert lab_a.tcp_ok("h1")
 
 
 def test_down_of_a_lab_that_is_not_up_is_harmless():

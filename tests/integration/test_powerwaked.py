@@ -48,23 +48,42 @@ from powernap.powerwake import ServerClient
 print(json.dumps(ServerClient("http://127.0.0.1:%(port)d", %(secret)r).get(sys.argv[1])))
 """
 
+API_POST = r"""
+import json, sys, urllib.error
+sys.path.insert(0, %(engine)r)
+from powernap.powerwake import ServerClient
+try:
+    answer = ServerClient("http://127.0.0.1:%(port)d", %(secret)r).post(sys.argv[1], json.loads(sys.argv[2]))
+    print(json.dumps({"status": 200, "answer": answer}))
+except urllib.error.HTTPError as exc:
+    print(json.dumps({"status": exc.code, "answer": json.loads(exc.read())}))
+"""
+
 
 class Powerwaked:
-    """powerwaked in the lab's controller namespace, started and stopped by pid."""
+    """powerwaked in the lab's controller namespace, started and stopped by pid.
 
-    def __init__(self, lab, extra="", proxy=()):
+    ``options`` are more ``[powerwaked]`` lines (fleet mode: store, instance, segment ...), ``hosts`` the
+    ``[host.*]`` sections to write (default: the lab's hosts; a host dict's ``segment`` key is written too),
+    ``port`` the UDP report / HTTP API port (two instances in one controller namespace need two).
+    """
+
+    def __init__(self, lab, extra="", proxy=(), options=(), hosts=None, port=PORT, confirm_timeout="20s"):
         self.lab = lab
+        self.port = port
         self.dir = tempfile.mkdtemp(prefix="powerwaked-lab-")
         self.config = os.path.join(self.dir, "powerwaked.conf")
         lines = [
             "[powerwaked]",
             "secret = %s" % SECRET,
             "listen = 0.0.0.0",
+            "port = %d" % port,
             "interface = eth0",
             "broadcast = %s" % lab.broadcast,
             "state_file = %s" % os.path.join(self.dir, "registry.json"),
-            "confirm_timeout = 20s",
+            "confirm_timeout = %s" % confirm_timeout,
             "announce = no",
+            *options,
             "[proxy]",
             "cooldown = 30s",
             *proxy,  # a section is given once per file: a test's [proxy] options go here
@@ -72,7 +91,7 @@ class Powerwaked:
             "user = admin",
             "timeout = 15s",
         ]
-        for host in lab.hosts:
+        for host in lab.hosts if hosts is None else hosts:
             lines += [
                 "[host.%s]" % host["name"],
                 "mac = %s" % host["mac"],
@@ -81,6 +100,8 @@ class Powerwaked:
                 "bmc_user = %s" % host["bmc_user"],
                 "bmc_password = %s" % host["bmc_password"],
             ]
+            if host.get("segment"):
+                lines.append("segment = %s" % host["segment"])
         with open(self.config, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n" + extra)
         os.chmod(self.config, 0o600)
@@ -131,14 +152,19 @@ class Powerwaked:
             return handle.read()[-4000:]
 
     def get(self, path):
-        script = API_GET % {"engine": ENGINE, "secret": SECRET, "port": PORT}
+        script = API_GET % {"engine": ENGINE, "secret": SECRET, "port": self.port}
         proc = self.lab.ctl([PYTHON, "-c", script, path], check=False)
         if proc.returncode != 0:
             raise AssertionError("API %s failed: %s" % (path, proc.stderr[-500:]))
         return json.loads(proc.stdout)
 
+    def post(self, path, message):
+        """POST a signed request to the API: {"status": HTTP status (200 for any 2xx), "answer": the JSON}."""
+        script = API_POST % {"engine": ENGINE, "secret": SECRET, "port": self.port}
+        return json.loads(self.lab.ctl([PYTHON, "-c", script, path, json.dumps(message)]).stdout)
+
     def report(self, *reports):
-        script = SEND_REPORT % {"engine": ENGINE, "secret": SECRET, "port": PORT}
+        script = SEND_REPORT % {"engine": ENGINE, "secret": SECRET, "port": self.port}
         self.lab.ctl([PYTHON, "-c", script, json.dumps(list(reports))])
 
     def host(self, name):
@@ -170,13 +196,21 @@ def powerwaked(lab_reset):
 
 
 class Capture:
-    """tcpdump of magic packets (UDP 9 and ethertype 0x0842) on the controller's LAN interface."""
+    """tcpdump of magic packets (UDP 9 and ethertype 0x0842) on the controller's LAN interface.
 
-    def __init__(self, lab):
+    ``bridge=True``: on the lab's LAN bridge itself (in its switch namespace), where every frame of the segment
+    passes, whoever sent it.
+    """
+
+    def __init__(self, lab, bridge=False):
         fd, self.path = tempfile.mkstemp(prefix="pw-capture-", suffix=".txt")
         self.out = os.fdopen(fd, "wb")  # closed in stop()
-        # waits until tcpdump captures: a fixed sleep could miss the first packets on a loaded machine
-        self.proc = lab.tcpdump(["-l", "-n", "-e", "-x", "-i", "eth0", "ether proto 0x0842 or udp port 9"], self.out)
+        # on the bridge: in the switch namespace; waits until tcpdump captures (a fixed sleep could miss the
+        # first packets on a loaded machine)
+        netns, interface = ("%s-sw" % lab.name, "%s-lan" % lab.name) if bridge else (None, "eth0")
+        self.proc = lab.tcpdump(
+            ["-l", "-n", "-e", "-x", "-i", interface, "ether proto 0x0842 or udp port 9"], self.out, netns=netns
+        )
 
     def stop(self):
         time.sleep(0.5)

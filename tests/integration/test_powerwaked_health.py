@@ -17,20 +17,9 @@ import time
 
 import pytest
 
-from .test_powerwaked import ENGINE, LOAD_SERVER, PORT, PYTHON, SECRET, Powerwaked, power_events
+from .test_powerwaked import API_POST, ENGINE, LOAD_SERVER, PORT, PYTHON, SECRET, Powerwaked, power_events
 
 pytestmark = pytest.mark.lab
-
-API_POST = r"""
-import json, sys, urllib.error
-sys.path.insert(0, %(engine)r)
-from powernap.powerwake import ServerClient
-try:
-    answer = ServerClient("http://127.0.0.1:%(port)d", %(secret)r).post(sys.argv[1], json.loads(sys.argv[2]))
-    print(json.dumps({"status": 200, "answer": answer}))
-except urllib.error.HTTPError as exc:
-    print(json.dumps({"status": exc.code, "answer": json.loads(exc.read())}))
-"""
 
 
 def post(lab, path, message):

@@ -181,7 +181,8 @@ class ServerSection(Declared):
                doc="Longest one API connection may take in total (slow clients are cut off)."),
         Option("command_retries", Integer(0, 10), default=3, doc="Resend an unacknowledged command this often."),
         Option("max_hosts", Integer(1, 100000), default=4096,
-               doc="At most this many hosts in the registry; reports for further new hosts are refused."),
+               doc="At most this many hosts in the registry (fleet mode: of the whole fleet, as every instance shows "
+                   "every host); reports for further new hosts are refused."),
         Option("register", Boolean(), default=True,
                doc="Accept reports from hosts the config does not name ([host.NAME] or a group); no: refuse them."),
         # The policy gate (rails.py): every wake and nap of every source passes it.

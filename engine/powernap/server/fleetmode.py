@@ -84,7 +84,12 @@ class FleetMode:
         self.store = store
         store.fallback = ("instance:" + self.instance, "@none")
         registry = self.server.registry
-        registry.owns = lambda record: self.segment_leader and record.segment == self.segment
+        registry.owned_segment = self._led_segment
+        registry.owns = lambda record: record.segment is not None and record.segment == self._led_segment()
+
+    def _led_segment(self) -> Optional[str]:
+        """The segment whose host rows this instance writes: its own while it leads it, else none."""
+        return self.segment if self.segment_leader else None
 
     def segment_of(self, record: Any) -> str:
         """The segment a host's L2 work goes to (its record's, the config's, else ours)."""

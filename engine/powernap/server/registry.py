@@ -25,7 +25,7 @@ wire messages (``RecordSchema``).
 
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from ..options import (
     Boolean,
@@ -120,6 +120,9 @@ class RecordSchema(Declared):
     )  # fmt: skip
 
 
+_RECORD_OPTIONS = {opt.name: opt for opt in RecordSchema.OPTIONS}
+
+
 class HostRecord:
     """What the server knows about one host."""
 
@@ -176,16 +179,29 @@ class HostRecord:
         return {field: _copy(getattr(self, field)) for field in self.FIELDS}
 
     @classmethod
-    def from_dict(cls, data: Any, problems: Optional[List[str]] = None) -> "HostRecord":
-        """A record from saved JSON, every field validated; a bad field keeps its default (and is noted)."""
+    def from_dict(
+        cls, data: Any, problems: Optional[List[str]] = None, like: Optional["HostRecord"] = None
+    ) -> "HostRecord":
+        """A record from saved JSON, every field validated; a bad field keeps its default (and is noted).
+
+        ``like``: the record of the same host we hold (the mirror's): a field equal to its value takes a copy of
+        that value, validated when it was taken in, instead of being checked again (a heartbeat changes few fields,
+        and every instance takes in every row of the fleet)."""
         if not isinstance(data, dict):
             raise ValueError("a host record must be an object")
-        name = RecordSchema.option("name").type.check(data.get("name"))
+        name = _RECORD_OPTIONS["name"].type.check(data.get("name"))
         record = cls(name)
+        if like is not None and like.name != name:
+            like = None
         for field, value in data.items():
-            opt = RecordSchema.option(field) if isinstance(field, str) else None
+            opt = _RECORD_OPTIONS.get(field) if isinstance(field, str) else None
             if opt is None or field == "name":
                 continue
+            if like is not None:
+                known = getattr(like, field)
+                if type(value) is type(known) and value == known:
+                    setattr(record, field, _copy(known))
+                    continue
             try:
                 checked = None if value is None and opt.default is None else opt.type.check(value)
             except ValueError as exc:
@@ -242,7 +258,13 @@ class Registry:
         # Fleet mode: which records this instance writes (its segment's, while it leads it); the others are
         # mirrored from the store (``mirror``) and never ticked, saved or resolved here.  None: all of them.
         self.owns: Optional[Callable[[HostRecord], bool]] = None
+        self.owned_segment: Optional[Callable[[], Optional[str]]] = None  # where ``owns`` is "records of segment X"
         self.mirrored_version = 0  # the newest host-row version the mirror has read
+        # Fleet mode: records a report or state change touched since their rows were last written.  Their rows are
+        # written at the next tick (``save_if_due``), not with the next snapshot: the other instances' APIs show a
+        # report within about a tick, not ``save_every``.  (The snapshot still writes anything else that changed.)
+        self.changed_rows: Set[str] = set()
+        self._rows_written: Optional[Tuple[float, Optional[str]]] = None  # (when, error) from a row writer
 
     # -- lookup -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[HostRecord]:
@@ -255,6 +277,9 @@ class Registry:
         """The records this instance writes (all of them, unless fleet mode says otherwise)."""
         if self.owns is None:
             return list(self.hosts.values())
+        if self.owned_segment is not None:  # the same test without a call per record (twice a tick at 100,000)
+            segment = self.owned_segment()
+            return [] if segment is None else [record for record in self.hosts.values() if record.segment == segment]
         return [record for record in self.hosts.values() if self.owns(record)]
 
     def get(self, name: str) -> Optional[HostRecord]:
@@ -384,6 +409,8 @@ class Registry:
             state = P.AWAKE if message.get("event") == "heartbeat" else P.RESUMED
         self.set_state(record, state, "report %s" % message.get("event"), now)
         self._dirty = True
+        if self.owns is not None:
+            self.changed_rows.add(name)
         return record
 
     def note_sender(self, sender: str, ts: float) -> None:
@@ -432,6 +459,8 @@ class Registry:
             record.power_since = now
         self._dirty = True
         self._urgent = True
+        if self.owns is not None:
+            self.changed_rows.add(record.name)
         if self.log is not None:
             self.log.info("host %s: %s -> %s (%s)", record.name, old, state, cause)
         for listener in self.listeners:
@@ -482,6 +511,7 @@ class Registry:
             self._writer.join()  # an older snapshot must never land after this one
         self._collect(now)
         self.commit()
+        self.changed_rows = set()  # the snapshot holds them
         data = self.snapshot(now)
         history, self.history = self.history, []
         try:
@@ -506,10 +536,13 @@ class Registry:
             return False
         since = now - self._saved_at
         if not ((self._urgent and since >= URGENT_SAVE) or (self._dirty and since >= self.save_every)):
+            if self.changed_rows and background:
+                self._write_rows(now)
             return False
         if not background:
             return self.save(now)
         self.commit()
+        self.changed_rows = set()  # the snapshot holds them
         data = self.snapshot(now)
         history, self.history = self.history, []
         self._dirty = self._urgent = False  # changes from now on mark it again
@@ -528,6 +561,30 @@ class Registry:
         self._writer.start()
         return True
 
+    def _write_rows(self, now: float) -> None:
+        """Fleet mode: the rows of the records reports and state changes touched, on the writer thread (one
+        transaction; writers run one at a time and take their data in order, so no row is overwritten by an older
+        one).  A failure leaves them to the next snapshot, which writes every row that differs from the store's."""
+        owns = self.owns
+        records = []
+        for name in self.changed_rows:
+            record = self.hosts.get(name)
+            if record is not None and owns is not None and owns(record):
+                records.append(record.to_dict())
+        self.changed_rows = set()
+        if not records:
+            return
+
+        def write() -> None:
+            try:
+                self.store.write_rows(records)
+                self._rows_written = (now, None)
+            except Exception as exc:  # OSError (a database that is down) above all; the loop hears of it
+                self._rows_written = (now, str(exc) or type(exc).__name__)
+
+        self._writer = threading.Thread(target=write, name="registry-rows", daemon=True)
+        self._writer.start()
+
     def wait_saved(self, timeout: float = 10.0) -> None:
         """Let a background write finish (shutdown, tests)."""
         if self._writer is not None:
@@ -535,6 +592,10 @@ class Registry:
         self._collect(time.time())
 
     def _collect(self, now: float) -> None:
+        rows, self._rows_written = self._rows_written, None
+        if rows is not None and rows[1] is not None:
+            self._dirty = self._urgent = True  # the next snapshot writes the rows that differ from the store's
+            self._save_failed(rows[0], rows[1])
         written, self._written = self._written, None
         if written is None:
             return
@@ -646,17 +707,18 @@ class Registry:
         for problem in problems[:5]:
             if self.log is not None:
                 self.log.warning("registry mirror: %s", problem)
-        taken = 0
+        taken = capped = 0
         for segment, data in rows:
+            old = self.hosts.get(data.get("name")) if isinstance(data.get("name"), str) else None
             try:
-                record = HostRecord.from_dict(data)
+                record = HostRecord.from_dict(data, like=old)
             except ValueError:
                 continue
-            old = self.hosts.get(record.name)
             record.segment = segment or None
             if old is not None and self.owns is not None and self.owns(old):
                 continue  # ours (a row written before we took the lead): we are its writer now
             if old is None and len(self.hosts) >= self.max_hosts:
+                capped += 1
                 continue
             self.hosts[record.name] = record
             self._index(record)
@@ -664,6 +726,16 @@ class Registry:
             if old is not None and old.state != record.state:
                 for listener in self.listeners:
                     listener(record, old.state, "mirrored from segment %s" % segment)
+        if capped:  # a fleet larger than max_hosts: never silently short of hosts at this instance's API
+            if "mirror" not in self.problems and self.log is not None:
+                self.log.error("registry mirror: hosts of other segments left out: max_hosts = %d counts every host "
+                               "of the fleet", self.max_hosts)  # fmt: skip
+            self.problems["mirror"] = (
+                "%d hosts of other segments left out (not shown here): max_hosts = %d counts every host of the fleet"
+                % (capped, self.max_hosts)
+            )
+        elif "mirror" in self.problems and len(self.hosts) < self.max_hosts:
+            del self.problems["mirror"]
         return taken
 
     def take_over(self) -> int:

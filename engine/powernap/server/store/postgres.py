@@ -204,10 +204,11 @@ class PostgresStore(SqlStore):
         """
 
         def work(cursor: Any) -> List[Any]:
+            # Our own rows count for the version read but are not sent (we write them: their text is ours already).
             cursor.execute(
-                "SELECT name, segment, record, version FROM powerwaked_hosts WHERE version > %s "
-                "ORDER BY version LIMIT %s",
-                (int(since), MIRROR_BATCH),
+                "SELECT name, segment, CASE WHEN segment = %s THEN NULL ELSE record END, version FROM powerwaked_hosts "
+                "WHERE version > %s ORDER BY version LIMIT %s",
+                (self.rows_segment, int(since), MIRROR_BATCH),
             )
             return cursor.fetchall()
 
