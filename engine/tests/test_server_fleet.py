@@ -219,6 +219,53 @@ def test_a_leader_that_stops_leaves_its_segments_rows_to_the_next(fleet):
     assert second.registry.get("a1").state == P.AWAKE and second.registry.get("a1").engine
 
 
+def test_the_history_is_one_for_the_fleet_at_every_instance(fleet):
+    """Issue 18: /v1/history is the fleet's, not each instance's: a wake done at B shows at A, and the other way
+    round; each entry names the instance that carried it out."""
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader, [a, b], what="both leads")
+    a.api_wake("b1", "auto", "API request from admin")  # asked at A, carried out at B
+    settle(lambda: b.sent.wol == [B1_MAC], [a, b], what="b's WoL for b1")
+    b.api_wake("a1", "auto", "API request from admin")  # asked at B, carried out at A
+    settle(lambda: a.sent.wol == [A1_MAC], [a, b], what="a's WoL for a1")
+
+    def wakes(server):
+        return [(e["host"], e.get("instance")) for e in server.api_history() if e["what"] == "wake"]
+
+    # at once: each instance shows its own wake before it is written (and names itself)
+    assert ("a1", "seg-a-1") in wakes(a) and ("b1", "seg-b-1") in wakes(b)
+    settle(lambda: a.api_history() == b.api_history(), [a, b], what="one history at both instances")
+    assert wakes(a) == [("b1", "seg-b-1"), ("a1", "seg-a-1")]  # in time order
+    times = [e["time"] for e in a.api_history()]
+    assert times == sorted(times)
+    for server in (a, b):
+        assert "history" not in server.api_status()["registry"]["problems"]
+    # a restarted instance shows the same one history
+    fleet.stop(a)
+    again = fleet.start("seg-a-2", "lan-a")
+    assert wakes(again) == wakes(b)
+
+
+def test_the_history_is_this_instances_own_while_the_database_does_not_answer(fleet, postgresql):
+    import psycopg
+
+    a = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: a.fleetmode.segment_leader, [a], what="a leads")
+    a.api_wake("a1", "auto", "API request from admin")
+    settle(lambda: a.sent.wol == [A1_MAC], [a], what="a's WoL for a1")
+    dbname = a.registry.store.conn.info.dbname
+    with psycopg.connect(postgresql.url(), autocommit=True) as admin:
+        admin.execute('ALTER DATABASE "%s" ALLOW_CONNECTIONS false' % dbname)
+        admin.execute("SELECT pg_terminate_backend(%s)", (a.registry.store.conn.info.backend_pid,))
+        try:
+            assert [(e["host"], e["instance"]) for e in a.api_history() if e["what"] == "wake"] == [("a1", "seg-a-1")]
+            assert "history" in a.api_status()["registry"]["problems"] and a.errors == 0
+        finally:
+            admin.execute('ALTER DATABASE "%s" ALLOW_CONNECTIONS true' % dbname)
+    settle(lambda: a.api_history() and "history" not in a.api_status()["registry"]["problems"], [a],
+           what="the fleet's history again")  # fmt: skip
+
+
 def test_a_cluster_group_spanning_two_segments_is_led_once_and_woken_on_each_segment(fleet):
     cluster = "[cluster.web]\ngroup = web\nmin_awake = 2\n"
     a, b = fleet.start("seg-a-1", "lan-a", cluster), fleet.start("seg-b-1", "lan-b", cluster)

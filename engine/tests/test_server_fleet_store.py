@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from powernap.server.store import StoreError, open_store
+from powernap.server.store import StoreError, open_store, sql
 from powernap.server.store.postgres import MIGRATIONS
 
 
@@ -72,6 +72,17 @@ def test_history_is_shared_and_names_the_instance(database):
     a.append_history([{"time": 1.0, "host": "a1", "action": "wake"}])
     b.append_history([{"time": 2.0, "host": "b1", "action": "nap"}])
     assert [(e["host"], e["instance"]) for e in a.read_history(10)] == [("a1", "seg-a-1"), ("b1", "seg-b-1")]
+    a.close(), b.close()
+
+
+def test_the_history_bound_is_the_fleets_not_each_instances(database, monkeypatch):
+    monkeypatch.setattr(sql, "HISTORY_KEEP", 4)
+    a, b = _writer(database, "seg-a-1", "lan-a"), _writer(database, "seg-b-1", "lan-b")
+    for second in range(6):
+        (a if second % 2 else b).append_history([{"time": float(second), "host": "h", "what": "wake"}])
+    kept = b.read_history(100)
+    assert [e["time"] for e in kept] == [2.0, 3.0, 4.0, 5.0]  # 4 for the fleet, not 4 per instance
+    assert [e["instance"] for e in a.read_history(2)] == ["seg-b-1", "seg-a-1"]  # the newest two, oldest first
     a.close(), b.close()
 
 

@@ -34,9 +34,6 @@ TAKEOVER_BOUND = LEAD_POLL + 6.0
 SEGMENTS = ("lan-a", "lan-b")
 MIRROR_BOUND = 5.0  # seconds: a row one instance wrote is in every other's API this soon (each mirrors every tick)
 # Parts of FLEETMODE.md that fleet mode (branch m18) has not delivered yet: these tests fail for that reason.
-HISTORY_NOT_SHARED = pytest.mark.xfail(
-    strict=True, reason="m18: /v1/history is each instance's own, not the fleet's one shared history"
-)
 REPLAYED_ROWS_NOT_WRITTEN = pytest.mark.xfail(
     strict=True,
     reason="m18: an instance restarted after kill -9 replays its acknowledged reports but the other instances "
@@ -303,7 +300,6 @@ def test_every_instance_shows_the_same_hosts_and_states(fleet):
     assert view(a1)["b1"] == ("napping", 2)
 
 
-@HISTORY_NOT_SHARED
 def test_history_is_one_for_the_fleet(fleet):
     """FLEETMODE.md: one shared history; a wake asked at A and done on B is in every instance's /v1/history."""
     a1 = fleet.start("seg-a-1", "lan-a")

@@ -34,7 +34,7 @@ from .api import ApiError, ApiServer, tls_context
 from .cluster import ClusterPolicy, UrlLoad
 from .config import DEFAULT_CONFIG, ServerConfig, config_files, insecure_mode, load_config
 from .energy import EnergyMeter
-from .fleet import Fleet
+from .fleet import HISTORY_SHOWN, Fleet
 from .fleetmode import POLICY, FleetMode, RoutedFleet
 from .metrics import WakeStats, server_collectors
 from .netinfo import NetView
@@ -42,7 +42,7 @@ from .proxy import RawListener, SleepProxy, tcp_probe
 from .rails import PowerRails
 from .registry import Refused, Registry
 from .schedule import SchedulePolicy, earliest
-from .store import StoreError, open_store
+from .store import StoreError, dumps, open_store
 from .trust import ClaimFilter
 from .ups import UpsPolicy, UpsPoller
 from .wake import WolSender, interface_mac
@@ -156,7 +156,7 @@ class Server:
         if self.fleetmode is not None:
             self.fleetmode.start(now)
             loaded = len(self.registry)
-        self.fleet.history = self.registry.recent_history(200)
+        self.fleet.history = self.registry.recent_history(HISTORY_SHOWN)
         if self.registry.problems:
             self.log.error("registry: started with what could be read; see /v1/status 'registry'")
         self.endpoint.guard.restore(self.registry.replay)
@@ -708,7 +708,35 @@ class Server:
         return info
 
     def api_history(self) -> List[Dict[str, Any]]:
-        return list(self.fleet.history)
+        if self.fleetmode is None:
+            return list(self.fleet.history)
+        return self._fleet_history()
+
+    def _fleet_history(self) -> List[Dict[str, Any]]:
+        """Fleet mode: the fleet's one history, the same at every instance (FLEETMODE.md).
+
+        The newest HISTORY_SHOWN entries of the shared table (each names the instance that wrote it), plus
+        this instance's own entries the registry has not written yet, in time order.  While the database does
+        not answer, this instance's own entries, and a registry problem in /v1/status says so."""
+        store = self.registry.store
+        me = getattr(store, "instance", "")
+        try:
+            stored = store.read_history(HISTORY_SHOWN)
+        except OSError as exc:
+            self.registry.problems["history"] = "cannot read the fleet's history: %s" % exc
+            return [dict(entry, instance=entry.get("instance", me)) for entry in self.fleet.history]
+        self.registry.problems.pop("history", None)
+        held = {dumps(entry) for entry in stored}
+        # Older than the stored window: written and dropped from the newest N already, not unsaved.
+        oldest = _entry_time(stored[0]) if len(stored) >= HISTORY_SHOWN else float("-inf")
+        unsaved = []
+        for entry in self.fleet.history:
+            mine = dict(entry, instance=entry.get("instance", me))
+            if _entry_time(mine) >= oldest and dumps(mine) not in held:
+                unsaved.append(mine)
+        # Instances write their entries in batches (with snapshots): time order, stable within one time.
+        merged = sorted(stored + unsaved, key=_entry_time)
+        return merged[-HISTORY_SHOWN:]
 
     def api_wake(self, target: str, method: str, cause: str) -> Optional[Dict[str, Any]]:
         record = self.registry.find(target)
@@ -833,6 +861,12 @@ def _shown(record: Dict[str, Any], full: bool) -> Dict[str, Any]:
     if isinstance(shown.get("wake_health"), dict):
         shown["wake_health"] = {k: v for k, v in shown["wake_health"].items() if k not in SENSITIVE_HEALTH}
     return shown
+
+
+def _entry_time(entry: Dict[str, Any]) -> float:
+    """A history entry's time, for ordering (0 for an entry without a usable one)."""
+    when = entry.get("time")
+    return float(when) if isinstance(when, (int, float)) and not isinstance(when, bool) else 0.0
 
 
 def _large_receive_buffer(sock: socket.socket, size: int = 4 << 20) -> None:

@@ -20,6 +20,7 @@ from .health import WakeHealth
 from .registry import HostRecord, Registry
 from .wake import IpmiTarget, WakeError, ipmi_power
 
+HISTORY_SHOWN = 200  # wakes and naps /v1/history shows (the newest)
 COMMAND_RETRY = 2.0  # seconds between resends of an unacknowledged engine command
 
 
@@ -292,7 +293,7 @@ class Fleet:
 
     def _remember(self, entry: Dict[str, Any]) -> None:
         self.history.append(entry)
-        del self.history[:-200]
+        del self.history[:-HISTORY_SHOWN]
         self.registry.remember(entry)  # the stored history outlives a restart
 
 
