@@ -335,6 +335,10 @@ class PostgresStore(SqlStore):
         return self.conn
 
     def _broken(self, exc: Exception) -> None:
+        if isinstance(exc, self._psycopg.errors.QueryCanceled) and self.conn is not None and not self.conn.closed:
+            # A statement timeout (a write queued behind the other writers of a busy fleet) leaves the session as it
+            # was once rolled back: keeping it keeps its leads, where a new session would give them up.
+            return
         if self.conn is not None and (self.conn.closed or isinstance(exc, self._psycopg.OperationalError)):
             try:
                 self.conn.close()
