@@ -151,3 +151,24 @@ def test_a_writer_whose_session_died_never_writes_as_leader_on_the_next(database
     assert not old.try_lead("powerwaked-segment:lan-a")
     assert new.read([])[0]["hosts"] == [_host("a1", "asleep")]  # the new leader's row stands
     old.close(), new.close()
+
+
+def test_a_statement_timeout_keeps_the_session_and_its_leads(database):
+    """A write that waited past the statement timeout (a busy fleet's writers queue for the version lock) fails, but
+    the session stays: a new one would drop the segment's lead, and the leader would re-read all of its hosts."""
+    store = _writer(database, "seg-a-1", "lan-a")
+    store.fallback = ("instance:seg-a-1", "@none")
+    assert store.try_lead("powerwaked-segment:lan-a")
+    session, pid = store.session, store.conn.info.backend_pid
+
+    def slow(cursor):
+        cursor.execute("SET LOCAL statement_timeout = '50ms'")
+        cursor.execute("SELECT pg_sleep(1)")
+
+    with pytest.raises(StoreError, match="statement timeout"):
+        store._transaction(slow)
+    assert store.try_lead("powerwaked-segment:lan-a") and store.scope == "segment:lan-a"
+    assert (store.session, store.conn.info.backend_pid) == (session, pid)
+    store.write_snapshot(_snapshot(0, [_host("a1")]))  # still the segment's writer
+    assert store.read([])[0]["hosts"] == [_host("a1")]
+    store.close()

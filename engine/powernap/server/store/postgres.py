@@ -175,6 +175,12 @@ class PostgresStore(SqlStore):
                 self.log.info("store %s: schema migrated to version %d", self.where, step)
 
     # -- fleet mode ------------------------------------------------------------------------------------
+    def _rows_only(self, cursor: Any) -> None:
+        # Host rows between snapshots are a copy for the other instances, not what makes a report durable (the
+        # journal is, and a snapshot's commit waits for the flush of everything before it): such a commit need not
+        # wait for its own WAL flush while it holds VERSION_LOCK, which every segment's writer queues for.
+        cursor.execute("SET LOCAL synchronous_commit = off")
+
     def _write_host_rows(self, cursor: Any, changed: List[Tuple[str, str]], gone: List[Tuple[str]]) -> None:
         if (not changed and not gone) or (self.rows_segment or "").startswith("@"):
             return  # "@...": an instance leading no segment (or the policy leader) writes nobody's rows
@@ -329,6 +335,10 @@ class PostgresStore(SqlStore):
         return self.conn
 
     def _broken(self, exc: Exception) -> None:
+        if isinstance(exc, self._psycopg.errors.QueryCanceled) and self.conn is not None and not self.conn.closed:
+            # A statement timeout (a write queued behind the other writers of a busy fleet) leaves the session as it
+            # was once rolled back: keeping it keeps its leads, where a new session would give them up.
+            return
         if self.conn is not None and (self.conn.closed or isinstance(exc, self._psycopg.OperationalError)):
             try:
                 self.conn.close()

@@ -240,12 +240,16 @@ class SqlStore(Store):
             return 0
 
         def work(cursor: Any) -> None:
+            self._rows_only(cursor)
             self._write_host_rows(cursor, [(name, text) for name, text, _digest in rows], [])
 
         self._transaction(work)
         for name, _text, digest in rows:  # committed: only now does this process believe the store holds them
             self._hosts[name] = digest
         return len(rows)
+
+    def _rows_only(self, cursor: Any) -> None:
+        """A transaction of host rows only (``write_rows``) is about to run: a backend may commit it more cheaply."""
 
     def _after_snapshot(self) -> None:
         """Housekeeping after a committed snapshot (SQLite gives free pages back)."""
