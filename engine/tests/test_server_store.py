@@ -383,8 +383,16 @@ def test_kill_9_in_the_middle_of_a_stream_loses_no_acknowledged_report(store_url
         newest[host] = max(ts, newest.get(host, 0.0))
     registry = _reopened(store_url)  # what the restarted daemon starts from: the snapshot plus the journal
     lost = [(h, ts) for h, ts in newest.items() if registry.get(h) is None or registry.get(h).last_ts < ts]
+    stored = [(h, registry.get(h).last_ts if registry.get(h) else None) for h, _ts in lost[:5]]
+    problems = dict(registry.problems)
     registry.close()
-    assert lost == [], "acknowledged but not in the store after kill -9: %s" % lost[:5]
+    # Seen once in a CI-like run (SQLite, 1 of 20 hosts); what the store held and the daemon said tell why.
+    assert lost == [], "acknowledged but not in the store after kill -9: %s (stored: %s, problems: %s, log: %s)" % (
+        lost[:5],
+        stored,
+        problems,
+        daemon.log.read_text()[-3000:],
+    )
 
 
 def _reopened(store_url):
