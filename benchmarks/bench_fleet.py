@@ -74,7 +74,7 @@ def emit(metric, value, unit, target=None, ok=None):
 def free_ports(count):
     sockets = []
     try:
-        for _ in range(count):
+        for _index in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)

@@ -286,8 +286,8 @@ def test_every_instance_shows_the_same_hosts_and_states(fleet):
 
     def agreed():
         views = [view(s) for s in servers]
-        return all(v == views[0] for v in views) and {n: s for n, (s, _) in views[0].items()} == {
-            n: s for n, (s, _) in want.items()
+        return all(v == views[0] for v in views) and {n: s for n, (s, _seg) in views[0].items()} == {
+            n: s for n, (s, _seg) in want.items()
         }
 
     a1.lab.wait_for(agreed, 15, "every instance to show the same hosts and states")
@@ -316,7 +316,7 @@ def test_history_is_one_for_the_fleet(fleet):
         a1.lab.wait_for(lambda: wakes(a1) == wakes(b1) != [], MIRROR_BOUND, "one history at both instances")
     except AssertionError:
         raise AssertionError("wakes in the history: seg-a-1 %s, seg-b-1 %s" % (wakes(a1), wakes(b1))) from None
-    assert [host for host, _ in wakes(a1)] == ["b2"]
+    assert [host for host, _instance in wakes(a1)] == ["b2"]
 
 
 def test_cluster_group_spanning_both_segments_keeps_its_minimum_awake(fleet):
