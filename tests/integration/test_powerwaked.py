@@ -246,17 +246,19 @@ def power_events(lab, host, since):
     return [e for e in lab.events(host=host, event="power") if e["t"] >= since]
 
 
+# argv: ADDRESS [SECONDS CONNECT_TIMEOUT PAUSE] (90, 5 and 1 unless given)
 CONNECT_WITH_RETRIES = r"""
 import socket, sys, time
-deadline = time.time() + 90
+seconds, connect_timeout, pause = (float(a) for a in (sys.argv[2:5] or (90, 5, 1)))
+deadline = time.time() + seconds
 tries = 0
 while time.time() < deadline:
     tries += 1
-    s = socket.socket(); s.settimeout(5)
+    s = socket.socket(); s.settimeout(connect_timeout)
     try:
         s.connect((sys.argv[1], 22)); print("connected after %d tries" % tries); sys.exit(0)
     except OSError as e:
-        time.sleep(1)
+        time.sleep(pause)
     finally:
         s.close()
 print("gave up after %d tries" % tries); sys.exit(1)

@@ -21,7 +21,17 @@ import time
 
 import pytest
 
-from .test_powerwaked import ENGINE, LOAD_SERVER, PORT, PYTHON, SECRET, Capture, Powerwaked, power_events
+from .test_powerwaked import (
+    CONNECT_WITH_RETRIES,
+    ENGINE,
+    LOAD_SERVER,
+    PORT,
+    PYTHON,
+    SECRET,
+    Capture,
+    Powerwaked,
+    power_events,
+)
 
 sys.path.insert(0, os.path.join(ENGINE, "tests"))
 from pg_cluster import PrivateCluster, binaries  # the engine's tests are not a package
@@ -199,21 +209,6 @@ def test_wake_asked_on_segment_a_is_carried_out_on_segment_b(fleet):
 
 
 # ----------------------------------------------------------------------------- losing an instance
-CONNECT_WITH_RETRIES = r"""
-import socket, sys, time
-deadline = time.time() + 60
-tries = 0
-while time.time() < deadline:
-    tries += 1
-    s = socket.socket(); s.settimeout(3)
-    try:
-        s.connect((sys.argv[1], 22)); print("connected after %d tries" % tries); sys.exit(0)
-    except OSError as e:
-        time.sleep(0.5)
-    finally:
-        s.close()
-print("gave up after %d tries" % tries); sys.exit(1)
-"""
 
 
 def test_killed_proxy_leader_is_replaced_and_the_sleeper_woken_for_an_arp(fleet):
@@ -226,7 +221,9 @@ def test_killed_proxy_leader_is_replaced_and_the_sleeper_woken_for_an_arp(fleet)
     suspend_reported(fleet, leader, "b2")
     lab_b.wait_for(lambda: survivor.host("b2")["state"] == "suspending", 10, "the other instance to show b2")
     killed_at = fleet.kill(leader)
-    proc = lab_b.exec("h1", [PYTHON, "-c", CONNECT_WITH_RETRIES, fleet.host("b2")["address"]], timeout=90)
+    proc = lab_b.exec(
+        "h1", [PYTHON, "-c", CONNECT_WITH_RETRIES, fleet.host("b2")["address"], "60", "3", "0.5"], timeout=90
+    )
     assert "connected" in proc.stdout, proc.stdout
     wakes = wol_wakes(lab_b, "h2", killed_at)
     assert len(wakes) == 1, wakes  # woken once, by the new leader's proxy
