@@ -219,6 +219,42 @@ def test_a_leader_that_stops_leaves_its_segments_rows_to_the_next(fleet):
     assert second.registry.get("a1").state == P.AWAKE and second.registry.get("a1").engine
 
 
+def _crash(fleet, server):
+    """kill -9 in process: the sessions end (their leads with them) and nothing more is written or saved."""
+    fleet.servers.remove(server)
+    server.registry.wait_saved()
+    if server.fleetmode.conn is not None:
+        server.fleetmode.conn.close()
+    server.registry.store.conn.close()
+    server._selector.close()
+    server.wol.close()
+    if server.udp is not None:
+        server.udp.close()
+
+
+def test_a_new_leader_writes_the_rows_of_reports_it_replays_from_a_killed_leaders_journal(fleet):
+    """Reports acknowledged by a leader killed before it wrote their rows are in its segment's journal only: the
+    next leader replays them and must write those hosts' rows (the other instances see them) and keep them in its
+    snapshot (which truncates the journal), also for hosts that had no row yet."""
+    first, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: first.fleetmode.segment_leader and b.fleetmode.segment_leader, [first, b], what="both leads")
+    _report(first, "a1")
+    pump(first)
+    settle(lambda: b.registry.get("a1") is not None and b.registry.get("a1").engine, [first, b], what="a1 at b")
+    for name in ("a7", "a8"):  # new hosts: acknowledged (journaled), no row yet
+        assert _report(first, name, ips=["198.18.0.%s" % name[1]])["saved"] is True
+    _crash(fleet, first)
+    second = fleet.start("seg-a-2", "lan-a")
+    assert second.fleetmode.segment_leader
+    assert {r.name for r in second.registry.owned()} == {"a1", "a7", "a8"}
+    settle(lambda: all(b.registry.get(n) is not None for n in ("a7", "a8")), [second, b], what="a7, a8 at b")
+    assert b.api_host("a7")["segment"] == "lan-a" and b.api_host("a8")["state"] == P.AWAKE
+    assert second.registry.save(time.time())  # the snapshot truncates the journal: the rows must be in it
+    problems = []
+    snapshot, entries = second.registry.store.read(problems)
+    assert {h["name"] for h in snapshot["hosts"]} == {"a1", "a7", "a8"} and entries == [] and problems == []
+
+
 def test_the_history_is_one_for_the_fleet_at_every_instance(fleet):
     """Issue 18: /v1/history is the fleet's, not each instance's: a wake done at B shows at A, and the other way
     round; each entry names the instance that carried it out."""

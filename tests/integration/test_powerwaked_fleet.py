@@ -43,12 +43,6 @@ LEAD_POLL = 1.0  # seconds: [powerwaked] lead_poll of every instance here
 TAKEOVER_BOUND = LEAD_POLL + 6.0
 SEGMENTS = ("lan-a", "lan-b")
 MIRROR_BOUND = 5.0  # seconds: a row one instance wrote is in every other's API this soon (each mirrors every tick)
-# Parts of FLEETMODE.md that fleet mode (branch m18) has not delivered yet: these tests fail for that reason.
-REPLAYED_ROWS_NOT_WRITTEN = pytest.mark.xfail(
-    strict=True,
-    reason="m18: an instance restarted after kill -9 replays its acknowledged reports but the other instances "
-    "do not get those hosts' rows",
-)
 
 
 @pytest.fixture(scope="module")
@@ -385,9 +379,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
 """
 
 
-@pytest.mark.parametrize(
-    "fleet_mode", [False, pytest.param(True, marks=REPLAYED_ROWS_NOT_WRITTEN)], ids=["single", "fleet"]
-)
+@pytest.mark.parametrize("fleet_mode", [False, True], ids=["single", "fleet"])
 def test_kill_9_during_writes_loses_nothing_acknowledged(fleet, fleet_mode):
     a1 = fleet.start("seg-a-1", "lan-a", fleet_mode=fleet_mode)
     others = [fleet.start("seg-b-1", "lan-b")] if fleet_mode else []

@@ -754,8 +754,14 @@ class Registry:
             self.hosts[record.name] = record
             count += 1
         self._reindex()
+        segment = getattr(self.store, "rows_segment", None)
         for entry in entries:
-            self._replay_entry(entry, problems)
+            record = self._replay_entry(entry, problems)
+            if record is not None and record.segment is None:
+                # Journaled in our segment's scope, so accepted by its leader for it: its first report after a
+                # kill -9 has no row yet, and without a segment it would be in neither our rows nor our snapshot.
+                record.segment = segment
+                self.changed_rows.add(record.name)
         for problem in problems[:20]:
             if self.log is not None:
                 self.log.error("registry: %s", problem)
@@ -776,7 +782,8 @@ class Registry:
             self.log.warning("registry: imported %d hosts from %s into %s (kept as %s)", len(self.hosts), path,
                              self.path, ", ".join(moved))  # fmt: skip
 
-    def _replay_entry(self, entry: Dict[str, Any], problems: List[str]) -> None:
+    def _replay_entry(self, entry: Dict[str, Any], problems: List[str]) -> Optional[HostRecord]:
+        """Apply one journal entry again; returns the record a report entry updated (None otherwise)."""
         if "sender_ts" in entry:
             try:
                 sender, ts = entry["sender_ts"]
@@ -784,7 +791,7 @@ class Registry:
                     self.replay[sender] = max(float(ts), self.replay.get(sender, float("-inf")))
             except (TypeError, ValueError):
                 problems.append("a journal entry was dropped (bad sender_ts)")
-            return
+            return None
         try:
             message = P.check_message(entry.get("report"))
             sender = entry.get("sender")
@@ -794,10 +801,12 @@ class Registry:
             name = str(message.get("host") or message["from"])
             if name not in self.hosts:
                 self.admit(name)
-            self._apply(name, message, address, at, sender_ip_ok)
+            record = self._apply(name, message, address, at, sender_ip_ok)
             self._note_replay(message["from"], float(message["ts"]))
+            return record
         except (ValueError, KeyError, TypeError) as exc:
             problems.append("a journal entry was dropped: %s" % str(exc)[:200])
+            return None
 
 
 def by_power_since(records: Iterable[HostRecord]) -> List[HostRecord]:
