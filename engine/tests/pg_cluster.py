@@ -1,10 +1,12 @@
 """A private PostgreSQL cluster for tests: initdb + pg_ctl in a temporary directory, a unix socket only.
 
 No TCP (``listen_addresses = ''``), trust on the socket, which lives in the cluster's own 0700
-directory.  As root the server runs as the ``postgres`` user (initdb refuses root); otherwise as the
-caller.  ``stop`` ends the postmaster by its PID (SIGINT: a fast shutdown; SIGKILL after 15 s) and
-removes the directory.  Every wait is bounded.  Reused by the store tests and, later, the
-multi-instance ones (``tests/integration`` can import it too).
+directory; unless ``listen`` is given: then also TCP on that address (port 5432) of the network
+namespace ``netns`` (one the test made: nothing else can reach it), trusted from ``trust`` (a CIDR).
+As root the server runs as the ``postgres`` user (initdb refuses root); otherwise as the caller.
+``stop`` ends the postmaster by its PID (SIGINT: a fast shutdown; SIGKILL after 15 s) and removes
+the directory.  Every wait is bounded.  Reused by the store tests and the multi-instance ones
+(``tests/integration`` imports it too).
 """
 
 import glob
@@ -30,8 +32,9 @@ def binaries() -> Optional[str]:
 
 
 class PrivateCluster:
-    def __init__(self, bindir: str):
+    def __init__(self, bindir: str, netns: Optional[str] = None, listen: str = "", trust: str = ""):
         self.bindir = bindir
+        self.listen, self.trust = listen, trust
         self.dir = tempfile.mkdtemp(prefix="powernap-pg-")
         self.data = os.path.join(self.dir, "data")
         self.socket_dir = self.dir
@@ -44,6 +47,8 @@ class PrivateCluster:
             self._as = ["runuser", "-u", "postgres", "--"]
         else:
             self.user = pwd.getpwuid(os.geteuid()).pw_name
+        if netns is not None:
+            self._as = ["ip", "netns", "exec", netns] + self._as
         os.chmod(self.dir, 0o700)
 
     def _run(self, *args: str) -> None:
@@ -54,7 +59,11 @@ class PrivateCluster:
             os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", self.user, "--auth=trust",
             "--no-sync", "-E", "UTF8", "--locale=C",
         )  # fmt: skip
-        options = "-c listen_addresses='' -c unix_socket_directories='%s' -c fsync=on" % self.socket_dir
+        if self.trust:
+            with open(os.path.join(self.data, "pg_hba.conf"), "a", encoding="ascii") as handle:
+                handle.write("host all all %s trust\n" % self.trust)
+        options = "-c listen_addresses='%s' -c unix_socket_directories='%s' -c fsync=on" % (
+            self.listen, self.socket_dir)  # fmt: skip
         self._run(
             os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-o", options, "-l",
             os.path.join(self.dir, "server.log"), "-w", "-t", str(START_TIMEOUT), "start",
@@ -106,3 +115,18 @@ def _alive(pid: int) -> bool:
             return handle.read().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def reconnected(action, seconds: float = 10.0):
+    """``action()`` once the store has its new connection: it is made on a thread of its own (``BackgroundConnect``),
+    so the calls before it fail at once with StoreError.  Needs ``postgres.RECONNECT_EVERY`` at 0."""
+    from powernap.server.store import StoreError
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return action()
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import protocol as P
 from .store import StoreError, dumps
+from .store.postgres import SESSION_SETUP, BackgroundConnect
 
 POLICY = "@policy"  # the pseudo-segment of the policy leader's jobs
 POLICY_LOCK = "powerwaked-policy"
@@ -57,6 +58,7 @@ class FleetMode:
         self.lease = max(JOB_LEASE, 3 * self.poll + 2.0)
         self.log = server.log.getChild("fleet")
         self.store: Any = None  # the registry's PostgresStore (attach)
+        self._jobs_connect = BackgroundConnect(self._connect_jobs)
         self.segment_leader = False
         self.policy_leader = False
         self.conn: Any = None  # autocommit: jobs and LISTEN
@@ -103,6 +105,7 @@ class FleetMode:
         self._next_poll = time.monotonic() + self.poll
         self._poll_leads()
         self._heartbeat()
+        self._ensure_jobs(wait=True)
         try:
             self.server.registry.mirror(now)
         except StoreError as exc:
@@ -200,25 +203,48 @@ class FleetMode:
             self._note("heartbeat", "cannot publish this instance: %s" % exc)
 
     # -- the job connection -----------------------------------------------------------------------
-    def _ensure_jobs(self) -> bool:
-        if self.conn is not None:
-            return True
-        mono = time.monotonic()
-        if mono < self._connect_at:
-            return False
-        self._connect_at = mono + max(self.poll, RECONNECT_EVERY)  # a dead database costs the loop little
+    def _connect_jobs(self) -> Any:
+        """The job connection, listening (on ``BackgroundConnect``'s thread: a database that does not answer never
+        holds the loop); StoreError when it cannot be made."""
         import psycopg
 
-        from .store.coord import JobListener, JobQueue
+        from .store.coord import JobListener
 
         try:
-            conn = psycopg.connect(self.store._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+            conn = psycopg.connect(self.store.conninfo(), autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                    application_name="powerwaked-jobs")  # fmt: skip
-            conn.execute("SET statement_timeout = '10s'")
+        except psycopg.Error as exc:
+            raise self.store._error(exc) from None
+        try:
+            for statement in SESSION_SETUP:
+                conn.execute(statement)
             JobListener(conn, [self.segment, POLICY])
         except psycopg.Error as exc:
-            self._note("jobs", "cannot connect for jobs: %s" % self.store._error(exc))
+            conn.close()
+            raise self.store._error(exc) from None
+        return conn
+
+    def _ensure_jobs(self, wait: bool = False) -> bool:
+        """The job connection is up, or one is being made (``wait``: made now, on this thread, as at start-up)."""
+        if self.conn is not None:
+            return True
+        if wait:
+            try:
+                conn, error = self._connect_jobs(), None
+            except StoreError as exc:
+                conn, error = None, exc
+        else:
+            conn, error = self._jobs_connect.take()
+        if error is not None:
+            self._note("jobs", "cannot connect for jobs: %s" % error)
+        if conn is None:
+            mono = time.monotonic()
+            if mono >= self._connect_at:
+                self._connect_at = mono + max(self.poll, RECONNECT_EVERY)
+                self._jobs_connect.start()
             return False
+        from .store.coord import JobQueue
+
         self.conn, self.queue = conn, JobQueue(conn, self.instance)
         conn.add_notify_handler(self._on_notify)
         try:
@@ -475,6 +501,7 @@ class FleetMode:
 
     def close(self) -> None:
         """Shutdown: give the leads back (the next instance takes them at its next poll) and close."""
+        self._jobs_connect.close()
         if self.conn is not None:
             if self._listening_fd is not None:
                 self.server.unwatch_fd(self._listening_fd)

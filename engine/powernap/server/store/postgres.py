@@ -20,12 +20,20 @@ run the engine never import this module.  Supported servers: PostgreSQL 12 and l
 - A commit returns once PostgreSQL has made it durable (``synchronous_commit`` as the database sets
   it; ``on`` is the default): the journal is durable before the ack, as with SQLite.
 - The connection string holds a password: it is never logged nor put into an error (``redact``;
-  libpq's own messages are scrubbed of it too).  A lost connection is retried at most every
-  ``RECONNECT_EVERY`` seconds; meanwhile commits fail (no ack) and the daemon keeps serving.
+  libpq's own messages are scrubbed of it too).  A lost connection is made again on a thread of its
+  own (``BackgroundConnect``), tried at most every ``RECONNECT_EVERY`` seconds; meanwhile every
+  statement fails at once (commits: no ack) and the daemon keeps serving from what it holds.
+- A database that stops answering (its host gone, a network that drops packets) must not hold the
+  daemon's loop for the minutes TCP would retry: unless the connection string says otherwise, libpq's
+  TCP keepalives and ``tcp_user_timeout`` (``TCP_DEFAULTS``) end such a connection within about
+  ``DEAD_PEER`` seconds, and the next statement fails fast until a new connection is made.  Each session
+  asks the server for the same bound (``SESSION_SETUP``): a dead instance's session, and its leads, end
+  within ``DEAD_PEER`` seconds too (PostgreSQL 12 and later; ignored on a unix socket).
 """
 
+import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import StoreError, redact
@@ -37,6 +45,25 @@ MIGRATE_LOCK = 0x70776B6D  # "pwkm": taken for the length of a schema migration
 CONNECT_TIMEOUT = 5  # seconds; a statement gets STATEMENT_TIMEOUT
 STATEMENT_TIMEOUT = "10s"
 RECONNECT_EVERY = 5.0
+# A peer that stops answering ends the connection within DEAD_PEER s: unacknowledged data for tcp_user_timeout, or
+# an idle connection after keepalives_idle + count × interval.  Settings the connection string names win.
+DEAD_PEER = 8.0
+TCP_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "1",
+    "keepalives_count": "3",
+    "tcp_user_timeout": str(int(DEAD_PEER * 1000)),
+}
+# Every session's settings.  The server's side of the same bound: when an instance's host vanishes, PostgreSQL ends its
+# session (and the leads it holds) within DEAD_PEER s, whatever the server's defaults (Debian: keepalives after 2 h).
+SESSION_SETUP = (
+    "SET statement_timeout = '%s'" % STATEMENT_TIMEOUT,
+    "SET tcp_keepalives_idle = %s" % TCP_DEFAULTS["keepalives_idle"],
+    "SET tcp_keepalives_interval = %s" % TCP_DEFAULTS["keepalives_interval"],
+    "SET tcp_keepalives_count = %s" % TCP_DEFAULTS["keepalives_count"],
+    "SET tcp_user_timeout = %s" % TCP_DEFAULTS["tcp_user_timeout"],
+)
 VERSION_LOCK = 0x70776B76  # "pwkv": host rows are written one transaction at a time (versions commit in order)
 SCHEMA = 2  # PostgreSQL's own schema version (SQLite's is store.SCHEMA, unchanged by fleet mode)
 MIRROR_BATCH = 5000  # host rows one mirror read returns at most (the rest comes with the next tick)
@@ -103,23 +130,34 @@ class PostgresStore(SqlStore):
         self.ERRORS = (psycopg.Error,)
         self.conn: Optional[Any] = None
         self._retry_at = 0.0
-        self.session = 0  # counts connections: a lead taken on one session is gone with it
+        self._reconnect = BackgroundConnect(self._connect)
+        self._connect_error: Optional[str] = None  # why the last attempt to connect again failed
+        self.session = 1  # counts connections: a lead taken on one session is gone with it
         self.leads: Dict[str, int] = {}  # lock name -> the session that holds it
         self.fallback: Optional[Tuple[str, Optional[str]]] = (
             None  # fleet mode: the scope of an instance leading nothing
         )
         self.conn = self._connect()  # a database we cannot reach or may not use: refuse to start
 
+    def conninfo(self) -> str:
+        """The connection string with this daemon's TCP defaults (``TCP_DEFAULTS``) where it names none."""
+        conninfo = self._psycopg.conninfo
+        params = conninfo.conninfo_to_dict(self._url)
+        for key, value in TCP_DEFAULTS.items():
+            params.setdefault(key, value)
+        return str(conninfo.make_conninfo(**params))
+
     def _connect(self) -> Any:
+        """A new session (on the loop at start, else on ``BackgroundConnect``'s thread): touches only its own."""
         psycopg = self._psycopg
-        self.session += 1
         try:
-            conn = psycopg.connect(self._url, connect_timeout=CONNECT_TIMEOUT, application_name="powerwaked")
+            conn = psycopg.connect(self.conninfo(), connect_timeout=CONNECT_TIMEOUT, application_name="powerwaked")
         except psycopg.Error as exc:
             raise self._error(exc) from None
         try:
             with conn.cursor() as cursor:
-                cursor.execute("SET statement_timeout = '%s'" % STATEMENT_TIMEOUT)
+                for statement in SESSION_SETUP:
+                    cursor.execute(statement)
                 if not self.instance:
                     cursor.execute("SELECT pg_try_advisory_lock(%s)", (INSTANCE_LOCK,))
                     if not cursor.fetchone()[0]:
@@ -319,11 +357,17 @@ class PostgresStore(SqlStore):
     # -- SqlStore's hooks -----------------------------------------------------------------------------
     def _connection(self) -> Any:
         if self.conn is None:
-            now = time.monotonic()
-            if now < self._retry_at:
-                raise StoreError("PostgreSQL store %s: not connected (retrying)" % self.where)
-            self._retry_at = now + RECONNECT_EVERY
-            self.conn = self._connect()
+            conn, error = self._reconnect.take()
+            if conn is None:
+                if error is not None:
+                    self._connect_error = str(error)
+                now = time.monotonic()
+                if now >= self._retry_at:
+                    self._retry_at = now + RECONNECT_EVERY
+                    self._reconnect.start()
+                raise StoreError(self._connect_error or "PostgreSQL store %s: not connected (connecting)" % self.where)
+            self.conn, self._connect_error = conn, None
+            self.session += 1
             if self.log is not None:
                 self.log.warning("store %s: reconnected", self.where)
             if self.leads or (self.fallback is not None and (self.scope, self.rows_segment) != self.fallback):
@@ -354,6 +398,7 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         with self.lock:
+            self._reconnect.close()
             if self.conn is not None:
                 try:
                     # Released now, not when the server gets round to ending the backend: a successor starting
@@ -366,6 +411,49 @@ class PostgresStore(SqlStore):
                 self.conn.close()  # the session's advisory locks go with it in any case
                 self.conn = None
                 self.leads = {}
+
+
+class BackgroundConnect:
+    """Makes a connection on a thread of its own: a database that does not answer never holds the caller's loop
+    for ``connect_timeout``.  ``start`` an attempt (none if one runs), ``take`` what the last one gave."""
+
+    def __init__(self, connect: Callable[[], Any]):
+        self._connect = connect
+        self._thread: Optional[threading.Thread] = None
+        self._result: Optional[Tuple[Any, Optional[Exception]]] = None
+        self._closed = False
+
+    def start(self) -> None:
+        if self._closed or (self._thread is not None and self._thread.is_alive()):
+            return
+
+        def attempt() -> None:
+            try:
+                self._result = (self._connect(), None)
+            except Exception as exc:  # StoreError above all; whatever it is, the caller hears of it
+                self._result = (None, exc)
+            if self._closed:  # closed while we were connecting: nobody will take it
+                self._discard()
+
+        self._thread = threading.Thread(target=attempt, name="postgresql-connect", daemon=True)
+        self._thread.start()
+
+    def take(self) -> Tuple[Any, Optional[Exception]]:
+        """(connection, None) once an attempt succeeded, (None, error) once one failed, else (None, None)."""
+        result, self._result = self._result, None
+        return result if result is not None else (None, None)
+
+    def close(self) -> None:
+        self._closed = True
+        self._discard()
+
+    def _discard(self) -> None:
+        conn, _error = self.take()
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing a connection nobody uses: nothing more to do
+                pass
 
 
 def _secrets_of(url: str) -> List[str]:

@@ -1,0 +1,174 @@
+"""Fleet mode when its PostgreSQL stops answering (issue 18): a dead database must cost the leads, never the daemon.
+
+A database host that vanishes (or a network that starts dropping packets) sends no RST: without bounds of its
+own, a client waits for TCP's retransmissions, some fifteen minutes, in whatever statement it was running, and
+powerwaked's loop with it (no reports taken, no API).  Here the database really goes silent: a private
+PostgreSQL cluster listens on TCP in a network namespace of its own (``NAME-db``), linked by a veth pair to
+the namespace powerwaked runs in (``NAME-ctl``); the test takes the database's end of the link down, so every
+packet to it is dropped and nothing answers.  Only these two namespaces, made and removed by the test, carry
+any of this traffic.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import require_root
+from .test_powerwaked import Powerwaked
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "engine", "tests"))
+from pg_cluster import PrivateCluster, binaries  # the engine's tests are not a package
+
+pytestmark = pytest.mark.lab
+
+NAME = (os.environ.get("POWERNAP_LAB_TEST_NAME") or "itest")[:7] + "z"  # its own namespaces, not a lab's
+DB_ADDRESS, SERVER_ADDRESS = "198.18.250.1", "198.18.250.2"  # a /30 between the two namespaces only
+LEAD_POLL = 1.0
+# The store's DEAD_PEER (8 s: tcp_user_timeout, or keepalives 5 + 3 x 1 s), a lead poll, and a few seconds of slack.
+DETECT_BOUND = 8.0 + LEAD_POLL + 6.0
+ANSWER_BOUND = 3.0  # seconds: once the dead connection is given up, an API read waits on nothing
+WATCH = 20.0  # seconds the API is watched while the database stays silent
+
+
+class Namespaces:
+    """The two namespaces, duck-typed as the lab that ``Powerwaked`` runs in (its ``NAME-ctl`` namespace)."""
+
+    def __init__(self, name):
+        self.name = name
+        self.server_ns, self.db_ns = "%s-ctl" % name, "%s-db" % name
+        self.broadcast = "198.18.250.3"
+        self.hosts = []
+
+    def up(self):
+        for ns in (self.server_ns, self.db_ns):
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        # eth0: the interface powerwaked's config names (its sleep proxy's); the peer is the database's.
+        _ip("-n", self.server_ns, "link", "add", "eth0", "type", "veth", "peer", "name", "db0", "netns", self.db_ns)
+        _ip("-n", self.server_ns, "addr", "add", SERVER_ADDRESS + "/30", "dev", "eth0")
+        _ip("-n", self.db_ns, "addr", "add", DB_ADDRESS + "/30", "dev", "db0")
+        _ip("-n", self.server_ns, "link", "set", "eth0", "up")
+        _ip("-n", self.db_ns, "link", "set", "db0", "up")
+
+    def down(self):
+        for ns in (self.server_ns, self.db_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+
+    def silence(self, silent):
+        """The database's end of the link down (every packet to it dropped, no RST, no ICMP) or up again."""
+        _ip("-n", self.db_ns, "link", "set", "db0", "down" if silent else "up")
+
+    def ctl(self, argv, check=True, timeout=60):
+        return subprocess.run(
+            ["ip", "netns", "exec", self.server_ns] + list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+    def wait_for(self, predicate, timeout, what, interval=0.2):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+            time.sleep(interval)
+
+
+def _ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def silent_db():
+    require_root()
+    bindir = binaries()
+    if bindir is None:
+        pytest.fail("PostgreSQL is not installed (tools/system-packages.txt: postgresql)", pytrace=False)
+    namespaces = Namespaces(NAME)
+    namespaces.down()  # what an interrupted earlier run may have left
+    cluster = None
+    try:
+        namespaces.up()
+        cluster = PrivateCluster(bindir, netns=namespaces.db_ns, listen=DB_ADDRESS, trust=SERVER_ADDRESS + "/32")
+        cluster.start()
+        subprocess.run(
+            [os.path.join(bindir, "createdb"), "-h", cluster.socket_dir, "-U", cluster.user, "blackhole"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        yield namespaces, "postgresql://%s@%s:5432/blackhole" % (cluster.user, DB_ADDRESS)
+    finally:
+        if cluster is not None:
+            namespaces.silence(False)  # a fast shutdown needs no client, but keep the link as it was made
+            cluster.stop()
+        namespaces.down()
+
+
+def _timed_status(server):
+    """/v1/status and how long it took to answer (None: no answer)."""
+    started = time.monotonic()
+    try:
+        status = server.get("/v1/status")
+    except (AssertionError, subprocess.TimeoutExpired):
+        status = None
+    return status, time.monotonic() - started
+
+
+def test_a_database_that_stops_answering_costs_the_lead_within_a_bound_never_the_api(silent_db):
+    namespaces, store = silent_db
+    options = ["store = %s" % store, "instance = seg-z-1", "segment = lan-z", "lead_poll = %gs" % LEAD_POLL]
+    server = Powerwaked(namespaces, "[segment.lan-z]\nsubnets = 198.18.251.0/24\n", options=options, hosts=[])
+    server.name = "seg-z-1"
+    try:
+        server.start()
+        namespaces.wait_for(
+            lambda: server.get("/v1/status")["fleet"]["segment_leader"], 15, "the instance to lead its segment"
+        )
+        namespaces.silence(True)
+        silenced = time.monotonic()
+
+        def lead_given_up():
+            status, _took = _timed_status(server)
+            return status is not None and not status["fleet"]["segment_leader"]
+
+        namespaces.wait_for(lead_given_up, DETECT_BOUND + ANSWER_BOUND, "the lead to be given up", interval=0.5)
+        detected = time.monotonic() - silenced
+        # From now on the dead connection is given up: the API answers at once, however long the database is silent
+        # (connections are made again on a thread of their own, and each one ends within the store's bound).
+        slowest, answers, problems = 0.0, 0, set()
+        deadline = time.monotonic() + WATCH
+        while time.monotonic() < deadline:
+            status, took = _timed_status(server)
+            assert status is not None, "no API answer while the database is silent:\n" + server.logs()
+            assert not status["fleet"]["segment_leader"], "leads with a database that does not answer"
+            slowest, answers = max(slowest, took), answers + 1
+            problems.add(str(status["fleet"]["problem"] or status["registry"]["problems"]))
+            time.sleep(0.5)
+        print("lead given up %.1fs after the silence; slowest of %d API reads since: %.2fs" % (detected, answers,
+                                                                                             slowest))  # fmt: skip
+        assert slowest <= ANSWER_BOUND, "an API read took %.1fs while the database was silent" % slowest
+        assert any("PostgreSQL store" in problem for problem in problems), problems
+        assert server.proc.poll() is None
+        namespaces.silence(False)
+        namespaces.wait_for(
+            lambda: server.get("/v1/status")["fleet"]["segment_leader"], 30, "the lead to be taken again"
+        )
+    finally:
+        server.stop()
+        print("--- powerwaked log, last 4000 characters:\n%s" % server.logs())
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def test_the_namespaces_are_gone_after_the_test():
+    """What the fixture made, it removed (a later run starts clean; nothing is left on the machine)."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert not [line for line in listed.splitlines() if line.split()[0] in ("%s-ctl" % NAME, "%s-db" % NAME)]
