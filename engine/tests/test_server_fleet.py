@@ -167,6 +167,34 @@ def test_a_report_at_an_instance_that_does_not_lead_is_forwarded_verified(fleet)
         second.endpoint.accept(signed_report("a1", master="another secret of the wrong fleet", ts=time.time()))
 
 
+def test_a_report_replayed_to_another_instance_of_the_segment_is_refused_by_the_leader(fleet):
+    """Each instance's replay guard knows only what reached it: a report the leader took, captured and sent again to
+    the standby, passes the standby's guard and is forwarded; the leader refuses it against its own."""
+    first = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: first.fleetmode.segment_leader, [first], what="first leads")
+    second = fleet.start("seg-a-2", "lan-a")
+    pump(first, second)
+    datagram = signed_report("a1", ts=time.time(), nonce=os.urandom(8).hex(), state="awake", event="heartbeat",
+                             interval=30.0, idle_seconds=5.0)  # fmt: skip
+    assert first.accept_report(first.endpoint.accept(datagram), None)["state"] == P.AWAKE
+    assert second.accept_report(second.endpoint.accept(datagram), None)["forwarded"] is True
+    settle(lambda: first.fleetmode.counts["failed"] >= 1, [first, second], what="the replay refused")
+    assert first.fleetmode.counts["done"] == 0 and first.reports == 1
+
+
+def test_the_policy_leader_forgets_nonces_older_than_the_skew_window(fleet):
+    a = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: a.fleetmode.policy_leader, [a], what="a leads the policies")
+    skew = float(a.config.server["max_skew"])
+    store = a.registry.store
+    assert store.claim_nonce("admin", "old", time.time() - 3 * skew)
+    assert store.claim_nonce("admin", "new", time.time())
+    assert not store.claim_nonce("admin", "new", time.time())  # taken: a replay
+    a.fleetmode._next_cleanup = 0.0
+    settle(lambda: store.claim_nonce("admin", "old", time.time() - 3 * skew), [a], what="the old nonce forgotten")
+    assert not store.claim_nonce("admin", "new", time.time())  # still within the window: still a replay
+
+
 def test_the_lead_and_a_leased_job_of_a_dead_leader_go_to_the_other_instance_of_the_segment(
     fleet, monkeypatch, postgresql
 ):
@@ -441,6 +469,10 @@ def test_the_daemons_carry_a_wake_to_the_hosts_segment_and_redo_it_when_its_lead
         assert answer["queued"] is True and answer["segment"] == "lan-b" and answer["host"] == "b1"
         _until(lambda: b1.magic_packets() == [B1_MAC], 10, "seg-b-1's magic packet", daemons)
         assert a.magic_packets() == [] and b2.magic_packets() == []
+        # The same signed request, captured on its way to A and replayed to another instance: refused there.
+        with pytest.raises(urllib.error.HTTPError) as replayed:
+            urllib.request.urlopen(urllib.request.Request(b2.url + "/v1/wake", data=body, method="POST"), timeout=5)
+        assert replayed.value.code == 401 and b"replayed" in replayed.value.read()
         for daemon in daemons:  # every instance shows the same host, waking
             _until(lambda d=daemon: powerwake.ServerClient(d.url, SECRET).get("/v1/hosts/b1")["state"] == "waking",
                    10, "b1 waking at %s" % daemon.instance, daemons)  # fmt: skip

@@ -123,7 +123,7 @@ def test_a_schema_1_database_is_migrated_with_its_data(database):
     store.write_snapshot(_snapshot(3, [_host("h1")], {"h1": 7.0}, extras={"rails": 2}))
     store.close()
     with psycopg.connect(database, autocommit=True) as conn:
-        assert conn.execute("SELECT value FROM powerwaked_meta WHERE key = 'store_schema'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM powerwaked_meta WHERE key = 'store_schema'").fetchone() == ("3",)
         versions = conn.execute("SELECT name, segment, version FROM powerwaked_hosts ORDER BY name").fetchall()
         assert [(name, segment) for name, segment, _v in versions] == [("h1", "")]
         assert conn.execute("SELECT count(*) FROM powerwaked_journal").fetchone() == (0,)

@@ -210,6 +210,11 @@ def _verify(app: Any, data: bytes, kind: str, label: bytes, **expect: Any) -> Di
         raise ApiError(401, "not authenticated: %s" % exc) from None
     if message["kind"] != kind or any(message.get(k) != v for k, v in expect.items()):
         raise ApiError(400, "expected a signed %r message" % kind)
+    if kind != "read":
+        try:
+            app.claim_signed(message)  # fleet mode: a write is taken once for the whole fleet
+        except ProtocolError as exc:
+            raise ApiError(401, "not authenticated: %s" % exc) from None
     return message
 
 

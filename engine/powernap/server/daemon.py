@@ -587,6 +587,10 @@ class Server:
         will not take the host (unregistered, host cap).
         """
         host = message["from"]
+        if forwarded:
+            # Verified by the instance that took it, against what reached that instance: here against what reached
+            # the leader too, so a report captured on its way to one instance and replayed to another is refused.
+            self.endpoint.guard.check(message, self.clock.wall())
         if message.get("host", host) != host:
             self.rejected += 1
             self.log.warning("host %s sent a report for %r: refused (a host reports only for itself)", host,
@@ -755,6 +759,12 @@ class Server:
         return self._fleet_api(
             self.gated_nap, record, str(action or self.config.nap_action(group)), cause, source="api", force=force
         )
+
+    def claim_signed(self, message: Dict[str, Any]) -> None:
+        """A verified API write: in fleet mode, its nonce is taken for the whole fleet (each instance's replay guard
+        knows only what reached it); ProtocolError when another instance took it, 503 when the database cannot tell."""
+        if self.fleetmode is not None:
+            self._fleet_api(self.fleetmode.claim, message)
 
     def _fleet_api(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         """An API write; in fleet mode a database that refuses the job is a 503 (nothing was queued)."""

@@ -293,6 +293,9 @@ class FleetMode:
             if self.policy_leader and mono >= self._next_cleanup:
                 self._next_cleanup = mono + 60.0
                 self.queue.reap()
+                # Older than the clock-skew window: every instance refuses such a message by its time already.
+                skew = float(self.server.config.server["max_skew"])
+                self.conn.execute("DELETE FROM powerwaked_nonces WHERE ts < %s", (time.time() - 2 * skew,))
                 self.conn.execute(
                     "DELETE FROM powerwaked_jobs WHERE state IN ('done', 'failed') "
                     "AND finished < now() - make_interval(secs => %s)",
@@ -322,6 +325,13 @@ class FleetMode:
 
     def _led(self) -> List[str]:
         return ([self.segment] if self.segment_leader else []) + ([POLICY] if self.policy_leader else [])
+
+    def claim(self, message: Dict[str, Any]) -> None:
+        """A signed API write, once for the whole fleet: the same request sent to another instance (a replay of one
+        captured on the way to the first) is refused there.  P.ProtocolError when taken already; StoreError when the
+        database cannot tell (the request is refused: it cannot be checked)."""
+        if not self.store.claim_nonce(str(message["from"]), str(message["nonce"]), float(message["ts"])):
+            raise P.ProtocolError("replayed message (taken by another instance of the fleet)")
 
     def engine_veto(self, record: Any, message: Dict[str, Any], now: float) -> None:
         """A report's veto (busy engine) at the segment leader: the policy leader's gate must know it.  Sent when it

@@ -65,7 +65,7 @@ SESSION_SETUP = (
     "SET tcp_user_timeout = %s" % TCP_DEFAULTS["tcp_user_timeout"],
 )
 VERSION_LOCK = 0x70776B76  # "pwkv": host rows are written one transaction at a time (versions commit in order)
-SCHEMA = 2  # PostgreSQL's own schema version (SQLite's is store.SCHEMA, unchanged by fleet mode)
+SCHEMA = 3  # PostgreSQL's own schema version (SQLite's is store.SCHEMA, unchanged by fleet mode)
 MIRROR_BATCH = 5000  # host rows one mirror read returns at most (the rest comes with the next tick)
 
 # Version N's statements take a database from version N-1 to N.
@@ -100,6 +100,13 @@ MIGRATIONS = {
         "roles text NOT NULL DEFAULT '', heartbeat timestamptz NOT NULL DEFAULT now())",
     )
     + JOB_DDL,
+    # Fleet mode: the signed API writes' nonces, for the whole fleet (a request taken by one instance is a replay at
+    # every other one); kept for the clock-skew window.
+    3: (
+        "CREATE TABLE IF NOT EXISTS powerwaked_nonces (sender text NOT NULL, nonce text NOT NULL, "
+        "ts double precision NOT NULL, PRIMARY KEY (sender, nonce))",
+        "CREATE INDEX IF NOT EXISTS powerwaked_nonces_ts ON powerwaked_nonces (ts)",
+    ),
 }
 
 
@@ -315,6 +322,18 @@ class PostgresStore(SqlStore):
                 self._transaction(work)
             except StoreError:
                 pass
+
+    def claim_nonce(self, sender: str, nonce: str, ts: float) -> bool:
+        """Fleet mode: take a signed message's nonce for the whole fleet; False when some instance took it already."""
+
+        def work(cursor: Any) -> bool:
+            cursor.execute(
+                "INSERT INTO powerwaked_nonces (sender, nonce, ts) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (sender, nonce, float(ts)),
+            )
+            return bool(cursor.rowcount == 1)
+
+        return bool(self._transaction(work))
 
     def write_keyed(self, scope: str, key: str, text: str) -> None:
         """One keyed state of another writer scope (the policy leader's ``policy``), in its own transaction."""
