@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from .conftest import require_root
+from .conftest import LabHandle, require_root
 from .test_powerwaked import Powerwaked
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "engine", "tests"))
@@ -71,15 +71,7 @@ class Namespaces:
             check=check,
         )
 
-    def wait_for(self, predicate, timeout, what, interval=0.2):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-            time.sleep(interval)
+    wait_for = LabHandle.wait_for  # uses nothing of the lab's: the same bounded poll
 
 
 def _ip(*args):
