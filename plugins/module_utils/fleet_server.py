@@ -16,7 +16,7 @@ from ansible.module_utils.urls import open_url
 # The registry record fields returned under `server` (see engine/powernap/server/registry.py HostRecord).
 SERVER_KEYS = (
     "name", "state", "since", "last_seen", "last_event", "stage", "idle_seconds", "next_wake", "engine", "groups",
-    "macs", "ips", "hold", "wakes", "energy", "policy", "wake_health",
+    "macs", "ips", "hold", "wakes", "energy", "policy", "wake_health", "segment",
 )  # fmt: skip
 SERVER_PORT = 7490
 

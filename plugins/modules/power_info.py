@@ -310,6 +310,13 @@ server:
       description: How many wakes the server has sent the host.
       type: int
       returned: when found
+    segment:
+      description:
+        - The L2 segment of the host in a fleet of C(powerwaked) instances on one PostgreSQL (fleet mode, C(powerwaked)
+          18+); its segment's leader sends its wakes. Any instance of the fleet answers for every host.
+        - Null from a single server, and for a host whose segment is not known yet.
+      type: str
+      returned: when found
     energy:
       description:
         - The energy the host saved against staying on, as the server accounts it over the host's state changes

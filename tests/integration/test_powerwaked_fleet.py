@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+from .test_modules import module
 from .test_powerwaked import (
     CONNECT_WITH_RETRIES,
     ENGINE,
@@ -79,12 +80,13 @@ class Fleet:
                 self.where[name] = (lab, h["name"])
         self.instances = []
 
-    def start(self, instance, segment, port=PORT, extra="", confirm_timeout="20s", fleet_mode=True):
+    def start(self, instance, segment, port=PORT, extra="", confirm_timeout="20s", fleet_mode=True, options=()):
         """Start instance NAME on SEGMENT (in its lab's controller namespace) and wait for its API.
 
         ``fleet_mode=False``: one powerwaked of today (no segment option) on the PostgreSQL store.
+        ``options``: more ``[powerwaked]`` lines.
         """
-        options = ["store = %s" % self.store]
+        options = ["store = %s" % self.store, *options]
         sections = ""
         if fleet_mode:
             options += ["instance = %s" % instance, "segment = %s" % segment, "lead_poll = %gs" % LEAD_POLL]
@@ -200,6 +202,28 @@ def test_wake_asked_on_segment_a_is_carried_out_on_segment_b(fleet):
     assert Capture.count(seen_a, mac) == 0, seen_a[-2000:]  # A's instance sent nothing on its own segment
     assert len(wol_wakes(lab_b, "h2", since)) == 1
     assert not [e for h in ("h1", "h2") for e in power_events(lab_a, h, since)]
+
+
+def test_power_info_reads_any_instance_about_any_segments_host(fleet):
+    """Issue 18: power_info (and so the status playbook) reads any instance.  Here segment B's standby, which leads
+    nothing, answers power_info on a host of lab B about a host of segment A, as A's leader last wrote it."""
+    lab_b = fleet.labs["lan-b"]
+    a1 = fleet.start("seg-a-1", "lan-a", options=["read_auth = no"])
+    b1 = fleet.start("seg-b-1", "lan-b", port=PORT, options=["read_auth = no"])
+    b2 = fleet.start("seg-b-2", "lan-b", port=PORT + 1, options=["read_auth = no"])
+    assert wait_segment_leader([b1, b2]) is b1  # started first
+    a1.report({"host": "a1", "state": "awake", "event": "heartbeat", "idle_seconds": 4321.0, "interval": 30.0})
+    lab_b.wait_for(lambda: b2.host("a1").get("idle_seconds") == 4321.0, MIRROR_BOUND, "seg-b-2 to show a1's report")
+    url = "http://%s:%d" % (lab_b.controller, PORT + 1)
+    info = module(lab_b, "h1", "power_info", {"server_url": url, "server_host": "a1"})["h1"]
+    server = info["server"]
+    assert server["reachable"] and server["found"], server
+    assert (server["name"], server["state"], server["segment"], server["idle_seconds"]) == (
+        "a1",
+        "awake",
+        "lan-a",
+        4321.0,
+    ), server
 
 
 # ----------------------------------------------------------------------------- losing an instance
