@@ -178,7 +178,7 @@ ansible-lint: venv collection-link
 integration: deps venv collection-link redfish-emulator community-general
 	@echo "== [5/6] lab integration tests (root)"
 	@test "$$(id -u)" -eq 0 || { echo "integration tests need root: the lab boots real hosts"; exit 1; }
-	$(PY) -m pytest tests/integration -q --ignore tests/integration/test_platforms.py
+	$(PY) -m pytest tests/integration -q --durations=15 --ignore tests/integration/test_platforms.py
 
 # The role's default molecule scenario on every other Debian release the lab builds (bookworm runs every
 # scenario in `integration`); the first run builds each release's image and apt repository (cached).
