@@ -179,7 +179,12 @@ def test_a_report_replayed_to_another_instance_of_the_segment_is_refused_by_the_
     assert first.accept_report(first.endpoint.accept(datagram), None)["state"] == P.AWAKE
     assert second.accept_report(second.endpoint.accept(datagram), None)["forwarded"] is True
     settle(lambda: first.fleetmode.counts["failed"] >= 1, [first, second], what="the replay refused")
-    assert first.fleetmode.counts["done"] == 0 and first.reports == 1
+    pump(first, second)
+    # Failed for good at once: a job refused as it is is not tried again (nor by another instance)
+    assert first.fleetmode.counts == {"failed": 1} and first.reports == 1
+    assert first.fleetmode.queue.conn.execute("SELECT state, attempts FROM powerwaked_jobs").fetchall() == [
+        ("failed", 1)
+    ]
 
 
 def test_the_policy_leader_forgets_nonces_older_than_the_skew_window(fleet):

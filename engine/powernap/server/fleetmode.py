@@ -377,12 +377,12 @@ class FleetMode:
             result = self._execute(job)
         except (ValueError, KeyError, TypeError, P.ProtocolError) as exc:
             self.log.warning("job %d (%s) refused: %s", job_id, str(job.get("kind"))[:32], exc)
-            self._finish(job_id, {"error": str(exc)[:500]}, failed=True)
+            self._finish(job_id, {"error": str(exc)[:500]}, failed=True, final=True)  # as it is: no try would do
             return
         if result is not None:  # None: still running (a wake awaiting its confirmation)
             self._finish(job_id, result)
 
-    def _finish(self, job_id: int, result: Dict[str, Any], failed: bool = False) -> None:
+    def _finish(self, job_id: int, result: Dict[str, Any], failed: bool = False, final: bool = False) -> None:
         self.running.pop(job_id, None)
         if self.queue is None:
             return  # the lease runs out and the next leader redoes it
@@ -392,7 +392,7 @@ class FleetMode:
             result = {"result": "not JSON"}
         try:
             if failed:
-                self.queue.fail(job_id, str(result.get("error")))
+                self.queue.fail(job_id, str(result.get("error")), final)
             else:
                 self.queue.done(job_id, result)
         except Exception as exc:  # psycopg.Error

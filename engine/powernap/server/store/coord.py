@@ -105,13 +105,15 @@ class JobQueue:
             (dumps(result), job_id, self.instance),
         )
 
-    def fail(self, job_id: int, error: str) -> bool:
-        """Our job failed: ready again for another try (of any instance on the segment), or failed for good."""
+    def fail(self, job_id: int, error: str, final: bool = False) -> bool:
+        """Our job failed: ready again for another try (of any instance on the segment), or failed for good (after
+        its last attempt, or ``final``: a job refused as it is, which no other try could do)."""
+        again = "attempts < max_attempts AND NOT %s"
         return self._update(
-            "UPDATE powerwaked_jobs SET state = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, "
-            "finished = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END, result = %s "
-            "WHERE id = %s AND claimed_by = %s AND state = 'running'",
-            (dumps({"error": error[:500]}), job_id, self.instance),
+            "UPDATE powerwaked_jobs SET state = CASE WHEN %s THEN 'queued' ELSE 'failed' END, "
+            "finished = CASE WHEN %s THEN NULL ELSE now() END, result = %%s "
+            "WHERE id = %%s AND claimed_by = %%s AND state = 'running'" % (again, again),
+            (final, final, dumps({"error": error[:500]}), job_id, self.instance),
         )
 
     def reap(self) -> int:
