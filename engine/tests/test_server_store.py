@@ -197,7 +197,7 @@ def test_postgresql_schema_is_versioned_and_a_newer_one_refused(postgresql):
     url = postgresql.create_database("schema")
     open_store(url).close()
     with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT value FROM powerwaked_meta WHERE key = 'store_schema'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM powerwaked_meta WHERE key = 'store_schema'").fetchone() == ("3",)
         conn.execute("UPDATE powerwaked_meta SET value = '7' WHERE key = 'store_schema'")
     with pytest.raises(StoreError, match="schema 7, migrated by a newer powerwaked"):
         open_store(url)

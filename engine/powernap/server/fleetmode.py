@@ -42,10 +42,9 @@ CLAIMS_PER_TICK = 64  # jobs taken per tick and segment at most (the rest at the
 JOBS_KEPT = 86400.0  # finished jobs are deleted after a day (by the policy leader)
 CONNECT_TIMEOUT = 3  # seconds: the job connection is made from the loop
 RECONNECT_EVERY = 5.0  # seconds between attempts to make it again (as the store's own connection)
-JOB_KINDS = tuple(
-    JOB_TTL
-)  # wake, nap, clear-mark, demand, veto, decide, send-wake, send-nap, report, engine-veto, hold
-EXPIRED_LOGGED = 20  # expired jobs logged one by one per sweep (the rest in one line)
+# wake, nap, clear-mark, demand, veto, decide, send-wake, send-nap, report, engine-veto, hold: each with its deadline
+JOB_KINDS = tuple(JOB_TTL)
+EXPIRED_LOGGED = 100  # expired jobs logged one by one per sweep (the rest, if ever, in one line: a bounded log)
 GONE_KEPT = 86400.0  # tombstones of deleted host rows are kept a day (every mirror has read them by then)
 _TEXT = 512  # longest cause / name text taken from a job's payload
 
@@ -325,10 +324,12 @@ class FleetMode:
 
     # -- submitting -------------------------------------------------------------------------------
     def job_ttl(self, kind: str, payload: Dict[str, Any]) -> float:
-        """How long a job of ``kind`` may wait to be started (coord.JOB_TTL; None there: the waking timeout); a
-        veto, demand or engine veto expires with its own duration."""
+        """How long a job of ``kind`` may wait to be started (coord.JOB_TTL; None there: the report's ``max_skew``,
+        a wake's or nap's waking timeout); a veto, demand or engine veto expires with its own duration."""
         ttl = JOB_TTL.get(kind, JOB_TTL_DEFAULT)
-        if ttl is None:
+        if ttl is None and kind == "report":
+            ttl = float(self.server.config.server["max_skew"])
+        elif ttl is None:
             ttl = float(self.server.registry.waking_timeout)
         own = payload.get({"veto": "ttl", "demand": "ttl", "engine-veto": "veto_for"}.get(kind, ""))
         if isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0:

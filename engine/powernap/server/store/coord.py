@@ -48,16 +48,17 @@ JOB_DDL = (
     "WHERE state IN ('queued', 'running')",
 )
 JOB_TTL_DEFAULT = 300.0  # seconds: most jobs' deadline (and that of jobs queued before schema 3)
-# How long a job may wait for an instance to start it (seconds from its submit), by kind; None: the server's
-# waking timeout (a wake or nap asked long ago is not what an admin expects to happen now).  A veto, demand or
-# engine veto that carries its own duration expires with it (at most JOB_TTL_MAX).
+# How long a job may wait for an instance to start it (seconds from its submit), by kind.  None: from the server's
+# config: a wake or nap, its waking timeout (one asked long ago is not what an admin expects to happen now); a
+# forwarded report, ``max_skew`` (an engine's report older than that is refused anyway, and a newer one supersedes
+# it).  A veto, demand or engine veto that carries its own duration expires with it (at most JOB_TTL_MAX).
 JOB_TTL: Dict[str, Optional[float]] = {
     "wake": None,
     "send-wake": None,
     "nap": None,
     "send-nap": None,
     "clear-mark": JOB_TTL_DEFAULT,
-    "report": 60.0,  # a report newer than this one supersedes it (engines report every interval)
+    "report": None,
     "engine-veto": JOB_TTL_DEFAULT,
     "veto": JOB_TTL_DEFAULT,
     "demand": JOB_TTL_DEFAULT,
