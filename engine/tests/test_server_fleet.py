@@ -538,6 +538,20 @@ def test_a_ups_hold_set_by_the_policy_leader_lands_in_the_row_of_another_segment
     assert a.sent.wol == []
 
 
+def test_a_hold_job_is_checked_like_any_input(fleet):
+    extra = UPS % free_port()
+    a = fleet.start("seg-a-1", "lan-a", extra)
+    b = fleet.start("seg-b-1", "lan-b", extra)
+    settle(lambda: b.fleetmode.segment_leader, [a, b], what="b leads lan-b")
+    bad = [{"host": "b2", "hold": "ups other", "policy": "ups other"},  # no such UPS policy at b
+           {"host": "b2", "hold": "anything", "policy": "ups rack"},  # a hold that is not the policy's
+           {"host": "b2", "hold": 7, "policy": "ups rack"},
+           {"host": "a1", "hold": "ups rack", "policy": "ups rack"}]  # fmt: skip  # not b's host
+    jobs = [a.fleetmode.submit("lan-b", "hold", payload) for payload in bad]
+    settle(lambda: all(_job(a, job)[0] == "failed" for job in jobs), [a, b], what="the jobs refused")
+    assert b.registry.get("b2").hold is None and a.registry.get("a1").hold is None and b.errors == 0
+
+
 def test_the_next_policy_leader_knows_the_groups_shed_from_the_rows(fleet):
     extra = UPS % free_port()
     a = fleet.start("seg-a-1", "lan-a", extra)

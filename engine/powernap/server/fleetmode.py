@@ -512,11 +512,13 @@ class FleetMode:
             return {"host": host, "veto_for": veto["veto_for"]}
         if kind == "clear-mark":
             return _json(server.rails.health.clear(record, source, server.clock.wall()))
-        if kind == "hold":
+        if kind == "hold":  # a UPS policy's hold (or its release) on one of our hosts, from the policy leader
             if not server.registry.owns(record):
                 raise ValueError("host %s is not of segment %s" % (host[:64], self.segment))
-            hold = payload.get("hold")
-            server.registry.set_hold(record, None if hold is None else _text(hold), _text(payload["policy"]))
+            policy_hold, hold = _text(payload["policy"]), payload.get("hold")
+            if policy_hold not in {policy.hold for policy, _poller in server.ups} or hold not in (None, policy_hold):
+                raise ValueError("no such hold here: %r" % policy_hold[:64])  # the configs of the fleet differ
+            server.registry.set_hold(record, hold, policy_hold)
             server.registry.touch(urgent=True)
             return {"host": host, "hold": record.hold}
         if kind == "wake":
