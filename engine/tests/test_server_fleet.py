@@ -518,7 +518,13 @@ def test_a_ups_hold_set_by_the_policy_leader_lands_in_the_row_of_another_segment
     policy, poller = a.ups[0]
     settle(lambda: poller.latest is not None, [a], what="the first UPS poll")
     poller.latest = (["OB"], 90.0, "test: on battery")
-    settle(lambda: policy.shed == ["db"], [a, b], what="the group shed")
+    settle(lambda: policy.shed == ["db"], [a], what="the group shed")
+    # Before lan-b's leader runs the hold job, b2's row changes (without it): a's copy keeps the hold meanwhile.
+    held = a.registry.get("b2")
+    assert held.hold == "ups rack"
+    b.registry.store.write_rows([dict(b2.to_dict(), idle_seconds=12.5)])
+    settle(lambda: a.registry.get("b2") is not held, [a], what="a mirrors b2's row again")
+    assert a.registry.get("b2").idle_seconds == 12.5 and a.registry.get("b2").hold == "ups rack"
     settle(lambda: b.registry.get("b2").hold == "ups rack", [a, b], what="the hold at b2's writer")
     settle(lambda: (_row(b, "b2") or (0, {}))[1].get("hold") == "ups rack", [a, b], what="the hold in b2's row")
     for _turn in range(20):  # the mirror brings the row back to a: its hold stays
