@@ -113,7 +113,7 @@ def test_each_instance_leads_its_segment_and_shows_every_host_of_the_fleet(fleet
     status = b.api_status()["fleet"]
     assert status["instance"] == "seg-b-1" and status["segment"] == "lan-b" and status["segment_leader"]
     assert status["segments"] == {"lan-a": {"leader": "seg-a-1"}, "lan-b": {"leader": "seg-b-1"}}
-    assert status["jobs"] == {"queued": 0, "running": 0}
+    assert status["jobs"] == {"queued": 0, "running": 0, "expired": 0}
     metrics = a.api_metrics()
     assert 'powerwaked_fleet_leader{role="segment"} 1' in metrics
     # Only the writer of a row ticks it: a1 at b is a mirror, never made stale or saved by b.
@@ -148,8 +148,8 @@ def test_a_wake_asked_at_one_segment_is_sent_by_the_leader_of_the_hosts_segment(
     settle(lambda: a.api_host("b1")["state"] == P.WAKING, [a, b], what="a sees b1 waking")
     assert b.fleetmode.running  # the send-wake job stays leased until the wake is confirmed
     _report(b, "b1")
-    settle(lambda: not b.fleetmode.running and b.fleetmode.jobs == {"queued": 0, "running": 0}, [a, b],
-           what="the job done")  # fmt: skip
+    settle(lambda: not b.fleetmode.running and b.fleetmode.jobs == {"queued": 0, "running": 0, "expired": 0},
+           [a, b], what="the job done")  # fmt: skip
     assert b.fleetmode.counts["done"] >= 1 and b.sent.wol == [B1_MAC]
 
 
@@ -385,7 +385,7 @@ def test_a_busy_engines_veto_reaches_the_policy_leaders_gate_from_another_segmen
 class _Daemon:
     """A powerwaked process whose magic packets go to its own loopback port (which instance sent one is known)."""
 
-    def __init__(self, tmp_path, url, instance, segment):
+    def __init__(self, tmp_path, url, instance, segment, extra=""):
         import socket
 
         from test_server_api import free_port
@@ -400,8 +400,8 @@ class _Daemon:
         self.config = directory / "powerwaked.conf"
         self.config.write_text(
             "[powerwaked]\nsecret = %s\nlisten = 127.0.0.1\nport = %d\nannounce = no\nbroadcast = 127.0.0.1\n"
-            "wol_port = %d\nstore = %s\ninstance = %s\nsegment = %s\nlead_poll = 0.5s\nstate_file = %s\n%s"
-            % (SECRET, self.port, self.wol.getsockname()[1], url, instance, segment, directory / "r.json", HOSTS)
+            "wol_port = %d\nstore = %s\ninstance = %s\nsegment = %s\nlead_poll = 0.5s\nstate_file = %s\n%s%s"
+            % (SECRET, self.port, self.wol.getsockname()[1], url, instance, segment, directory / "r.json", HOSTS, extra)
         )
         self.config.chmod(0o600)
         self.log = directory / "powerwaked.log"
@@ -492,3 +492,252 @@ def test_the_daemons_carry_a_wake_to_the_hosts_segment_and_redo_it_when_its_lead
     finally:
         for daemon in daemons:
             daemon.stop()
+
+
+# -- jobs have deadlines; holds reach the host's writer; deleted rows leave the mirrors (issue 18, j18) ------------
+def _job(server, job_id):
+    """(state, result) of a job, read from the database."""
+    row = server.fleetmode.conn.execute("SELECT state, result FROM powerwaked_jobs WHERE id = %s", (job_id,))
+    state, result = row.fetchone()
+    return state, json.loads(result) if result else None
+
+
+def _row(server, host):
+    """A host's row as its writer last wrote it (what every mirror, and the next leader, reads)."""
+    row = server.fleetmode.conn.execute("SELECT segment, record FROM powerwaked_hosts WHERE name = %s", (host,))
+    found = row.fetchone()
+    return None if found is None else (found[0], json.loads(found[1]))
+
+
+def test_a_wake_for_a_segment_without_an_instance_expires_instead_of_running_when_one_comes_back(fleet, monkeypatch):
+    """A wake queued while no instance runs on the host's segment fails at its deadline (logged, counted, shown in
+    /v1/status), and is not done when an instance of that segment starts later; the policy leader's own 'waking'
+    mark of the host is taken back with it."""
+    monkeypatch.setitem(fleetmode.JOB_TTL, "send-wake", 1.0)  # else the waking timeout (2 × 45 s + 30 s + IPMI)
+    a = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: a.fleetmode.segment_leader and a.fleetmode.policy_leader, [a], what="a leads")
+    answer = a.api_wake("b1", "auto", "API request from admin")
+    assert answer["queued"] is True and answer["segment"] == "lan-b"
+    rows = a.fleetmode.conn.execute("SELECT id, kind, extract(epoch FROM expires - created) FROM powerwaked_jobs "
+                                    "WHERE segment = 'lan-b'").fetchall()  # fmt: skip
+    assert [(kind, round(float(ttl), 3)) for _id, kind, ttl in rows] == [("send-wake", 1.0)]
+    job_id = rows[0][0]
+    assert a.registry.get("b1").state == P.WAKING  # seen waking at once, here
+    settle(lambda: _job(a, job_id)[0] == "failed", [a], seconds=5, what="the job expired")
+    state, result = _job(a, job_id)
+    assert result["error"].startswith("expired") and "lan-b" in result["error"]
+    settle(lambda: a.api_status()["fleet"]["jobs"]["expired"] == 1, [a], what="expired in the status")
+    assert a.fleetmode.counts["expired"] == 1
+    assert 'powerwaked_fleet_job_events_total{event="expired"} 1' in a.api_metrics()
+    assert a.registry.get("b1").state != P.WAKING  # the mark went with its job
+    b = fleet.start("seg-b-1", "lan-b")
+    settle(lambda: b.fleetmode.segment_leader, [a, b], what="b leads lan-b")
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        pump(a, b)
+        time.sleep(0.02)
+    assert b.sent.wol == [] and _job(a, job_id)[0] == "failed"  # hours later or a second later: never done
+    assert a.fleetmode.counts["expired"] + b.fleetmode.counts["expired"] == 1  # marked (and logged) once
+
+
+def test_a_policy_job_expires_with_its_own_ttl_and_a_queued_wake_of_a_host_now_up_finishes_as_already_up(fleet):
+    a = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: a.fleetmode.policy_leader, [a], what="a leads the policies")
+    # The deadlines: a veto's and a demand's are their own ttl; a report's is short; a wake's the waking timeout.
+    ttl = a.fleetmode.job_ttl
+    assert ttl("veto", {"ttl": 30.0}) == 30.0 and ttl("veto", {"ttl": None}) == fleetmode.JOB_TTL_DEFAULT
+    assert ttl("engine-veto", {"veto_for": 10.0}) == 10.0 and ttl("report", {}) == a.config.server["max_skew"]
+    assert ttl("wake", {}) == a.registry.waking_timeout and ttl("veto", {"ttl": 1e9}) == fleetmode.JOB_TTL_MAX
+    a.api_wake("b1", "auto", "API request from admin")  # lan-b has no instance yet: the job waits
+    b = fleet.start("seg-b-1", "lan-b")
+    assert _report(b, "b1")["state"] == P.AWAKE  # it came up in the meantime (before b ran any job)
+    settle(lambda: b.fleetmode.counts["done"] >= 1, [a, b], what="b ran the job")
+    (job_id,) = a.fleetmode.conn.execute("SELECT id FROM powerwaked_jobs WHERE kind = 'send-wake'").fetchone()
+    state, result = _job(a, job_id)
+    assert state == "done" and result["method"] == "none" and result["already"] == P.AWAKE and b.sent.wol == []
+
+
+UPS = """
+[host.b2]
+mac = 02:50:4e:01:00:02
+ip = 198.18.1.12
+segment = lan-b
+groups = db
+[group.db]
+[ups.rack]
+ups = rack
+port = %d
+groups = db
+after = 0s
+step = 0s
+resume_charge = 50
+poll = 3600s
+"""
+
+
+def test_a_ups_hold_set_by_the_policy_leader_lands_in_the_row_of_another_segments_host(fleet):
+    """The policy leader (lan-a) sheds a group with a host on lan-b: the hold reaches lan-b's leader, which writes
+    it into the host's row and whose sleep proxy no longer wakes the host for an ARP; mains back lifts it there."""
+    from powernap.server.proxy import Frame, SleepProxy
+
+    extra = UPS % free_port()  # no upsd there: the test gives the policy leader its readings
+    a = fleet.start("seg-a-1", "lan-a", extra)
+    settle(lambda: a.fleetmode.segment_leader and a.fleetmode.policy_leader, [a], what="a leads")
+    b = fleet.start("seg-b-1", "lan-b", extra)
+    settle(lambda: b.fleetmode.segment_leader, [a, b], what="b leads lan-b")
+    b2 = b.registry.get("b2")
+    b.registry.set_state(b2, P.ASLEEP, "test: asleep", time.time())
+    settle(lambda: a.registry.get("b2").state == P.ASLEEP, [a, b], what="a mirrors b2 asleep")
+    policy, poller = a.ups[0]
+    settle(lambda: poller.latest is not None, [a], what="the first UPS poll")
+    poller.latest = (["OB"], 90.0, "test: on battery")
+    settle(lambda: policy.shed == ["db"], [a], what="the group shed")
+    # Before lan-b's leader runs the hold job, b2's row changes (without it): a's copy keeps the hold meanwhile.
+    held = a.registry.get("b2")
+    assert held.hold == "ups rack"
+    b.registry.store.write_rows([dict(b2.to_dict(), idle_seconds=12.5)])
+    settle(lambda: a.registry.get("b2") is not held, [a], what="a mirrors b2's row again")
+    assert a.registry.get("b2").idle_seconds == 12.5 and a.registry.get("b2").hold == "ups rack"
+    settle(lambda: b.registry.get("b2").hold == "ups rack", [a, b], what="the hold at b2's writer")
+    settle(lambda: (_row(b, "b2") or (0, {}))[1].get("hold") == "ups rack", [a, b], what="the hold in b2's row")
+    for _turn in range(20):  # the mirror brings the row back to a: its hold stays
+        pump(a, b)
+        assert a.registry.get("b2").hold == "ups rack"
+    assert not a.fleetmode.holds  # the row shows it: nothing more to send
+    proxy = SleepProxy(b.registry, b._proxy_wake, now=time.time())  # lan-b's proxy, as the daemon makes it
+    arp = Frame("who-has", "02:50:4e:01:00:63", "198.18.1.99", "198.18.1.12")
+    assert proxy.on_parsed(arp, time.time()) == "held"
+    pump(a, b)
+    assert b.sent.wol == [] and a.sent.wol == []
+    # Mains back: the hold is lifted at its writer too, and b2 woken on its own segment.
+    poller.latest = (["OL"], 100.0, "test: on mains")
+    settle(lambda: b.registry.get("b2").hold is None and (_row(b, "b2") or (0, {}))[1].get("hold") is None,
+           [a, b], what="the hold lifted in b2's row")  # fmt: skip
+    settle(lambda: b.sent.wol == ["02:50:4e:01:00:02"], [a, b], what="b2 woken by lan-b")
+    assert a.sent.wol == []
+
+
+def test_a_hold_job_is_checked_like_any_input(fleet):
+    extra = UPS % free_port()
+    a = fleet.start("seg-a-1", "lan-a", extra)
+    b = fleet.start("seg-b-1", "lan-b", extra)
+    settle(lambda: b.fleetmode.segment_leader, [a, b], what="b leads lan-b")
+    bad = [{"host": "b2", "hold": "ups other", "policy": "ups other"},  # no such UPS policy at b
+           {"host": "b2", "hold": "anything", "policy": "ups rack"},  # a hold that is not the policy's
+           {"host": "b2", "hold": 7, "policy": "ups rack"},
+           {"host": "a1", "hold": "ups rack", "policy": "ups rack"}]  # fmt: skip  # not b's host
+    jobs = [a.fleetmode.submit("lan-b", "hold", payload) for payload in bad]
+    settle(lambda: all(_job(a, job)[0] == "failed" for job in jobs), [a, b], what="the jobs refused")
+    assert b.registry.get("b2").hold is None and a.registry.get("a1").hold is None and b.errors == 0
+
+
+def test_the_next_policy_leader_knows_the_groups_shed_from_the_rows(fleet):
+    extra = UPS % free_port()
+    a = fleet.start("seg-a-1", "lan-a", extra)
+    settle(lambda: a.fleetmode.policy_leader, [a], what="a leads the policies")
+    b = fleet.start("seg-b-1", "lan-b", extra)  # started before the shedding: its UPS policy saw no hold then
+    settle(lambda: b.fleetmode.segment_leader, [a, b], what="b leads lan-b")
+    settle(lambda: a.ups[0][1].latest is not None, [a], what="the first UPS poll")
+    a.ups[0][1].latest = (["OB"], 90.0, "test: on battery")
+    settle(lambda: (_row(b, "b2") or (0, {}))[1].get("hold") == "ups rack", [a, b], what="the hold in b2's row")
+    assert b.ups[0][0].shed == []
+    fleet.stop(a)
+    settle(lambda: b.fleetmode.policy_leader, [b], what="b leads the policies")
+    assert b.ups[0][0].shed == ["db"]  # so that mains back lifts it
+
+
+def test_a_host_row_deleted_by_its_writer_leaves_the_other_instances_mirrors(fleet):
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader, [a, b], what="both leads")
+    assert _report(a, "a7")["state"] == P.AWAKE  # a host the config does not name, registered by its report
+    settle(lambda: b.registry.get("a7") is not None, [a, b], what="b mirrors a7")
+    with a.lock:  # lan-a's writer drops it (pruned): its row goes at the next snapshot
+        del a.registry.hosts["a7"]
+        a.registry.save(time.time())
+        a.registry.wait_saved()
+    assert _row(a, "a7") is None
+    settle(lambda: b.registry.get("a7") is None, [a, b], what="b forgets a7")
+    assert b.registry.by_ip("198.18.0.7") is None and "a7" not in [h["name"] for h in b.api_hosts()]
+    assert b.registry.get("a1") is not None  # only that one
+
+
+class _Upsd:
+    """A NUT upsd on 127.0.0.1 answering ``ups.status`` with ``self.status`` (any number of connections)."""
+
+    def __init__(self, status):
+        import socket
+        import threading
+
+        self.status = status
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopped.is_set():
+            try:
+                conn, _addr = self.listener.accept()
+            except OSError:
+                continue
+            conn.settimeout(2.0)
+            try:
+                with conn, conn.makefile("rwb") as stream:
+                    for _line_index in range(10):
+                        line = stream.readline().decode().strip()
+                        if not line or line == "LOGOUT":
+                            break
+                        replies = {"GET VAR rack ups.status": 'VAR rack ups.status "%s"' % self.status,
+                                   "GET VAR rack battery.charge": 'VAR rack battery.charge "90"'}  # fmt: skip
+                        stream.write((replies.get(line, "ERR UNKNOWN-COMMAND") + "\n").encode())
+                        stream.flush()
+            except OSError:
+                pass
+
+    def close(self):
+        self.stopped.set()
+        self.thread.join(timeout=2)
+        self.listener.close()
+
+
+def test_the_daemons_write_a_ups_hold_of_the_policy_leader_into_the_row_of_another_segments_host(tmp_path, database):
+    """Two powerwaked processes: seg-a-1 leads lan-a and the policies and reads the UPS; b2 is on lan-b. The hold
+    it sets on battery lands in b2's row, written by seg-b-1 (whose proxy reads the record), and mains back lifts
+    it there and wakes b2 from lan-b."""
+    import psycopg
+
+    upsd = _Upsd("OL")
+    extra = UPS.replace("ip = 198.18.1.12\n", "").replace("poll = 3600s", "poll = 0.2s") % upsd.port
+    daemons = []
+
+    def row_hold():
+        with psycopg.connect(database) as conn:
+            (text,) = conn.execute("SELECT record FROM powerwaked_hosts WHERE name = 'b2'").fetchone() or ("{}",)
+        return json.loads(text).get("hold")
+
+    try:
+        a = _Daemon(tmp_path, database, "seg-a-1", "lan-a", extra)
+        daemons.append(a)
+        _until(lambda: a.status()["fleet"]["policy_leader"], 20, "seg-a-1 leads the policies", daemons)
+        b = _Daemon(tmp_path, database, "seg-b-1", "lan-b", extra)
+        daemons.append(b)
+        _until(lambda: a.status()["fleet"]["segments"]["lan-b"]["leader"] == "seg-b-1", 20, "seg-b-1 leads", daemons)
+        _until(lambda: row_hold() is None and powerwake.ServerClient(b.url, SECRET).get("/v1/hosts/b2"), 10,
+               "b2's row", daemons)  # fmt: skip
+        upsd.status = "OB"
+        _until(lambda: row_hold() == "ups rack", 15, "the hold in b2's row", daemons)
+        _until(lambda: powerwake.ServerClient(b.url, SECRET).get("/v1/hosts/b2").get("hold") == "ups rack", 5,
+               "the hold at seg-b-1", daemons)  # fmt: skip
+        assert a.magic_packets() == [] and b.magic_packets() == []
+        upsd.status = "OL"
+        _until(lambda: row_hold() is None, 15, "the hold lifted in b2's row", daemons)
+        _until(lambda: b.magic_packets() == ["02:50:4e:01:00:02"], 10, "b2 woken by seg-b-1", daemons)
+        assert a.magic_packets() == []
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        upsd.close()

@@ -59,6 +59,23 @@ def test_the_mirror_reads_the_other_writers_rows_changed_since_a_version(databas
     a.close(), b.close()
 
 
+def test_a_row_its_writer_deletes_leaves_a_tombstone_for_the_mirrors_unless_the_host_has_a_row_again(database):
+    a, b = _writer(database, "seg-a-1", "lan-a"), _writer(database, "seg-b-1", "lan-b")
+    a.write_snapshot(_snapshot(0, [_host("a1"), _host("a2"), _host("a3")]))
+    assert b.gone_since(0) == ([], 0)
+    a.write_snapshot(_snapshot(0, [_host("a1")]))  # a2 and a3 pruned by their writer
+    gone, seen = b.gone_since(0)
+    assert sorted(gone) == [("a2", "lan-a"), ("a3", "lan-a")] and seen > 0
+    assert b.gone_since(seen) == ([], seen)  # read once
+    b.write_snapshot(_snapshot(0, [_host("a2")]))  # a2 moved to lan-b (a row again): not gone
+    assert b.gone_since(0)[0] == [("a3", "lan-a")]
+    b.write_snapshot(_snapshot(0, [_host("a2"), _host("a1")]))  # a1 taken by lan-b first: a's delete is no row going
+    a.write_snapshot(_snapshot(0, []))
+    assert b.gone_since(seen)[0] == []
+    b.forget_gone(0.0)
+    a.close(), b.close()
+
+
 def test_a_policy_writer_owns_no_host_rows(database):
     a, policy = _writer(database, "seg-a-1", "lan-a"), _writer(database, "seg-a-2", None)
     a.write_snapshot(_snapshot(0, [_host("a1")]))
@@ -128,6 +145,37 @@ def test_a_schema_1_database_is_migrated_with_its_data(database):
         assert [(name, segment) for name, segment, _v in versions] == [("h1", "")]
         assert conn.execute("SELECT count(*) FROM powerwaked_journal").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM powerwaked_jobs").fetchone() == (0,)  # the job table is there
+
+
+def test_a_schema_2_database_is_migrated_and_its_queued_jobs_get_a_deadline(database):
+    """Schema 3: every job has a deadline; jobs queued before it get one from their age (JOB_TTL_DEFAULT), so a
+    wake queued an hour ago never runs once the instances are upgraded."""
+    import psycopg
+
+    from powernap.server.store.coord import JOB_TTL_DEFAULT, JobQueue
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE powerwaked_meta (key text PRIMARY KEY, value text NOT NULL)")
+        for step in (1, 2):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        conn.execute("INSERT INTO powerwaked_meta VALUES ('store_schema', '2')")
+        conn.execute("INSERT INTO powerwaked_jobs (segment, kind, payload, created) VALUES "
+                     "('lan-a', 'send-wake', '{\"host\": \"old\"}', now() - interval '1 hour'), "
+                     "('lan-a', 'send-wake', '{\"host\": \"new\"}', now())")  # fmt: skip
+    store = _writer(database, "seg-a-1", "lan-a")
+    store.close()
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM powerwaked_meta WHERE key = 'store_schema'").fetchone() == ("3",)
+        ages = conn.execute("SELECT payload, extract(epoch FROM expires - created) FROM powerwaked_jobs ORDER BY id")
+        assert [float(age) for _payload, age in ages.fetchall()] == [JOB_TTL_DEFAULT, JOB_TTL_DEFAULT]
+        assert conn.execute("SELECT count(*) FROM powerwaked_hosts_gone").fetchone() == (0,)  # the tombstones
+    with psycopg.connect(database) as conn:
+        queue = JobQueue(conn, "seg-a-1")
+        job = queue.claim("lan-a", 5.0)
+        assert job["payload"] == {"host": "new"} and queue.claim("lan-a", 5.0) is None  # the old one: expired
+        expired = queue.expire()
+        assert [(j["kind"], j["host"]) for j in expired] == [("send-wake", "old")] and queue.expire() == []
 
 
 def test_a_writer_whose_session_died_never_writes_as_leader_on_the_next(database, postgresql, monkeypatch):

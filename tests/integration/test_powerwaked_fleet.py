@@ -271,7 +271,9 @@ def test_killed_instance_holding_a_wake_job_its_job_is_done_by_the_other(fleet):
     ons = [e for e in power_events(lab_b, "h2", killed_at) if e.get("to") == "on"]
     assert [e["cause"] for e in ons] == ["ipmi"], ons  # the escalation, by the instance that took the job over
     lab_b.wait_for(
-        lambda: fleet_status(survivor)["jobs"] == {"queued": 0, "running": 0}, 20, "the job queue of lan-b to empty"
+        lambda: fleet_status(survivor)["jobs"] == {"queued": 0, "running": 0, "expired": 0},
+        20,
+        "the job queue of lan-b to empty",
     )
     assert fleet_status(a1)["segments"]["lan-b"]["leader"] == survivor.name
 

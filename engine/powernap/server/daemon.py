@@ -201,11 +201,11 @@ class Server:
             poller.start()
             self.ups.append((UpsPolicy(name, ups_opts, self.rails, self.members, self.log.getChild("ups")), poller))
         holds = {policy.hold for policy, _poller in self.ups}
-        for record in self.registry:
+        for record in self.registry.owned():  # fleet mode: the hosts whose rows we write (their writers do the rest)
             if record.hold and record.hold not in holds:
                 # Its policy left the config: a hold nothing will ever lift would keep the host down for good.
                 self.log.warning("host %s: releasing hold %r (no such policy any more)", record.name, record.hold)
-                record.hold = None
+                self.registry.set_hold(record, None, record.hold)
         for name, sched_opts in self.config.named["schedule"].items():
             self.schedules.append(
                 SchedulePolicy(name, sched_opts, self.rails, self.members, self.log.getChild("schedule"), now)

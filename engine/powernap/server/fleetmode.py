@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import protocol as P
 from .store import StoreError, dumps
 from .store.postgres import SESSION_SETUP, BackgroundConnect
+from .store.coord import JOB_TTL, JOB_TTL_DEFAULT, JOB_TTL_MAX
 
 POLICY = "@policy"  # the pseudo-segment of the policy leader's jobs
 POLICY_LOCK = "powerwaked-policy"
@@ -42,7 +43,10 @@ CLAIMS_PER_TICK = 64  # jobs taken per tick and segment at most (the rest at the
 JOBS_KEPT = 86400.0  # finished jobs are deleted after a day (by the policy leader)
 CONNECT_TIMEOUT = 3  # seconds: the job connection is made from the loop
 RECONNECT_EVERY = 5.0  # seconds between attempts to make it again (as the store's own connection)
-JOB_KINDS = ("wake", "nap", "clear-mark", "demand", "veto", "decide", "send-wake", "send-nap", "report", "engine-veto")
+# wake, nap, clear-mark, demand, veto, decide, send-wake, send-nap, report, engine-veto, hold: each with its deadline
+JOB_KINDS = tuple(JOB_TTL)
+EXPIRED_LOGGED = 100  # expired jobs logged one by one per sweep (the rest, if ever, in one line: a bounded log)
+GONE_KEPT = 86400.0  # tombstones of deleted host rows are kept a day (every mirror has read them by then)
 _TEXT = 512  # longest cause / name text taken from a job's payload
 
 
@@ -70,12 +74,18 @@ class FleetMode:
         self._notified = True
         self.running: Dict[int, Dict[str, Any]] = {}  # our send-wake jobs awaiting confirmation
         self.instances: List[Tuple[str, str, str, float]] = []  # (name, segment, roles, heartbeat age)
-        self.jobs = {"queued": 0, "running": 0}
+        self.jobs = {"queued": 0, "running": 0, "expired": 0}
         self.counts: Dict[str, int] = collections.Counter()  # submitted, done, failed, forwarded
         self.problem: Optional[str] = None
         self._logged: Dict[str, float] = {}
         self._policy_saved: Optional[int] = None  # hash of the policy state last written
         self._vetoes_sent: Dict[str, float] = {}  # host -> until when the veto we forwarded holds
+        # Holds the policy leader set or lifted on other segments' hosts, until their rows show them:
+        # host -> (hold or None, the policy's hold, when last sent (monotonic)).
+        self.holds: Dict[str, Tuple[Optional[str], str, float]] = {}
+        # Hosts of other segments marked waking here when their wake went out as a job, until their row changes:
+        # host -> (the record marked, its state before, when the job expires (wall)).
+        self.marks: Dict[str, Tuple[Any, str, float]] = {}
 
     # -- wiring -----------------------------------------------------------------------------------
     def store_options(self) -> Dict[str, Any]:
@@ -88,6 +98,7 @@ class FleetMode:
         registry = self.server.registry
         registry.owned_segment = self._led_segment
         registry.owns = lambda record: record.segment is not None and record.segment == self._led_segment()
+        registry.remote_hold = self.remote_hold
 
     def _led_segment(self) -> Optional[str]:
         """The segment whose host rows this instance writes: its own while it leads it, else none."""
@@ -113,16 +124,24 @@ class FleetMode:
 
     def tick(self, now: float) -> None:
         mono = time.monotonic()
-        if mono >= self._next_poll:
+        polled = mono >= self._next_poll
+        if polled:
             self._next_poll = mono + self.poll
             self._poll_leads()
             self._heartbeat()
             self._jobs_poll(mono)
             self._notified = True  # a lease of a dead holder runs out without a NOTIFY: look on every poll
+        registry = self.server.registry
+        # The records our holds and waking marks are on: one the mirror replaces came with its writer's row.
+        edited = {name: registry.get(name) for name in list(self.holds) + list(self.marks)}
         try:
-            self.server.registry.mirror(now)
+            registry.mirror(now)
+            if polled:
+                registry.drop_gone()
         except StoreError as exc:
             self._note("mirror", "cannot read the other instances' hosts: %s" % exc)
+        if self.holds or self.marks:
+            self._reconcile(edited, now, mono)
         if self.segment_leader and self.store.scope != "segment:" + self.segment:
             # The store's session broke and it fenced itself: we lead again only once the lock is ours again.
             self.segment_leader = False
@@ -162,6 +181,10 @@ class FleetMode:
                              "leads" if self.policy_leader else "no longer leads")  # fmt: skip
             if self.policy_leader:
                 self._take_policy_state()
+                for policy, _poller in self.server.ups:
+                    policy.restore_shed()  # the groups shed are the ones the rows show held (the last leader's)
+            else:
+                self.holds.clear()  # the next policy leader decides the holds now
         elif self.policy_leader:
             self._save_policy_state()
 
@@ -285,11 +308,17 @@ class FleetMode:
         if not self._ensure_jobs():
             return
         try:
+            self._expire()
             rows = self.conn.execute(
                 "SELECT state, count(*) FROM powerwaked_jobs WHERE state IN ('queued', 'running') GROUP BY state"
             ).fetchall()
-            self.jobs = {"queued": 0, "running": 0}
-            self.jobs.update({str(state): int(count) for state, count in rows})
+            jobs = {"queued": 0, "running": 0}
+            jobs.update({str(state): int(count) for state, count in rows})
+            # Expired jobs (failed, kept JOBS_KEPT): the partial index on failed jobs keeps this cheap.
+            jobs["expired"] = int(self.conn.execute(
+                "SELECT count(*) FROM powerwaked_jobs WHERE state = 'failed' AND result LIKE %s", (EXPIRED_LIKE,)
+            ).fetchone()[0])  # fmt: skip
+            self.jobs = jobs
             if self.policy_leader and mono >= self._next_cleanup:
                 self._next_cleanup = mono + 60.0
                 self.queue.reap()
@@ -301,6 +330,7 @@ class FleetMode:
                     "AND finished < now() - make_interval(secs => %s)",
                     (JOBS_KEPT,),
                 )
+                self.store.forget_gone(GONE_KEPT)
             for job_id in list(self.running):
                 if not self.queue.renew(job_id, self.lease):
                     self.log.warning("job %d went to another instance (our lease ran out)", job_id)
@@ -308,13 +338,39 @@ class FleetMode:
         except Exception as exc:  # psycopg.Error
             self._drop_jobs(exc)
 
+    def _expire(self) -> None:
+        """Jobs past their deadline are failed, each by one instance, which logs it (at most 1000 a poll)."""
+        expired = self.queue.expire()
+        if not expired:
+            return
+        self.counts["expired"] += len(expired)
+        for job in expired[:EXPIRED_LOGGED]:
+            self.log.warning("job %d (%s of %s for segment %s) expired: no instance of its segment started it in "
+                             "time", job["id"], job["kind"][:32], (job["host"] or "-")[:64],
+                             job["segment"][:64])  # fmt: skip
+        if len(expired) > EXPIRED_LOGGED:
+            self.log.warning("%d more jobs expired", len(expired) - EXPIRED_LOGGED)
+
     # -- submitting -------------------------------------------------------------------------------
+    def job_ttl(self, kind: str, payload: Dict[str, Any]) -> float:
+        """How long a job of ``kind`` may wait to be started (coord.JOB_TTL; None there: the report's ``max_skew``,
+        a wake's or nap's waking timeout); a veto, demand or engine veto expires with its own duration."""
+        ttl = JOB_TTL.get(kind, JOB_TTL_DEFAULT)
+        if ttl is None and kind == "report":
+            ttl = float(self.server.config.server["max_skew"])
+        elif ttl is None:
+            ttl = float(self.server.registry.waking_timeout)
+        own = payload.get({"veto": "ttl", "demand": "ttl", "engine-veto": "veto_for"}.get(kind, ""))
+        if isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0:
+            ttl = float(own)
+        return min(ttl, JOB_TTL_MAX)
+
     def submit(self, segment: str, kind: str, payload: Dict[str, Any]) -> int:
         """Queue a job (durable once this returns); StoreError when the database refuses."""
         if not self._ensure_jobs():
             raise StoreError("fleet: no database connection for jobs (retrying)")
         try:
-            job_id = self.queue.submit(segment, kind, payload)
+            job_id = self.queue.submit(segment, kind, payload, self.job_ttl(kind, payload))
         except Exception as exc:  # psycopg.Error
             self._drop_jobs(exc)
             raise StoreError("fleet: job not queued: %s" % self.store._error(exc)) from None
@@ -357,6 +413,65 @@ class FleetMode:
             self._vetoes_sent[record.name] = now + seconds
         else:
             self._vetoes_sent.pop(record.name, None)
+
+    def remote_hold(self, record: Any, hold: Optional[str], policy_hold: str) -> None:
+        """A policy (at the policy leader) holds or releases a host another instance writes: its segment's leader
+        gets a ``hold`` job (its proxy must not wake the host, and it writes the row).  Until the row shows it,
+        our copy keeps the hold (the mirror would take it away) and the job is sent again each JOB_TTL["hold"]."""
+        self.holds[record.name] = (hold, policy_hold, float("-inf"))
+        _apply_hold(record, hold, policy_hold)
+        self._send_holds(time.monotonic())
+
+    def _send_holds(self, mono: float) -> None:
+        every = float(JOB_TTL["hold"] or JOB_TTL_DEFAULT)
+        for name, (hold, policy_hold, sent) in list(self.holds.items()):
+            if mono - sent < every:
+                continue
+            record = self.server.registry.get(name)
+            if record is None:
+                del self.holds[name]
+                continue
+            payload = {"host": name, "hold": hold, "policy": policy_hold}
+            try:
+                self.submit(self.segment_of(record), "hold", payload)
+            except StoreError as exc:
+                self._note("hold", "cannot send the hold of %s: %s" % (name, exc))
+                return  # the next poll tries again
+            self.holds[name] = (hold, policy_hold, mono)
+
+    def _reconcile(self, edited: Dict[str, Any], now: float, mono: float) -> None:
+        """After the mirror: a hold whose row shows it is done, else it stays on our copy (and is sent again); a
+        waking mark whose row did not change until its job expired is taken back (the wake never went out)."""
+        registry = self.server.registry
+        for name, (hold, policy_hold, _sent) in list(self.holds.items()):
+            record = registry.get(name)
+            if record is None:
+                del self.holds[name]
+            elif registry.owns is not None and registry.owns(record):  # it is ours now: set it here
+                del self.holds[name]
+                registry.set_hold(record, hold, policy_hold)
+            elif record is not edited.get(name):  # its writer's row came
+                if (record.hold == hold) if hold is not None else (record.hold != policy_hold):
+                    del self.holds[name]
+                else:
+                    _apply_hold(record, hold, policy_hold)
+        if self.holds:
+            self._send_holds(mono)
+        for name, (marked, before, expires) in list(self.marks.items()):
+            record = registry.get(name)
+            if record is not marked or record.state != P.WAKING:
+                del self.marks[name]  # its row came (the writer's state), or the host is ours now
+            elif now > expires:
+                del self.marks[name]
+                registry.set_state(record, before, "its wake job expired (segment %s)" % record.segment, now)
+
+    def mark_waking(self, record: Any, job: int, cause: str, now: float, expires: float) -> None:
+        """A wake sent as a job: the host is seen waking here at once (the policies must not ask again while its
+        row catches up); its segment's leader writes the real state, and the mirror brings it back."""
+        before = record.state
+        self.server.registry.set_state(record, P.WAKING, "%s (job %d)" % (cause, job), now)
+        if not (self.server.registry.owns is not None and self.server.registry.owns(record)):
+            self.marks[record.name] = (record, before, expires)
 
     # -- running jobs -----------------------------------------------------------------------------
     def _claim(self) -> None:
@@ -433,6 +548,15 @@ class FleetMode:
             return {"host": host, "veto_for": veto["veto_for"]}
         if kind == "clear-mark":
             return _json(server.rails.health.clear(record, source, server.clock.wall()))
+        if kind == "hold":  # a UPS policy's hold (or its release) on one of our hosts, from the policy leader
+            if not server.registry.owns(record):
+                raise ValueError("host %s is not of segment %s" % (host[:64], self.segment))
+            policy_hold, hold = _text(payload["policy"]), payload.get("hold")
+            if policy_hold not in {policy.hold for policy, _poller in server.ups} or hold not in (None, policy_hold):
+                raise ValueError("no such hold here: %r" % policy_hold[:64])  # the configs of the fleet differ
+            server.registry.set_hold(record, hold, policy_hold)
+            server.registry.touch(urgent=True)
+            return {"host": host, "hold": record.hold}
         if kind == "wake":
             return _json(server.rails.wake(record, cause, _method(payload), source=source))
         if kind == "nap":
@@ -499,14 +623,18 @@ class FleetMode:
         metrics.register(
             "powerwaked_fleet_jobs",
             GAUGE,
-            "Jobs of the whole fleet by state (queued, running), as of the last lead poll.",
+            "Jobs of the whole fleet by state (queued, running; expired: those failed at their deadline in the last "
+            "day), as of the last lead poll.",
             lambda: [({"state": state}, count) for state, count in sorted(self.jobs.items())],
         )
         metrics.register(
             "powerwaked_fleet_job_events_total",
             COUNTER,
-            "Jobs this instance submitted, finished (done, failed) and reports it forwarded.",
-            lambda: [({"event": e}, self.counts.get(e, 0)) for e in ("submitted", "done", "failed", "forwarded")],
+            "Jobs this instance submitted, finished (done, failed), found past their deadline (expired) and reports "
+            "it forwarded.",
+            lambda: [
+                ({"event": e}, self.counts.get(e, 0)) for e in ("submitted", "done", "failed", "expired", "forwarded")
+            ],  # fmt: skip
         )
 
     def close(self) -> None:
@@ -573,15 +701,24 @@ class RoutedFleet:
             entry["job"] = self.mode.submit(segment, kind, payload)
             entry["method"] = "job"
             if what == "wake" and not record.up and record.state != P.WAKING:
-                # Seen as waking here at once (the policies must not ask again while the host's row catches up);
-                # its segment's leader writes the real state, and the mirror brings it back.
-                self.fleet.registry.set_state(record, P.WAKING, "%s (job %d)" % (payload["cause"], entry["job"]),
-                                              entry["time"])  # fmt: skip
+                expires = entry["time"] + self.mode.job_ttl(kind, payload)
+                self.mode.mark_waking(record, entry["job"], payload["cause"], entry["time"], expires)
         except StoreError as exc:
             entry["method"] = "none"
             entry["errors"] = [str(exc)]
             self.mode.log.warning("cannot send the %s of %s to segment %s: %s", what, record.name, segment, exc)
         return entry
+
+
+EXPIRED_LIKE = '{"error": "expired%'  # an expired job's result (store/coord.JobQueue.expire)
+
+
+def _apply_hold(record: Any, hold: Optional[str], policy_hold: str) -> None:
+    """Our copy of another writer's record shows the hold we asked for (or its release)."""
+    if hold is not None:
+        record.hold = hold
+    elif record.hold == policy_hold:
+        record.hold = None
 
 
 def _text(value: Any) -> str:

@@ -260,6 +260,10 @@ class Registry:
         self.owns: Optional[Callable[[HostRecord], bool]] = None
         self.owned_segment: Optional[Callable[[], Optional[str]]] = None  # where ``owns`` is "records of segment X"
         self.mirrored_version = 0  # the newest host-row version the mirror has read
+        # Fleet mode: a hold to set on a record another instance writes goes to that writer (``set_hold``):
+        # callable(record, hold, policy_hold); None: every record is ours to edit.
+        self.remote_hold: Optional[Callable[[HostRecord, Optional[str], str], None]] = None
+        self.gone_version = 0  # the newest tombstone version ``drop_gone`` has read
         # Fleet mode: records a report or state change touched since their rows were last written.  Their rows are
         # written at the next tick (``save_if_due``), not with the next snapshot: the other instances' APIs show a
         # report within about a tick, not ``save_every``.  (The snapshot still writes anything else that changed.)
@@ -471,6 +475,23 @@ class Registry:
         second)."""
         self._dirty = True
         self._urgent = self._urgent or urgent
+
+    def set_hold(self, record: HostRecord, hold: Optional[str], policy_hold: str) -> None:
+        """A policy (``policy_hold``, e.g. "ups rack1") puts a host on hold (``hold``) or lifts its own hold (None).
+
+        The record's writer must have it (its sleep proxy and its row): in fleet mode a record of another
+        segment goes to its writer (``remote_hold``); ours is written with our next rows.
+        """
+        if self.remote_hold is not None and self.owns is not None and not self.owns(record):
+            self.remote_hold(record, hold, policy_hold)
+            return
+        if hold is None and record.hold != policy_hold:
+            return  # another policy's hold, or none
+        if record.hold != hold:
+            record.hold = hold
+            self._dirty = True
+            if self.owns is not None:
+                self.changed_rows.add(record.name)
 
     def seen(self, record: HostRecord, now: float, cause: str) -> None:
         """Proof of life without a report (a confirmed probe, a TCP answer)."""
@@ -737,6 +758,27 @@ class Registry:
         elif "mirror" in self.problems and len(self.hosts) < self.max_hosts:
             del self.problems["mirror"]
         return taken
+
+    def drop_gone(self) -> List[str]:
+        """Fleet mode: forget the mirrored hosts whose writers deleted their rows since the last call (a host
+        pruned, or one that left its segment and has no row elsewhere); returns their names."""
+        gone_since = getattr(self.store, "gone_since", None)
+        if gone_since is None:
+            return []
+        rows, self.gone_version = gone_since(self.gone_version)
+        dropped = []
+        for name, segment in rows:
+            record = self.hosts.get(name)
+            if record is None or record.segment != segment or (self.owns is not None and self.owns(record)):
+                continue  # not the row that went (it moved and we hold its new one), or ours to write
+            del self.hosts[name]
+            dropped.append(name)
+        if dropped:
+            self._reindex()
+            if self.log is not None:
+                self.log.info("registry mirror: %d hosts deleted by their writers: %s", len(dropped),
+                              ", ".join(dropped[:10]))  # fmt: skip
+        return dropped
 
     def take_over(self) -> int:
         """Fleet mode: the store now writes as our segment's leader: read its rows and journal (the previous

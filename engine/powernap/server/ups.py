@@ -116,8 +116,13 @@ class UpsPolicy:
         self.on_battery_since: Optional[float] = None
         self.online_since: Optional[float] = None
         self.last_step: Optional[float] = None
-        # Groups shed and not yet back, in shedding order; rebuilt from the registry's holds after a restart.
-        self.shed: List[str] = [g for g in opts["groups"] if any(r.hold == self.hold for r in self._hosts(g))]
+        self.shed: List[str] = []
+        self.restore_shed()
+
+    def restore_shed(self) -> None:
+        """Groups shed and not yet back, in shedding order: rebuilt from the registry's holds after a restart (and
+        in fleet mode by the next policy leader, from the rows)."""
+        self.shed = [g for g in self.opts["groups"] if any(r.hold == self.hold for r in self._hosts(g))]
 
     def _hosts(self, group: str) -> List[Any]:
         return [r for r in (self.registry.get(n) for n in self.members.get(group, ())) if r is not None]
@@ -177,7 +182,7 @@ class UpsPolicy:
         action = "poweroff" if self.opts["action"] == "poweroff" else self.fleet.config.nap_action(group)
         self.log.warning("UPS %s: shedding group %s (%s)", self.name, group, action)
         for record in self._hosts(group):
-            record.hold = self.hold
+            self.registry.set_hold(record, self.hold, self.hold)  # fleet mode: also on other segments' rows
             if record.up or record.state in (P.WAKING, P.UNKNOWN):
                 self.fleet.nap(record, action, cause, source="ups", urgent=urgent)
         self.registry.save(now)
@@ -198,8 +203,7 @@ class UpsPolicy:
         self.log.warning("UPS %s: mains back, waking group %s", self.name, group)
         withdraw = getattr(self.fleet, "withdraw", None)  # the policy gate's (a bare Fleet queues nothing)
         for record in self._hosts(group):
-            if record.hold == self.hold:
-                record.hold = None
+            self.registry.set_hold(record, None, self.hold)
             if withdraw is not None:
                 withdraw(record.name, "nap", "ups")  # a shed nap still waiting for the nap rate: mains is back
             if not record.up:

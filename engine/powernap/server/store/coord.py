@@ -18,6 +18,9 @@ lock names, on the store's own session) rather than ``SegmentLeader``.
   whose socket closes; for a host that vanished, the server's TCP keepalive settings, e.g.
   ``tcp_keepalives_idle = 5``, ``tcp_keepalives_interval = 1``, ``tcp_keepalives_count = 3``).
   A leader that loses its connection stops leading at its next ``try_lead``.
+- **Deadlines**: every job has an ``expires`` time, set at submit (``JOB_TTL``): work asked for long ago must
+  not run when an instance of its segment comes back, maybe hours later.  A claim never takes an expired job,
+  and ``expire`` marks them failed (``{"error": "expired ..."}``), each exactly once.
 """
 
 import select
@@ -44,6 +47,32 @@ JOB_DDL = (
     "CREATE INDEX IF NOT EXISTS powerwaked_jobs_ready ON powerwaked_jobs (segment, id) "
     "WHERE state IN ('queued', 'running')",
 )
+JOB_TTL_DEFAULT = 300.0  # seconds: most jobs' deadline (and that of jobs queued before schema 3)
+# How long a job may wait for an instance to start it (seconds from its submit), by kind.  None: from the server's
+# config: a wake or nap, its waking timeout (one asked long ago is not what an admin expects to happen now); a
+# forwarded report, ``max_skew`` (an engine's report older than that is refused anyway, and a newer one supersedes
+# it).  A veto, demand or engine veto that carries its own duration expires with it (at most JOB_TTL_MAX).
+JOB_TTL: Dict[str, Optional[float]] = {
+    "wake": None,
+    "send-wake": None,
+    "nap": None,
+    "send-nap": None,
+    "clear-mark": JOB_TTL_DEFAULT,
+    "report": None,
+    "engine-veto": JOB_TTL_DEFAULT,
+    "veto": JOB_TTL_DEFAULT,
+    "demand": JOB_TTL_DEFAULT,
+    "decide": JOB_TTL_DEFAULT,
+    "hold": 60.0,  # a UPS hold for another segment's host: sent again while its row does not show it
+}
+JOB_TTL_MAX = 3600.0
+# Schema 3 (store/postgres.MIGRATIONS): the job's deadline.  Jobs of an older schema get one when migrated.
+JOB_DDL_3 = (
+    "ALTER TABLE powerwaked_jobs ADD COLUMN IF NOT EXISTS expires timestamptz",
+    "UPDATE powerwaked_jobs SET expires = created + make_interval(secs => %d) WHERE expires IS NULL" % JOB_TTL_DEFAULT,
+    "ALTER TABLE powerwaked_jobs ALTER COLUMN expires SET NOT NULL",
+    "CREATE INDEX IF NOT EXISTS powerwaked_jobs_failed ON powerwaked_jobs (id) WHERE state = 'failed'",
+)
 SCHEMA_LOCK = 0x70776B6D  # the store's migration lock (postgres.MIGRATE_LOCK): one creator at a time
 
 
@@ -57,16 +86,20 @@ class JobQueue:
     def create_schema(self) -> None:
         with self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            for statement in JOB_DDL:
+            for statement in JOB_DDL + JOB_DDL_3:
                 self.conn.execute(statement)
 
-    def submit(self, segment: str, kind: str, payload: Dict[str, Any], max_attempts: int = 3) -> int:
-        """Queue a job for the instances on ``segment`` and wake them (NOTIFY, sent at commit)."""
+    def submit(
+        self, segment: str, kind: str, payload: Dict[str, Any], ttl: float = JOB_TTL_DEFAULT, max_attempts: int = 3
+    ) -> int:
+        """Queue a job for the instances on ``segment``, to be started within ``ttl`` seconds (at most
+        JOB_TTL_MAX), and wake them (NOTIFY, sent at commit)."""
+        ttl = min(max(float(ttl), 0.0), JOB_TTL_MAX)
         with self.conn.transaction():
             row = self.conn.execute(
-                "INSERT INTO powerwaked_jobs (segment, kind, payload, max_attempts) VALUES (%s, %s, %s, %s) "
-                "RETURNING id",
-                (segment, kind, dumps(payload), max_attempts),
+                "INSERT INTO powerwaked_jobs (segment, kind, payload, max_attempts, expires) "
+                "VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s)) RETURNING id",
+                (segment, kind, dumps(payload), max_attempts, ttl),
             ).fetchone()
             self.conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, segment))
         return int(row[0])
@@ -80,7 +113,7 @@ class JobQueue:
                 "UPDATE powerwaked_jobs SET state = 'running', claimed_by = %s, attempts = attempts + 1, "
                 "lease_until = now() + make_interval(secs => %s) "
                 "WHERE id = (SELECT id FROM powerwaked_jobs WHERE segment = %s AND attempts < max_attempts "
-                "AND (state = 'queued' OR (state = 'running' AND lease_until < now())) "
+                "AND expires > now() AND (state = 'queued' OR (state = 'running' AND lease_until < now())) "
                 "ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) "
                 "RETURNING id, kind, payload, attempts",
                 (self.instance, float(lease), segment),
@@ -125,6 +158,33 @@ class JobQueue:
                 (dumps({"error": "no instance finished it"}),),
             )
             return cursor.rowcount
+
+    def expire(self, limit: int = 1000) -> List[Dict[str, Any]]:
+        """Jobs past their deadline that no instance runs (queued, or a dead holder's lease ran out) are failed
+        with ``{"error": "expired ..."}``; returns them (``id``, ``segment``, ``kind``, ``host``), each once."""
+        import json
+
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                "UPDATE powerwaked_jobs SET state = 'failed', finished = now(), "
+                "result = jsonb_build_object('error', 'expired after ' || "
+                "round(extract(epoch FROM expires - created)) || ' s: no instance of segment ' || segment || "
+                "' started it in time')::text "
+                "WHERE id IN (SELECT id FROM powerwaked_jobs WHERE expires <= now() "
+                "AND (state = 'queued' OR (state = 'running' AND lease_until < now())) "
+                "ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s) "
+                "RETURNING id, segment, kind, payload",
+                (int(limit),),
+            ).fetchall()
+        expired = []
+        for job_id, segment, kind, payload in rows:
+            try:
+                host = json.loads(payload).get("host")
+            except (ValueError, AttributeError):
+                host = None
+            expired.append({"id": int(job_id), "segment": segment, "kind": kind,
+                            "host": host if isinstance(host, str) else None})  # fmt: skip
+        return expired
 
     def job(self, job_id: int) -> Optional[Dict[str, Any]]:
         row = self.conn.execute(

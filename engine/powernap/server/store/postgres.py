@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import StoreError, redact
-from .coord import JOB_DDL
+from .coord import JOB_DDL, JOB_DDL_3
 from .sql import SqlStore, _loads
 
 INSTANCE_LOCK = 0x70776B64  # "pwkd": the session lock one server holds on its database
@@ -100,12 +100,16 @@ MIGRATIONS = {
         "roles text NOT NULL DEFAULT '', heartbeat timestamptz NOT NULL DEFAULT now())",
     )
     + JOB_DDL,
-    # Fleet mode: the signed API writes' nonces, for the whole fleet (a request taken by one instance is a replay at
-    # every other one); kept for the clock-skew window.
-    3: (
+    # Jobs get a deadline; a host row deleted by its writer leaves a tombstone, so the mirrors drop it too.
+    # Signed API writes' nonces, for the whole fleet (a request taken by one instance is a replay at every other one).
+    3: JOB_DDL_3
+    + (
         "CREATE TABLE IF NOT EXISTS powerwaked_nonces (sender text NOT NULL, nonce text NOT NULL, "
         "ts double precision NOT NULL, PRIMARY KEY (sender, nonce))",
         "CREATE INDEX IF NOT EXISTS powerwaked_nonces_ts ON powerwaked_nonces (ts)",
+        "CREATE TABLE IF NOT EXISTS powerwaked_hosts_gone (name text PRIMARY KEY, segment text NOT NULL, "
+        "version bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+        "CREATE INDEX IF NOT EXISTS powerwaked_hosts_gone_version ON powerwaked_hosts_gone (version)",
     ),
 }
 
@@ -242,9 +246,13 @@ class PostgresStore(SqlStore):
             if self.rows_segment is None:
                 cursor.executemany("DELETE FROM powerwaked_hosts WHERE name = %s", gone)
             else:  # only our own rows: a host that moved to another segment is that writer's now
-                cursor.executemany(
-                    "DELETE FROM powerwaked_hosts WHERE name = %s AND segment = %s",
-                    [(name, self.rows_segment) for (name,) in gone],
+                # A tombstone for the other instances' mirrors (``gone_since``), only where a row went.
+                cursor.execute(
+                    "WITH gone AS (DELETE FROM powerwaked_hosts WHERE segment = %s AND name = ANY(%s) RETURNING name) "
+                    "INSERT INTO powerwaked_hosts_gone (name, segment, version) "
+                    "SELECT name, %s, nextval('powerwaked_host_version') FROM gone ON CONFLICT (name) DO UPDATE "
+                    "SET segment = excluded.segment, version = excluded.version, at = now()",
+                    (self.rows_segment, [name for (name,) in gone], self.rows_segment),
                 )
 
     def mirror(self, since: int, problems: List[str]) -> Tuple[List[Tuple[str, Dict[str, Any]]], int]:
@@ -274,6 +282,32 @@ class PostgresStore(SqlStore):
             if isinstance(record, dict):
                 records.append((segment, record))
         return records, newest
+
+    def gone_since(self, since: int) -> Tuple[List[Tuple[str, str]], int]:
+        """Fleet mode: hosts whose rows their writers deleted after version ``since`` and that have no row now
+        (a host that moved to another segment or came back has one): ``([(name, segment)], newest)``."""
+
+        def work(cursor: Any) -> Tuple[List[Any], Optional[int]]:
+            cursor.execute("SELECT max(version) FROM powerwaked_hosts_gone")
+            newest = cursor.fetchone()[0]
+            cursor.execute(
+                "SELECT g.name, g.segment FROM powerwaked_hosts_gone g WHERE g.version > %s AND g.version <= %s "
+                "AND NOT EXISTS (SELECT 1 FROM powerwaked_hosts h WHERE h.name = g.name)",
+                (int(since), newest or 0),
+            )
+            return cursor.fetchall(), newest
+
+        rows, newest = self._transaction(work)
+        return [(str(name), str(segment)) for name, segment in rows], max(int(since), int(newest or 0))
+
+    def forget_gone(self, older_than: float) -> None:
+        """Tombstones older than ``older_than`` seconds are deleted (every mirror has read them by then)."""
+
+        def work(cursor: Any) -> None:
+            cursor.execute("DELETE FROM powerwaked_hosts_gone WHERE at < now() - make_interval(secs => %s)",
+                           (float(older_than),))  # fmt: skip
+
+        self._transaction(work)
 
     def rescope(self, scope: str, segment: Optional[str]) -> None:
         """Write as another scope from now on (a lead taken or lost): the caller reads it again (``read``)."""
