@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import protocol as P
 from .store import StoreError, dumps
-from .store.postgres import SESSION_SETUP, BackgroundConnect
 from .store.coord import JOB_TTL, JOB_TTL_DEFAULT, JOB_TTL_MAX
+from .store.postgres import SESSION_SETUP, BackgroundConnect
 
 POLICY = "@policy"  # the pseudo-segment of the policy leader's jobs
 POLICY_LOCK = "powerwaked-policy"
