@@ -84,15 +84,16 @@ class StoreLab:
     def store_url(self, password):
         return "postgresql://%s:%s@%s:%d/%s" % (DB_USER, password, self.lab.controller, PG_PORT, DATABASE)
 
-    def host_vars(self, password):
-        return """---
+    def host_vars(self, password, store_in_config=False):
+        """h1's host_vars; ``store_in_config``: the store as powernap_server_config's own ``store``."""
+        return (
+            """---
 powernap_fleet_secret: "{secret}"
 powernap_host_config:
   server:
     url: udp://{address}:{port}
 powernap_server: true
 powernap_server_listen: "{address}"
-powernap_server_store: "{store}"
 powernap_server_segment: {segment}
 powernap_server_segments:
   {segment}:
@@ -100,7 +101,9 @@ powernap_server_segments:
 powernap_server_config:
   powerwaked:
     announce: false
-""".format(
+"""
+            + ('    store: "{store}"\n' if store_in_config else 'powernap_server_store: "{store}"\n')
+        ).format(
             secret=FLEET_SECRET,
             address=self.address,
             port=SERVER_PORT,
@@ -109,10 +112,10 @@ powernap_server_config:
             lan=self.lab.network["lan"],
         )
 
-    def run_role(self, password, *extra, expect_ok=True):
+    def run_role(self, password, *extra, expect_ok=True, store_in_config=False):
         """site.yml at -v with h1 on the store with ``password``; the output, which must hold no password."""
-        result = run_site(self.lab, self.inventory, self.host_vars(password), "-v", *extra, verbose=False,
-                          expect_ok=expect_ok)  # fmt: skip
+        values = self.host_vars(password, store_in_config)
+        result = run_site(self.lab, self.inventory, values, "-v", *extra, verbose=False, expect_ok=expect_ok)
         output = result if expect_ok else result[1]
         found = self.leaks(output)
         assert found == [], "the store's password shown by the role:\n" + "\n".join(found)
@@ -184,6 +187,16 @@ def recap(output, host="h1"):
     return line
 
 
+def psycopg_installed(lab, output):
+    """The engine task found psycopg missing on h1 and installed the distribution's package from the lab."""
+    assert re.search(r'"missing_packages": \[[^]]*"python3-psycopg"', output), output[-3000:]
+    installed = lab.exec("h1", ["dpkg-query", "-W", "-f", "${Status}", "python3-psycopg"], check=False).stdout
+    assert installed == "install ok installed", installed
+    policy = lab.exec("h1", ["apt-cache", "policy", "python3-psycopg"]).stdout
+    assert "http://%s:8080" % lab.controller in policy, policy  # from the lab's own repository
+    lab.exec("h1", ["python3", "-c", "import psycopg"])
+
+
 def test_role_deploys_fleet_mode_on_postgresql(store_lab):
     lab = store_lab.lab
     # A lab kept from an earlier run (POWERNAP_LAB_KEEP) may have it already: the role must install it itself.
@@ -192,13 +205,7 @@ def test_role_deploys_fleet_mode_on_postgresql(store_lab):
     password = store_lab.set_password()
 
     output = store_lab.run_role(password)
-    # The engine module found psycopg missing and the role installed the distribution's package.
-    assert re.search(r'"missing_packages": \[[^]]*"python3-psycopg"', output), output[-3000:]
-    installed = lab.exec("h1", ["dpkg-query", "-W", "-f", "${Status}", "python3-psycopg"], check=False).stdout
-    assert installed == "install ok installed", installed
-    policy = lab.exec("h1", ["apt-cache", "policy", "python3-psycopg"]).stdout
-    assert "http://%s:8080" % lab.controller in policy, policy  # from the lab's own repository
-    lab.exec("h1", ["python3", "-c", "import psycopg"])
+    psycopg_installed(lab, output)
 
     assert lab.exec("h1", ["systemctl", "is-active", "powerwaked"], check=False).stdout.strip() == "active"
     status = store_lab.wait_leading()
@@ -228,6 +235,13 @@ def test_role_deploys_fleet_mode_on_postgresql(store_lab):
     assert "changed=0" in recap(output), "a second run changed h1:\n" + output[-3000:]
 
     # A new password: the diff shows neither; powerwaked restarts on the new one.
+    # The same store given as powernap_server_config's own (it wins over powernap_server_store): the same config,
+    # and psycopg is still what the server needs. Taken away first, the role installs it again.
+    lab.exec("h1", ["dpkg", "--purge", "python3-psycopg"])
+    output = store_lab.run_role(password, store_in_config=True)
+    psycopg_installed(lab, output)
+    assert "changed=1 " in recap(output), "more than the package changed:\n" + output[-3000:]
+
     running = store_lab.main_pid()
     new_password = store_lab.set_password()  # the running one keeps its session; a new session needs this one
     output = store_lab.run_role(new_password, "--diff")
