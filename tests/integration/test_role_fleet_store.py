@@ -258,7 +258,7 @@ def test_wrong_password_fails_visibly_without_the_password(store_lab):
     wrong = secrets.token_hex(16)  # never the role's password
     store_lab.passwords.append(wrong)
     code, output = store_lab.run_role(wrong, "--diff", expect_ok=False)
-    assert code != 0 and "powerwaked" in output, output[-3000:]
+    assert code != 0 and re.search(r"fatal: \[h1\]: FAILED! => .*powerwaked", output), output[-3000:]
     assert lab.exec("h1", ["systemctl", "is-active", "powerwaked"], check=False).stdout.strip() != "active"
     journal = store_lab.journal()
     print("--- powerwaked's journal, last 3000 characters:\n" + journal[-3000:])
@@ -266,3 +266,19 @@ def test_wrong_password_fails_visibly_without_the_password(store_lab):
     where = "postgresql://%s:***@%s:%d/%s" % (DB_USER, lab.controller, PG_PORT, DATABASE)
     assert where in journal and "password authentication failed" in journal, journal[-3000:]
     assert store_lab.leaks(journal) == [], store_lab.leaks(journal)
+
+
+def test_a_malformed_store_url_is_refused_without_its_password(store_lab):
+    """powerwaked's check of the new config (the template's validate) refuses it, naming the option, not the URL."""
+    lab = store_lab.lab
+    before = lab.exec("h1", ["cat", "/etc/powernap/powerwaked.conf"], check=False).stdout  # none when run alone
+    password = secrets.token_hex(16)
+    store_lab.passwords.append(password)
+    values = store_lab.host_vars(password).replace(":%d/" % PG_PORT, ":99999/")  # no such port
+    assert ":99999/" in values
+    code, output = run_site(lab, store_lab.inventory, values, "-v", "--diff", verbose=False, expect_ok=False)
+    fatal = next((line for line in output.splitlines() if line.startswith("fatal: [h1]")), "")
+    print(fatal)
+    assert code != 0 and "store" in fatal and "port" in fatal, output[-3000:]
+    assert store_lab.leaks(output) == [], store_lab.leaks(output)
+    assert lab.exec("h1", ["cat", "/etc/powernap/powerwaked.conf"], check=False).stdout == before  # it stays
