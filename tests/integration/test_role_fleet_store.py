@@ -12,9 +12,12 @@ and fleet mode (one segment, the lab's LAN), run at ``-v``:
   that it leads its segment; h1's own engine reports to it and the report is in the database, as is the
   instance (``powerwaked_instances``, read with psql as postgres);
 - its config is 0600, the powerwaked user's; a second run changes nothing;
+- the same store set as ``powernap_server_config``'s own ``store`` (which wins) needs psycopg too: purged,
+  the role installs it again;
 - a run that changes the password (``--diff``) restarts it on the new one;
 - a wrong password fails the play with powerwaked's own words from the journal: they name the store, not
-  the password.
+  the password;
+- a malformed store URL is refused by the config check before it goes live, naming ``store``.
 
 No password ever shows in the Ansible output, the diff or the daemon's journal.  The cluster is stopped by
 its PID and the lab taken down at the end.
@@ -235,7 +238,6 @@ def test_role_deploys_fleet_mode_on_postgresql(store_lab):
     output = store_lab.run_role(password)
     assert "changed=0" in recap(output), "a second run changed h1:\n" + output[-3000:]
 
-    # A new password: the diff shows neither; powerwaked restarts on the new one.
     # The same store given as powernap_server_config's own (it wins over powernap_server_store): the same config,
     # and psycopg is still what the server needs. Taken away first, the role installs it again.
     lab.exec("h1", ["dpkg", "--purge", "python3-psycopg"])
@@ -243,6 +245,7 @@ def test_role_deploys_fleet_mode_on_postgresql(store_lab):
     psycopg_installed(lab, output)
     assert "changed=1 " in recap(output), "more than the package changed:\n" + output[-3000:]
 
+    # A new password: the diff shows neither; powerwaked restarts on the new one.
     running = store_lab.main_pid()
     new_password = store_lab.set_password()  # the running one keeps its session; a new session needs this one
     output = store_lab.run_role(new_password, "--diff")
