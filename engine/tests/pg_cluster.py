@@ -1,12 +1,12 @@
 """A private PostgreSQL cluster for tests: initdb + pg_ctl in a temporary directory, a unix socket only.
 
 No TCP (``listen_addresses = ''``), trust on the socket, which lives in the cluster's own 0700
-directory; unless ``listen`` is given: then also TCP on that address (port 5432) of the network
-namespace ``netns`` (one the test made: nothing else can reach it), trusted from ``trust`` (a CIDR).
-As root the server runs as the ``postgres`` user (initdb refuses root); otherwise as the caller.
-``stop`` ends the postmaster by its PID (SIGINT: a fast shutdown; SIGKILL after 15 s) and removes
-the directory.  Every wait is bounded.  Reused by the store tests and the multi-instance ones
-(``tests/integration`` imports it too).
+directory.  Optionally (``listen``) it also listens on TCP on that one address, inside the network
+namespace ``netns`` (a lab's controller), with the ``hba`` lines appended to its pg_hba.conf (e.g.
+scram-sha-256 for one role from one subnet).  As root the server runs as the ``postgres`` user
+(initdb refuses root); otherwise as the caller.  ``stop`` ends the postmaster by its PID (SIGINT: a
+fast shutdown; SIGKILL after 15 s) and removes the directory.  Every wait is bounded.  Reused by the
+store tests and the multi-instance ones (``tests/integration`` can import it too).
 """
 
 import glob
@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 START_TIMEOUT = 60  # seconds; it starts in about a second here
 
@@ -32,9 +32,9 @@ def binaries() -> Optional[str]:
 
 
 class PrivateCluster:
-    def __init__(self, bindir: str, netns: Optional[str] = None, listen: str = "", trust: str = ""):
+    def __init__(self, bindir: str, listen: str = "", port: int = 5432, netns: str = "", hba: Sequence[str] = ()):
         self.bindir = bindir
-        self.listen, self.trust = listen, trust
+        self.listen, self.port, self.netns, self.hba = listen, port, netns, tuple(hba)
         self.dir = tempfile.mkdtemp(prefix="powernap-pg-")
         self.data = os.path.join(self.dir, "data")
         self.socket_dir = self.dir
@@ -47,33 +47,38 @@ class PrivateCluster:
             self._as = ["runuser", "-u", "postgres", "--"]
         else:
             self.user = pwd.getpwuid(os.geteuid()).pw_name
-        if netns is not None:
-            self._as = ["ip", "netns", "exec", netns] + self._as
         os.chmod(self.dir, 0o700)
 
-    def _run(self, *args: str) -> None:
-        subprocess.run(self._as + list(args), check=True, capture_output=True, timeout=START_TIMEOUT)
+    def _run(self, *args: str, netns: str = "") -> None:
+        # `ip netns exec` (root) before runuser: into the namespace first, then the postgres user
+        inside = ["ip", "netns", "exec", netns] if netns else []
+        subprocess.run(inside + self._as + list(args), check=True, capture_output=True, timeout=START_TIMEOUT)
 
     def start(self) -> "PrivateCluster":
         self._run(
             os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", self.user, "--auth=trust",
             "--no-sync", "-E", "UTF8", "--locale=C",
         )  # fmt: skip
-        if self.trust:
-            with open(os.path.join(self.data, "pg_hba.conf"), "a", encoding="ascii") as handle:
-                handle.write("host all all %s trust\n" % self.trust)
-        options = "-c listen_addresses='%s' -c unix_socket_directories='%s' -c fsync=on" % (
-            self.listen, self.socket_dir)  # fmt: skip
+        if self.hba:
+            with open(os.path.join(self.data, "pg_hba.conf"), "a", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in self.hba))
+        options = "-c listen_addresses='%s' -c port=%d -c unix_socket_directories='%s' -c fsync=on" % (
+            self.listen,
+            self.port,
+            self.socket_dir,
+        )
+        # In a namespace the postmaster is born there (pg_ctl forks it), and its TCP socket with it.
         self._run(
             os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-o", options, "-l",
-            os.path.join(self.dir, "server.log"), "-w", "-t", str(START_TIMEOUT), "start",
+            os.path.join(self.dir, "server.log"), "-w", "-t", str(START_TIMEOUT), "start", netns=self.netns,
         )  # fmt: skip
         with open(os.path.join(self.data, "postmaster.pid"), encoding="ascii") as handle:
             self.pid = int(handle.readline())
         return self
 
     def url(self, dbname: str = "postgres") -> str:
-        return "postgresql:///%s?host=%s&user=%s" % (dbname, self.socket_dir, self.user)
+        port = "&port=%d" % self.port if self.port != 5432 else ""  # the socket's name has the port in it
+        return "postgresql:///%s?host=%s&user=%s%s" % (dbname, self.socket_dir, self.user, port)
 
     def create_database(self, name: str) -> str:
         import psycopg

@@ -124,10 +124,14 @@ class ActionModule(ActionBase):
             args["digest"] = manifest["digest"]
             args["secret_options"] = sorted(set(args.get("secret_options") or []) | set(secret_options(manifest)))
             module_result = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
+            installed = []
             if module_result.get("package_manager") and not module_result.get("failed"):
                 module_result = self._install_packages(module_result, args, task_vars)
+                installed = module_result.get("missing_packages") or []
             if module_result.get("archive_needed"):
                 module_result = self._run_with_archive(args, manifest, task_vars)
+                if installed:  # a fresh host: what was installed before the engine, not the last run's []
+                    module_result["missing_packages"] = installed
         except (AnsibleError, OSError, ValueError, tarfile.TarError, subprocess.SubprocessError) as exc:
             result.update(failed=True, msg="powernap.fleet.engine: %s" % exc)
             return result

@@ -247,8 +247,11 @@ def require_root():
         )
 
 
-def bring_up(name, hosts, groups=None, timeout=180, suite=None, kind=None, segment=None):
-    """Bring a lab up (idempotent) and return its handle; on failure tear it down and fail."""
+def bring_up(name, hosts, groups=None, timeout=180, suite=None, kind=None, segment=None, apt_packages=None):
+    """Bring a lab up (idempotent) and return its handle; on failure tear it down and fail.
+
+    ``apt_packages``: what the lab's apt repository serves (``up --apt-packages``; default: the lab's list).
+    """
     require_root()
     cmd = [LAB_TOOL, "--name", name, "up", "--hosts", str(hosts), "--timeout", str(timeout)]
     if segment is not None:
@@ -259,6 +262,8 @@ def bring_up(name, hosts, groups=None, timeout=180, suite=None, kind=None, segme
         cmd += ["--suite", suite]
     if kind:
         cmd += ["--kind", kind]
+    if apt_packages is not None:
+        cmd += ["--apt-packages", ",".join(apt_packages)]
     # a first VM lab also builds the VM image (a few minutes)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + (1800 if kind else 600), check=False)
     if proc.returncode != 0:

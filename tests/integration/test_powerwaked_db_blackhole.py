@@ -90,7 +90,9 @@ def silent_db():
     cluster = None
     try:
         namespaces.up()
-        cluster = PrivateCluster(bindir, netns=namespaces.db_ns, listen=DB_ADDRESS, trust=SERVER_ADDRESS + "/32")
+        cluster = PrivateCluster(
+            bindir, listen=DB_ADDRESS, netns=namespaces.db_ns, hba=["host all all %s/32 trust" % SERVER_ADDRESS]
+        )
         cluster.start()
         subprocess.run(
             [os.path.join(bindir, "createdb"), "-h", cluster.socket_dir, "-U", cluster.user, "blackhole"],

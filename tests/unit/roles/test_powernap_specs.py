@@ -87,8 +87,9 @@ def write_readme():
         readme = handle.read()
     head, rest = readme.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
+    table = variables_table()  # before the file is opened for writing: a bad spec must not empty the README
     with open(readme_path(), "w", encoding="utf-8") as handle:
-        handle.write(head + BEGIN + "\n" + variables_table() + "\n" + END + tail)
+        handle.write(head + BEGIN + "\n" + table + "\n" + END + tail)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:

@@ -234,6 +234,42 @@ def test_the_action_installs_what_the_module_found_missing_then_converges(monkey
     assert "token = ********" in result["config"] and "tok-old" not in result["config"]
 
 
+def test_a_fresh_host_still_reports_the_packages_installed_before_the_engine(monkeypatch):
+    """A fresh server host without psycopg: apt, the module again (archive needed), then the archive run.
+
+    The last run finds nothing missing; the task still says what it installed (the module's documented
+    missing_packages), not that last run's [].
+    """
+    from ansible_collections.powernap.fleet.plugins.action import engine as engine_action
+    from ansible_collections.powernap.fleet.tests.unit.plugins.action.test_return_docs import make_action
+
+    action = make_action(engine_action.ActionModule, {"config": CONFIG, "install_packages": True, "psycopg": True})
+    action._task.check_mode = False
+    calls = []
+
+    def execute(module_name, module_args, task_vars):
+        calls.append((module_name, dict(module_args)))
+        if module_name == "ansible.legacy.apt":
+            return {"changed": True}
+        if len(calls) == 1:
+            return {"changed": False, "missing_packages": ["python3-psycopg"], "package_manager": "apt"}
+        if "archive" not in module_args:
+            return {"changed": False, "archive_needed": True, "missing_packages": []}
+        return {"changed": True, "engine_ready": True, "missing_packages": [], "release": "r"}
+
+    action._execute_module = execute
+    action._remove_tmp_path = lambda path: None
+    action._transfer_file = lambda local, remote: remote
+    action._fixup_perms2 = lambda paths: None
+    monkeypatch.setattr(engine_action, "archive_path", lambda manifest: "/nonexistent/engine.tar.gz")
+    result = action.run(task_vars={"inventory_hostname": "h1"})
+    names = [name for name, _args in calls]
+    assert names == ["powernap.fleet.engine", "ansible.legacy.apt", "powernap.fleet.engine", "powernap.fleet.engine"]
+    assert calls[1][1]["name"] == ["python3-psycopg"] and "archive" in calls[3][1]
+    assert result["changed"] is True and result["missing_packages"] == ["python3-psycopg"], result
+    assert "archive_needed" not in result and "package_manager" not in result
+
+
 def test_a_bad_secureon_fails_before_any_change_and_is_not_echoed(capsys, host):
     result = run(capsys, archive=host.archive, secureon="zz:11:22:33:44:55")
     assert result["failed"] and result["msg"].startswith("secureon: invalid SecureOn password")
