@@ -96,3 +96,20 @@ def test_fleet_errors_name_the_section_and_option(tmp_path, extra, expected):
 def test_a_password_in_the_store_url_is_never_in_a_fleet_error(tmp_path):
     _config, errors, _path = _load(tmp_path, BASE + "store = sqlite:///tmp/hunter2-secret.sqlite3\nsegment = lan-a\n")
     assert errors and not any("hunter2" in error for error in errors)
+
+
+def test_a_refused_store_url_is_the_one_error_not_also_fleet_mode_on_sqlite(tmp_path):
+    """The refused store's default (SQLite) stands in for it: fleet mode must not be refused for a store the admin
+    never wrote (the second, misleading error the role's play showed)."""
+    _config, errors, path = _load(tmp_path, BASE + "store = postgresql://u:S3cret@db.example:99999/x\nsegment = lan-a\n"
+                                  + SEGMENTS)  # fmt: skip
+    assert errors == [path + ":4: option 'store': a PostgreSQL store URL with a bad host or port part"], errors
+
+
+def test_check_config_names_the_live_file_for_a_checked_copy(tmp_path, capsys):
+    """The role validates a temporary copy: --shown-as makes its errors name the file it replaces."""
+    from powernap.server.daemon import main
+
+    _config, _errors, path = _load(tmp_path, BASE + "lead_poll = 0\n")
+    assert main(["--config", path, "--check-config", "--shown-as", "/etc/powernap/powerwaked.conf"]) == 1
+    assert capsys.readouterr().err.startswith("/etc/powernap/powerwaked.conf:4: option 'lead_poll':")

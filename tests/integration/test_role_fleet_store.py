@@ -287,5 +287,8 @@ def test_a_malformed_store_url_is_refused_without_its_password(store_lab):
     fatal = next((line for line in output.splitlines() if line.startswith("fatal: [h1]")), "")
     print(fatal)
     assert code != 0 and "store" in fatal and "port" in fatal, output[-3000:]
+    # The one error, naming the live file (not the copy Ansible checks) and the option.
+    assert "/etc/powernap/powerwaked.conf:" in fatal and "option 'store'" in fatal, fatal
+    assert "needs store = postgresql" not in output, fatal
     assert store_lab.leaks(output) == [], store_lab.leaks(output)
     assert lab.exec("h1", ["cat", "/etc/powernap/powerwaked.conf"], check=False).stdout == before  # it stays

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 import socket
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Type
 from urllib.parse import urlsplit
 
 from .. import ini
@@ -483,6 +483,9 @@ class ServerConfig:
         self.metrics: Dict[str, Any] = MetricsSection.parse_options({})
         self.energy: Dict[str, Any] = EnergySection.parse_options({})
         self.named: Dict[str, Dict[str, Dict[str, Any]]] = {kind: {} for kind in NAMED}
+        # (section, option) whose value was refused (and reported): checks across options leave them alone, as their
+        # default stands in for a value the admin did not mean.
+        self.refused: Set[Tuple[str, str]] = set()
 
     @property
     def hosts(self) -> Dict[str, Dict[str, Any]]:
@@ -590,6 +593,7 @@ def load_config(paths: List[str]) -> Tuple[ServerConfig, List[ConfigError]]:
 
         def on_error(key: str, message: str, section: Any = section) -> None:
             errors.append(section.error(message, key))
+            config.refused.add((section.name, key))
 
         values = cls.parse_options(section.texts(), on_error)
         if any(opt.required and opt.name not in values for opt in cls.OPTIONS):
@@ -662,7 +666,7 @@ def _check_fleet(config: ServerConfig, where: Any, errors: List[ConfigError]) ->
             kind = parse_store_url(config.store)[0]
         except ValueError:
             kind = ""  # the store option's own error says why
-        if kind and kind != "postgresql":
+        if kind and kind != "postgresql" and ("powerwaked", "store") not in config.refused:
             message = "[powerwaked] segment = %s (fleet mode) needs store = postgresql://… (several instances share "
             errors.append(where("powerwaked")((message + "one database; SQLite is one file of one server)") % segment,
                                               "segment"))  # fmt: skip

@@ -896,6 +896,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="main config file (default %(default)s)")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
     parser.add_argument(
+        "--shown-as",
+        metavar="PATH",
+        help="name the --config file PATH in errors (a copy is checked before it replaces PATH: the role's validate)",
+    )
+    parser.add_argument(
         "--derive-key",
         metavar="HOST",
         help="print HOST's own key (its engine's [server] token), derived from the config's master secret",
@@ -916,7 +921,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = setup_logging(args.log_level).getChild("powerwaked")
     config, errors = load_config(config_files(args.config))
     for error in errors:
-        print(str(error), file=sys.stderr)
+        text = str(error)
+        if args.shown_as and text.startswith(args.config + ":"):
+            text = args.shown_as + text[len(args.config) :]
+        print(text, file=sys.stderr)
     if errors:
         return 1
     if args.derive_key:
