@@ -27,6 +27,7 @@ import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..options import Boolean, Choice, Declared, Option, OptionType, Scalar, String
 from . import protocol as P
 from .store import StoreError, dumps
 from .store.coord import JOB_TTL, JOB_TTL_DEFAULT, JOB_TTL_MAX
@@ -48,6 +49,102 @@ JOB_KINDS = tuple(JOB_TTL)
 EXPIRED_LOGGED = 100  # expired jobs logged one by one per sweep (the rest, if ever, in one line: a bounded log)
 GONE_KEPT = 86400.0  # tombstones of deleted host rows are kept a day (every mirror has read them by then)
 _TEXT = 512  # longest cause / name text taken from a job's payload
+
+
+class _Message(OptionType):
+    """A forwarded report: the engine's message as the forwarding instance verified it, checked again here."""
+
+    def check(self, value: Any) -> Dict[str, Any]:
+        return P.check_message(value)
+
+
+_REQUEST, _REPORT = P.RequestMessage.option, P.ReportMessage.option
+# The fields of job payloads, each of the wire's type (the API request's or the report's, where the job carries
+# one of theirs), so that a job row holds no value the API or a report could not have brought.
+_TARGET = Option("host", String(nonempty=True, max_length=253), required=True,
+                 doc="The host (a group for veto and demand, a decision id for decide).")  # fmt: skip
+_CAUSE = Option("cause", Scalar(_TEXT), doc="Why (free text, cut to %d characters)." % _TEXT)
+_SOURCE = Option("source", Scalar(_TEXT), doc="Who asked (free text).")
+_TEST = Option("test", Boolean(), doc="A test wake (wake health).")
+_ACTION = Option("action", Choice(*P.NAP_ACTIONS), doc="The nap action.")
+_FORCE, _METHOD = _REQUEST("force"), _REQUEST("method")
+
+
+class JobPayload(Declared):
+    """Base of the job payloads (``JOB_SCHEMAS``): a job row is checked against its kind's before it is run."""
+
+
+class _WakeJob(JobPayload):
+    """wake (to the policy leader) and send-wake (to the host's segment)."""
+
+    OPTIONS = (_TARGET, _CAUSE, _SOURCE, _METHOD, _TEST)
+
+
+class _NapJob(JobPayload):
+    """nap: to the policy leader."""
+
+    OPTIONS = (_TARGET, _CAUSE, _SOURCE, _ACTION, _FORCE)
+
+
+class _SendNapJob(JobPayload):
+    """send-nap: to the host's segment."""
+
+    OPTIONS = (_TARGET, _CAUSE, _SOURCE, _ACTION, Option("wake_at", P.TIME, doc="RTC wake alarm (epoch)."),
+               Option("urgent", Boolean(), doc="Sent before its turn (a UPS shed)."))  # fmt: skip
+
+
+class _ReportJob(JobPayload):
+    """report: a verified report forwarded to the leader of its host's segment."""
+
+    OPTIONS = (Option("message", _Message(), required=True, doc="The report."),
+               Option("sender", P.PeerAddress(), doc="[ip, port] it came from."))  # fmt: skip
+
+
+class _ClearMarkJob(JobPayload):
+    """clear-mark: to the host's segment."""
+
+    OPTIONS = (_TARGET, _SOURCE)
+
+
+class _EngineVetoJob(JobPayload):
+    """engine-veto: a report's veto, to the policy leader."""
+
+    OPTIONS = (_TARGET, Option("veto_for", _REPORT("veto_for").type, required=True, doc="Seconds (0 lifts it)."),
+               _REPORT("veto_reason"))  # fmt: skip
+
+
+class _VetoJob(JobPayload):
+    """veto: an API veto (or its lifting), to the policy leader."""
+
+    OPTIONS = (_TARGET, _SOURCE, _REQUEST("ttl"), Option("cause", _REQUEST("reason").type, doc="Why."),
+               Option("clear", Boolean(), required=True, doc="Lift the group's vetoes instead."))  # fmt: skip
+
+
+class _DemandJob(JobPayload):
+    """demand: an API demand, to the policy leader."""
+
+    OPTIONS = (_TARGET, _SOURCE, Option("more", _REQUEST("more").type, required=True, doc="More awake hosts."),
+               Option("ttl", _REQUEST("ttl").type, required=True, doc="For this long."))  # fmt: skip
+
+
+class _DecideJob(JobPayload):
+    """decide: an API approval or rejection, to the policy leader."""
+
+    OPTIONS = (_TARGET, _SOURCE, Option("approve", Boolean(), required=True, doc="Approve (else reject)."), _FORCE)
+
+
+class _HoldJob(JobPayload):
+    """hold: a UPS policy's hold or its release, from the policy leader to the host's segment."""
+
+    OPTIONS = (_TARGET, Option("hold", String(nonempty=True, max_length=_TEXT), doc="The hold (null: released)."),
+               Option("policy", String(nonempty=True, max_length=_TEXT), required=True,
+                      doc="The policy's hold."))  # fmt: skip
+
+
+JOB_SCHEMAS = {"wake": _WakeJob, "send-wake": _WakeJob, "nap": _NapJob, "send-nap": _SendNapJob,
+               "report": _ReportJob, "clear-mark": _ClearMarkJob, "engine-veto": _EngineVetoJob, "veto": _VetoJob,
+               "demand": _DemandJob, "decide": _DecideJob, "hold": _HoldJob}  # fmt: skip
+assert set(JOB_SCHEMAS) == set(JOB_KINDS), "a job kind without its payload's schema"
 
 
 class FleetMode:
@@ -369,6 +466,7 @@ class FleetMode:
         """Queue a job (durable once this returns); StoreError when the database refuses."""
         if not self._ensure_jobs():
             raise StoreError("fleet: no database connection for jobs (retrying)")
+        payload = {key: value[:_TEXT] if isinstance(value, str) else value for key, value in payload.items()}
         try:
             job_id = self.queue.submit(segment, kind, payload, self.job_ttl(kind, payload))
         except Exception as exc:  # psycopg.Error
@@ -518,13 +616,13 @@ class FleetMode:
     def _execute(self, job: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """Do one job; its payload is checked like any input (a database row is no trusted source)."""
         server = self.server
-        kind, payload = job["kind"], job["payload"]
-        if kind not in JOB_KINDS or not isinstance(payload, dict):
-            raise ValueError("unknown job kind or payload")
+        kind = job["kind"]
+        if kind not in JOB_SCHEMAS:
+            raise ValueError("unknown job kind %r" % str(kind)[:32])
+        payload = JOB_SCHEMAS[kind].check_values(job["payload"])  # ValueError names the field
         if kind == "report":
-            message = P.check_message(payload.get("message"))
-            sender = payload.get("sender")
-            address = tuple(P.PeerAddress().check(sender)) if sender is not None else None
+            message, sender = payload["message"], payload.get("sender")
+            address = tuple(sender) if sender is not None else None
             answer = server.accept_report(message, address, forwarded=True)
             return {"host": message["from"], "applied": answer is not None}
         host = _text(payload.get("host"))

@@ -1,0 +1,98 @@
+"""Fleet mode against hostile rows (issue 18): a database row is no trusted source.
+
+Each test writes what a broken or hostile writer could put in the shared database (a job with a payload out of
+range, of the wrong type or nested beyond reason) and checks that the instance that takes it refuses it as it is,
+changes nothing, and goes on with the next job.  The same harness as test_server_fleet.py."""
+
+import json
+import time
+
+import psycopg
+import pytest
+import test_server_fleet
+from server_fakes import signed_report
+from test_server_fleet import pump, settle
+
+from powernap.server import protocol as P
+
+database, fleet = test_server_fleet.database, test_server_fleet.fleet  # its fixtures
+CLUSTER = "[cluster.web]\ngroup = web\nmin_awake = 0\n"
+
+
+def _conn(server):
+    """A connection of the test's own (the instance's may be what a bad row breaks)."""
+    conn = getattr(server, "_test_conn", None)
+    if conn is None:
+        conn = server._test_conn = psycopg.connect(server.registry.store.conninfo(), autocommit=True)
+    return conn
+
+
+def _insert_job(server, segment, kind, payload_text):
+    """A job row as a hostile writer would put it: the payload's text as it is (not through JobQueue.submit)."""
+    conn = _conn(server)
+    row = conn.execute(
+        "INSERT INTO powerwaked_jobs (segment, kind, payload, expires) VALUES (%s, %s, %s, now() + interval '5 min') "
+        "RETURNING id",
+        (segment, kind, payload_text),
+    ).fetchone()
+    conn.execute("SELECT pg_notify('powerwaked_jobs', %s)", (segment,))
+    return int(row[0])
+
+
+def _job_state(server, job_id):
+    return _conn(server).execute("SELECT state, attempts FROM powerwaked_jobs WHERE id = %s", (job_id,)).fetchone()
+
+
+def _policy_leader(fleet):
+    a = fleet.start("seg-a-1", "lan-a", CLUSTER)
+    settle(lambda: a.fleetmode.policy_leader and a.fleetmode.segment_leader and a.fleetmode.queue is not None, [a],
+           what="a leads")  # fmt: skip
+    return a
+
+
+def test_a_demand_job_out_of_the_apis_range_is_refused_and_sets_no_demand(fleet):
+    """The API takes ``more`` in 0..10000 and ``ttl`` in 1 s..7 days: a job row is held to the same schema (a
+    demand for ever, or for a billion hosts, would keep the whole cluster awake)."""
+    a = _policy_leader(fleet)
+    cluster = a.clusters["web"]
+    bad = [
+        {"host": "web", "more": 10**9, "ttl": 60.0, "source": "x"},
+        {"host": "web", "more": 1, "ttl": "Infinity", "source": "x"},
+        {"host": "web", "more": -5, "ttl": 60.0, "source": "x"},
+        {"host": "web", "more": "3", "ttl": 60.0, "source": "x"},
+        {"host": "web", "more": 1, "ttl": 10**400, "source": "x"},
+    ]
+    ids = [_insert_job(a, "@policy", "demand", json.dumps(p).replace('"Infinity"', "Infinity")) for p in bad]
+    settle(lambda: all(_job_state(a, i)[0] == "failed" for i in ids), [a], what="every bad demand refused")
+    assert cluster.demands == []
+    assert [_job_state(a, i) for i in ids] == [("failed", 1)] * len(ids)  # refused at once, not tried again
+
+
+def test_a_veto_job_with_a_duration_out_of_range_is_refused(fleet):
+    a = _policy_leader(fleet)
+    ids = [
+        _insert_job(a, "@policy", "veto", '{"host": "web", "source": "x", "ttl": NaN, "clear": false}'),
+        _insert_job(a, "@policy", "veto", '{"host": "web", "source": "x", "ttl": -60, "clear": false}'),
+        _insert_job(a, "@policy", "veto", '{"host": "web", "source": "x", "ttl": 60, "clear": "no"}'),
+        _insert_job(
+            a,
+            "@policy",
+            "veto",
+            '{"host": "web", "source": "x", "ttl": 60, "clear": false, "cause": "%s"}' % ("r" * 5000),
+        ),  # fmt: skip
+    ]
+    settle(lambda: all(_job_state(a, i)[0] == "failed" for i in ids), [a], what="every bad veto refused")
+    assert not a.rails.vetoes.get("web")
+
+
+def test_a_signed_report_with_a_number_too_large_for_a_float_is_refused_naming_its_field(fleet):
+    """JSON numbers have no size limit: an integer of 400 digits in a report (or a job) is a bad value of its field
+    (ProtocolError, counted as rejected), not an OverflowError out of the schema check."""
+    a = _policy_leader(fleet)
+    datagram = signed_report("a1", ts=time.time(), nonce="ab12", state="awake", event="heartbeat", load=10**400)
+    with pytest.raises(P.ProtocolError, match="'load'"):
+        a.endpoint.accept(datagram)
+    rejected = a.rejected
+    with a.lock:
+        a._on_datagram(datagram, ("127.0.0.1", 9), [])
+    assert a.rejected == rejected + 1 and a.errors == 0
