@@ -85,6 +85,20 @@ def test_a_veto_job_with_a_duration_out_of_range_is_refused(fleet):
     assert not a.rails.vetoes.get("web")
 
 
+def test_a_job_nested_beyond_reason_is_refused_at_once_and_the_next_job_runs(fleet):
+    """A payload JSON cannot even be parsed into (nested 100,000 deep) is failed for good at once: it must not
+    break the instance's job connection, nor come back twice more and delay every job behind it."""
+    a = _policy_leader(fleet)
+    pump(a)
+    conn_before = a.fleetmode.conn
+    nested = _insert_job(a, "lan-a", "clear-mark", "[" * 100000 + "]" * 100000)
+    broken = _insert_job(a, "lan-a", "clear-mark", "{not json")
+    good = _insert_job(a, "lan-a", "clear-mark", '{"host": "a1", "source": "admin"}')
+    settle(lambda: _job_state(a, good)[0] == "done", [a], seconds=5.0, what="the good job done")
+    assert a.fleetmode.conn is conn_before  # the job connection was never dropped
+    assert _job_state(a, nested) == ("failed", 1) and _job_state(a, broken) == ("failed", 1)
+
+
 def test_a_signed_report_with_a_number_too_large_for_a_float_is_refused_naming_its_field(fleet):
     """JSON numbers have no size limit: an integer of 400 digits in a report (or a job) is a bad value of its field
     (ProtocolError, counted as rejected), not an OverflowError out of the schema check."""
