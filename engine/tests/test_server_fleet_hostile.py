@@ -110,3 +110,25 @@ def test_a_signed_report_with_a_number_too_large_for_a_float_is_refused_naming_i
     with a.lock:
         a._on_datagram(datagram, ("127.0.0.1", 9), [])
     assert a.rejected == rejected + 1 and a.errors == 0
+
+
+def test_a_report_forwarded_to_the_leader_of_another_segment_goes_on_to_its_hosts_leader(fleet):
+    """A forwarded report names its host; the leader that takes the job applies it only to a host of its own segment,
+    and sends it on to the host's otherwise.  Applied to its mirror of another segment's host, the report was
+    journaled in the wrong segment's scope (and the host taken into that segment when that journal is replayed)
+    while the host's writer never saw it."""
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader and b.fleetmode.queue, [a, b],
+           what="both leads")  # fmt: skip
+    a1 = a.endpoint.accept(signed_report("a1", ts=time.time(), nonce="a1a1", state="awake", event="heartbeat"))
+    assert a.accept_report(a1, None)["state"] == "awake"
+    settle(lambda: b.api_host("a1")["state"] == "awake", [a, b], what="b mirrors a1")
+    journal = b.registry.store.journal_length
+    # What a forwarding instance whose view was behind sends (verified by it): a1's next report, to segment lan-b.
+    datagram = signed_report("a1", ts=time.time(), nonce="a1a2", state="awake", event="heartbeat", idle_seconds=777.0)
+    message = P.check_message(json.loads(datagram.split(b" ", 2)[2]))
+    job = b.fleetmode.submit("lan-b", "report", {"message": message, "sender": None})
+    settle(lambda: a.registry.get("a1").idle_seconds == 777.0, [a, b], what="a1's leader applied it")
+    assert _job_state(b, job) == ("done", 1) and b.reports == 0
+    assert b.registry.store.journal_length == journal and b.registry.get("a1").segment == "lan-a"
+    settle(lambda: b.api_host("a1")["idle_seconds"] == 777.0, [a, b], what="b mirrors it from a1's row")

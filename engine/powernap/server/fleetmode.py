@@ -624,6 +624,8 @@ class FleetMode:
             message, sender = payload["message"], payload.get("sender")
             address = tuple(sender) if sender is not None else None
             answer = server.accept_report(message, address, forwarded=True)
+            if answer is not None and answer.get("forwarded"):  # the host is of another segment: sent on to it
+                return {"host": message["from"], "applied": False, "job": answer["job"]}
             return {"host": message["from"], "applied": answer is not None}
         host = _text(payload.get("host"))
         cause = _text(payload.get("cause") or "job %d" % job["id"])
