@@ -132,3 +132,30 @@ def test_a_report_forwarded_to_the_leader_of_another_segment_goes_on_to_its_host
     assert _job_state(b, job) == ("done", 1) and b.reports == 0
     assert b.registry.store.journal_length == journal and b.registry.get("a1").segment == "lan-a"
     settle(lambda: b.api_host("a1")["idle_seconds"] == 777.0, [a, b], what="b mirrors it from a1's row")
+
+
+def test_forwarded_reports_do_not_pile_up_in_the_job_table_for_a_day(fleet):
+    """Every report an instance that does not lead takes is a job row: at 100,000 hosts reporting every 30 s through
+    a standby, a day of done report jobs is millions of rows.  A done report job is deleted at the policy leader's
+    next cleanup once older than ``max_skew`` (nothing reads it); a failed one is kept the day, as every other job."""
+    first = fleet.start("seg-a-1", "lan-a")
+    settle(lambda: first.fleetmode.segment_leader and first.fleetmode.policy_leader, [first], what="first leads")
+    second = fleet.start("seg-a-2", "lan-a")
+    pump(first, second)
+    jobs = []
+    for index in range(5):
+        message = second.endpoint.accept(signed_report("a1", ts=time.time(), nonce="f%d" % index, state="awake",
+                                                       event="heartbeat", idle_seconds=float(index)))  # fmt: skip
+        jobs.append(second.accept_report(message, None)["job"])
+    settle(lambda: all(_job_state(first, job)[0] == "done" for job in jobs), [first, second], what="applied")
+    skew = float(first.config.server["max_skew"])
+    _conn(first).execute("UPDATE powerwaked_jobs SET finished = now() - make_interval(secs => %s)", (skew + 1,))
+    kept = _insert_job(first, "@policy", "demand", '{"host": "web", "more": 1, "ttl": 60, "source": "x"}')
+    settle(lambda: _job_state(first, kept)[0] in ("done", "failed"), [first, second], what="the demand ran")
+    _conn(first).execute("UPDATE powerwaked_jobs SET finished = now() - make_interval(secs => %s) WHERE id = %s",
+                         (skew + 1, kept))  # fmt: skip
+    first.fleetmode._next_cleanup = 0.0
+    settle(
+        lambda: all(_job_state(first, job) is None for job in jobs), [first, second], what="the done reports deleted"
+    )
+    assert _job_state(first, kept) is not None  # any other job: kept its day
