@@ -159,3 +159,24 @@ def test_forwarded_reports_do_not_pile_up_in_the_job_table_for_a_day(fleet):
         lambda: all(_job_state(first, job) is None for job in jobs), [first, second], what="the done reports deleted"
     )
     assert _job_state(first, kept) is not None  # any other job: kept its day
+
+
+def test_a_segments_sleep_proxy_never_answers_or_wakes_for_a_host_of_another_segment(fleet):
+    """The registry of every instance holds the whole fleet (the mirror); the sleep proxy of lan-a must still act
+    only for lan-a's hosts: an ARP on lan-a for the address of a sleeper on lan-b (anyone on lan-a can send one) is
+    not answered there with lan-a's MAC, and does not wake the lan-b host (L2 work is its own segment's)."""
+    from powernap.server.proxy import Frame, SleepProxy
+
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader, [a, b], what="both leads")
+    message = b.endpoint.accept(signed_report("b1", ts=time.time(), nonce="b1b1", state="awake", event="heartbeat",
+                                              ips=["198.18.1.5"]))  # fmt: skip
+    b.accept_report(message, None)
+    b.registry.set_state(b.registry.get("b1"), "asleep", "test: asleep", time.time())
+    settle(lambda: a.api_host("b1")["state"] == "asleep" and a.registry.by_ip("198.18.1.5"), [a, b], what="a mirrors")
+    proxy = SleepProxy(a.registry, a._proxy_wake, now=time.time())  # lan-a's proxy, as the daemon makes it
+    arp = Frame("who-has", "02:50:4e:00:00:63", "198.18.0.99", "198.18.1.5")
+    assert proxy.on_parsed(arp, time.time()) is None
+    for _turn in range(10):
+        pump(a, b)
+    assert a.sent.wol == [] and b.sent.wol == [] and a.registry.get("b1").state == "asleep"
