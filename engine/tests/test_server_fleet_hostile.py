@@ -180,3 +180,22 @@ def test_a_segments_sleep_proxy_never_answers_or_wakes_for_a_host_of_another_seg
     for _turn in range(10):
         pump(a, b)
     assert a.sent.wol == [] and b.sent.wol == [] and a.registry.get("b1").state == "asleep"
+
+
+def test_an_address_a_host_gave_up_resolves_to_no_host_at_every_instance(fleet):
+    """``/v1/wake`` takes a name, IP or MAC.  A host whose address changed must not be found by its old one at the
+    instances that saw it before (the mirror's and the writer's index kept it) while an instance started later finds
+    nothing: one request, the same answer everywhere, and never a wake for a host that no longer has the address."""
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader, [a, b], what="both leads")
+    for nonce, ip, mac in (("a1f1", "198.18.0.5", "02:50:4e:00:00:55"), ("a1f2", "198.18.0.6", "02:50:4e:00:00:66")):
+        message = a.endpoint.accept(signed_report("n1", ts=time.time(), nonce=nonce, state="awake", event="heartbeat",
+                                                  ips=[ip], macs=[mac]))  # fmt: skip
+        a.accept_report(message, None)  # n1: no [host] section (registered)
+        settle(lambda: b.registry.get("n1") and b.registry.get("n1").ips == [ip], [a, b], what="b mirrors n1's address")  # noqa: B023
+    c = fleet.start("seg-a-2", "lan-a")
+    pump(a, b, c)
+    for server in (a, b, c):
+        assert server.registry.find("198.18.0.6").name == "n1"
+        assert server.registry.find("198.18.0.5") is None, server.config.instance
+        assert server.registry.find("02:50:4e:00:00:55") is None, server.config.instance
