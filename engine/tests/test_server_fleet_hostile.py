@@ -199,3 +199,22 @@ def test_an_address_a_host_gave_up_resolves_to_no_host_at_every_instance(fleet):
         assert server.registry.find("198.18.0.6").name == "n1"
         assert server.registry.find("198.18.0.5") is None, server.config.instance
         assert server.registry.find("02:50:4e:00:00:55") is None, server.config.instance
+
+
+def test_l2_jobs_for_a_host_of_another_segment_are_refused_not_sent_on_the_wrong_wire(fleet):
+    """A send-wake, send-nap or clear-mark job names its host; the leader that takes it acts only on a host of its
+    own segment (as a hold job already did).  One sent by a policy leader whose view of the host was behind (it
+    moved) or written by a broken writer must not put a magic packet for a lan-a host on lan-b's wire."""
+    a, b = fleet.start("seg-a-1", "lan-a"), fleet.start("seg-b-1", "lan-b")
+    settle(lambda: a.fleetmode.segment_leader and b.fleetmode.segment_leader and b.fleetmode.queue, [a, b],
+           what="both leads")  # fmt: skip
+    a.registry.set_state(a.registry.get("a1"), "asleep", "test: asleep", time.time())
+    settle(lambda: b.api_host("a1")["state"] == "asleep", [a, b], what="b mirrors a1 asleep")
+    jobs = [
+        b.fleetmode.submit("lan-b", "send-wake", {"host": "a1", "cause": "test", "method": "auto", "source": "x"}),
+        b.fleetmode.submit("lan-b", "send-nap", {"host": "a1", "cause": "test", "action": "suspend", "source": "x"}),
+        b.fleetmode.submit("lan-b", "clear-mark", {"host": "a1", "source": "x"}),
+    ]
+    settle(lambda: all(_job_state(b, job)[0] in ("done", "failed") for job in jobs), [a, b], what="the jobs taken")
+    assert [_job_state(b, job) for job in jobs] == [("failed", 1)] * 3
+    assert b.sent.wol == [] and a.sent.wol == [] and b.registry.get("a1").state == "asleep"

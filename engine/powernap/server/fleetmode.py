@@ -46,6 +46,9 @@ CONNECT_TIMEOUT = 3  # seconds: the job connection is made from the loop
 RECONNECT_EVERY = 5.0  # seconds between attempts to make it again (as the store's own connection)
 # wake, nap, clear-mark, demand, veto, decide, send-wake, send-nap, report, engine-veto, hold: each with its deadline
 JOB_KINDS = tuple(JOB_TTL)
+# The jobs a segment's leader runs on one of its own hosts (refused for a host of another segment: never sent on the
+# wrong wire, never written into another writer's record).
+SEGMENT_JOBS = ("send-wake", "send-nap", "clear-mark", "hold")
 EXPIRED_LOGGED = 100  # expired jobs logged one by one per sweep (the rest, if ever, in one line: a bounded log)
 GONE_KEPT = 86400.0  # tombstones of deleted host rows are kept a day (every mirror has read them by then)
 _TEXT = 512  # longest cause / name text taken from a job's payload
@@ -645,6 +648,8 @@ class FleetMode:
         record = server.registry.get(host)
         if record is None:
             raise ValueError("no host %r" % host[:64])
+        if kind in SEGMENT_JOBS and self.segment_of(record) != self.segment:  # L2 work, record writes: its writer's
+            raise ValueError("host %s is of segment %s, not %s" % (host[:64], self.segment_of(record), self.segment))
         if kind == "engine-veto":
             veto = {"veto_for": float(payload["veto_for"]), "veto_reason": _text(payload.get("veto_reason") or "")}
             server.rails.engine_veto(record, veto, server.clock.wall())
@@ -652,8 +657,6 @@ class FleetMode:
         if kind == "clear-mark":
             return _json(server.rails.health.clear(record, source, server.clock.wall()))
         if kind == "hold":  # a UPS policy's hold (or its release) on one of our hosts, from the policy leader
-            if not server.registry.owns(record):
-                raise ValueError("host %s is not of segment %s" % (host[:64], self.segment))
             policy_hold, hold = _text(payload["policy"]), payload.get("hold")
             if policy_hold not in {policy.hold for policy, _poller in server.ups} or hold not in (None, policy_hold):
                 raise ValueError("no such hold here: %r" % policy_hold[:64])  # the configs of the fleet differ
