@@ -218,3 +218,39 @@ def test_l2_jobs_for_a_host_of_another_segment_are_refused_not_sent_on_the_wrong
     settle(lambda: all(_job_state(b, job)[0] in ("done", "failed") for job in jobs), [a, b], what="the jobs taken")
     assert [_job_state(b, job) for job in jobs] == [("failed", 1)] * 3
     assert b.sent.wol == [] and a.sent.wol == [] and b.registry.get("a1").state == "asleep"
+
+
+def test_hostile_host_tombstone_and_instance_rows_neither_stop_an_instance_nor_reach_its_own_hosts(fleet):
+    """Rows no writer of this version would write: records of the wrong type, with NaN, lists beyond their bound, a
+    bad name, a name that is one of our hosts under another segment, an unknown segment; a tombstone for a host that
+    has a row; an instance row from the far future.  The instance goes on (no error, the next job runs), keeps its
+    own hosts, and takes from the rows only what its schema admits."""
+    a = _policy_leader(fleet)
+    conn = _conn(a)
+    rows = [
+        ("r1", "[1, 2]", "lan-b"),
+        ("r2", '{"name": "r2", "state": NaN, "ips": %s, "interval": 1e999}' % json.dumps(["198.18.1.1"] * 10000), "zz"),
+        ("r3", '{"name": "bad name!", "state": "asleep"}', "lan-b"),
+        ("r4", '{"name": "a1", "state": "asleep", "macs": ["02:50:4e:00:00:99"]}', "lan-b"),
+        ("r5", "[" * 100000 + "]" * 100000, "lan-b"),
+    ]
+    for name, record, segment in rows:
+        conn.execute(
+            "INSERT INTO powerwaked_hosts (name, record, segment) VALUES (%s, %s, %s)", (name, record, segment)
+        )
+    conn.execute("INSERT INTO powerwaked_hosts_gone (name, segment, version) VALUES ('a1', 'lan-a', "
+                 "nextval('powerwaked_host_version')) ON CONFLICT DO NOTHING")  # fmt: skip
+    conn.execute("INSERT INTO powerwaked_instances (name, segment, roles, heartbeat) VALUES ('ghost', 'lan-a', "
+                 "'segment,policy', 'infinity')")  # fmt: skip
+    a.fleetmode._next_cleanup = 0.0
+    for _turn in range(10):
+        pump(a)
+        time.sleep(0.05)
+    good = _insert_job(a, "lan-a", "clear-mark", '{"host": "a1", "source": "admin"}')
+    settle(lambda: _job_state(a, good)[0] == "done", [a], seconds=5.0, what="the next job done")
+    assert a.errors == 0 and a.fleetmode.segment_leader
+    a1 = a.registry.get("a1")
+    assert a1.segment == "lan-a" and a.registry.owns(a1) and a1.macs == ["02:50:4e:00:00:01"]
+    r2 = a.registry.get("r2")
+    assert r2 is None or (r2.ips == [] and r2.state != "NaN")
+    assert a.registry.get("bad name!") is None
