@@ -254,3 +254,21 @@ def test_hostile_host_tombstone_and_instance_rows_neither_stop_an_instance_nor_r
     r2 = a.registry.get("r2")
     assert r2 is None or (r2.ips == [] and r2.state != "NaN")
     assert a.registry.get("bad name!") is None
+
+
+@pytest.mark.xfail(strict=True, reason="Registry.mirror / PostgresStore.mirror (b18's) do not check a row's name")
+def test_a_row_whose_record_names_another_host_does_not_replace_that_host(fleet):
+    """A host row is keyed by its name; its record names a host too.  A row 'r4' of lan-b whose record says 'a1'
+    replaces a1 (of lan-a) at every instance that does not write a1: its segment, MACs and state become the row's,
+    so wakes for a1 asked there go to lan-b.  Fix: PostgresStore.mirror selects ``name`` already; a record whose
+    ``name`` is not the row's is a problem (noted, skipped), like a row that is not JSON."""
+    a = _policy_leader(fleet)
+    standby = fleet.start("seg-a-2", "lan-a")
+    pump(a, standby)
+    _conn(a).execute("INSERT INTO powerwaked_hosts (name, record, segment) VALUES ('r4', %s, 'lan-b')",
+                     ('{"name": "a1", "state": "asleep", "macs": ["02:50:4e:00:00:99"]}',))  # fmt: skip
+    for _turn in range(10):
+        pump(a, standby)
+        time.sleep(0.05)
+    a1 = standby.registry.get("a1")
+    assert a1.segment == "lan-a" and a1.macs == ["02:50:4e:00:00:01"]
