@@ -272,3 +272,13 @@ def test_a_row_whose_record_names_another_host_does_not_replace_that_host(fleet)
         time.sleep(0.05)
     a1 = standby.registry.get("a1")
     assert a1.segment == "lan-a" and a1.macs == ["02:50:4e:00:00:01"]
+
+
+def test_a_report_job_carrying_another_kind_of_message_is_refused(fleet):
+    """A report job's message must be a report: a valid message of another kind (an API request, a command ack)
+    under a host's name was applied as that host's report."""
+    a = _policy_leader(fleet)
+    request = {"v": 1, "kind": "request", "from": "a1", "ts": time.time(), "nonce": "c0ffee", "host": "a1"}
+    job = _insert_job(a, "lan-a", "report", json.dumps({"message": request, "sender": None}))
+    settle(lambda: _job_state(a, job)[0] in ("done", "failed"), [a], what="the job taken")
+    assert _job_state(a, job) == ("failed", 1) and a.reports == 0

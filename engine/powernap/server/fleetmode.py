@@ -58,7 +58,10 @@ class _Message(OptionType):
     """A forwarded report: the engine's message as the forwarding instance verified it, checked again here."""
 
     def check(self, value: Any) -> Dict[str, Any]:
-        return P.check_message(value)
+        message = P.check_message(value)
+        if message["kind"] != "report":  # any other kind is checked against its own schema: it is no report
+            raise ValueError("a %s message, not a report" % message["kind"])
+        return message
 
 
 _REQUEST, _REPORT = P.RequestMessage.option, P.ReportMessage.option
