@@ -497,7 +497,11 @@ def json_type(value: Any) -> str:
 def _finite_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("must be a number, not %s" % json_type(value))
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON numbers have no size limit)
+        finite = False
+    if not finite:
         raise ValueError("must be a finite number")
     return value
 

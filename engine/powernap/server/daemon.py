@@ -601,8 +601,10 @@ class Server:
             segment = (known.segment if known is not None else None) or self.config.segment_of(
                 host, message.get("ips") or ()
             )
-            if not forwarded and not (self.fleetmode.segment_leader and segment in (None, self.fleetmode.segment)):
-                # Verified here, applied by the leader of the host's segment (durable before the ack).
+            if not (self.fleetmode.segment_leader and segment in (None, self.fleetmode.segment)):
+                # Verified here, applied by the leader of the host's segment (durable before the ack).  A forwarded one
+                # that reached the leader of another segment (the forwarder's view was behind) goes on to the host's:
+                # never applied to a mirror here, and never round in circles (each leader's guard took its nonce).
                 payload = {"message": message, "sender": list(sender) if sender else None}
                 job = self.fleetmode.submit(segment or self.fleetmode.segment, "report", payload)
                 self.fleetmode.counts["forwarded"] += 1

@@ -27,6 +27,7 @@ import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..options import Boolean, Choice, Declared, Option, OptionType, Scalar, String
 from . import protocol as P
 from .store import StoreError, dumps
 from .store.coord import JOB_TTL, JOB_TTL_DEFAULT, JOB_TTL_MAX
@@ -40,14 +41,116 @@ SEGMENT_LOCK = "powerwaked-segment:"  # + the segment's name (store/coord.Segmen
 # poll while it runs), so a dead holder's job is redone by the next leader within about that.
 JOB_LEASE = 5.0
 CLAIMS_PER_TICK = 64  # jobs taken per tick and segment at most (the rest at the next tick)
-JOBS_KEPT = 86400.0  # finished jobs are deleted after a day (by the policy leader)
+JOBS_KEPT = 86400.0  # finished jobs are deleted after a day (by the policy leader; done reports sooner)
 CONNECT_TIMEOUT = 3  # seconds: the job connection is made from the loop
 RECONNECT_EVERY = 5.0  # seconds between attempts to make it again (as the store's own connection)
 # wake, nap, clear-mark, demand, veto, decide, send-wake, send-nap, report, engine-veto, hold: each with its deadline
 JOB_KINDS = tuple(JOB_TTL)
+# The jobs a segment's leader runs on one of its own hosts (refused for a host of another segment: never sent on the
+# wrong wire, never written into another writer's record).
+SEGMENT_JOBS = ("send-wake", "send-nap", "clear-mark", "hold")
 EXPIRED_LOGGED = 100  # expired jobs logged one by one per sweep (the rest, if ever, in one line: a bounded log)
 GONE_KEPT = 86400.0  # tombstones of deleted host rows are kept a day (every mirror has read them by then)
 _TEXT = 512  # longest cause / name text taken from a job's payload
+
+
+class _Message(OptionType):
+    """A forwarded report: the engine's message as the forwarding instance verified it, checked again here."""
+
+    def check(self, value: Any) -> Dict[str, Any]:
+        message = P.check_message(value)
+        if message["kind"] != "report":  # any other kind is checked against its own schema: it is no report
+            raise ValueError("a %s message, not a report" % message["kind"])
+        return message
+
+
+_REQUEST, _REPORT = P.RequestMessage.option, P.ReportMessage.option
+# The fields of job payloads, each of the wire's type (the API request's or the report's, where the job carries
+# one of theirs), so that a job row holds no value the API or a report could not have brought.
+_TARGET = Option("host", String(nonempty=True, max_length=253), required=True,
+                 doc="The host (a group for veto and demand, a decision id for decide).")  # fmt: skip
+_CAUSE = Option("cause", Scalar(_TEXT), doc="Why (free text, cut to %d characters)." % _TEXT)
+_SOURCE = Option("source", Scalar(_TEXT), doc="Who asked (free text).")
+_TEST = Option("test", Boolean(), doc="A test wake (wake health).")
+_ACTION = Option("action", Choice(*P.NAP_ACTIONS), doc="The nap action.")
+_FORCE, _METHOD = _REQUEST("force"), _REQUEST("method")
+
+
+class JobPayload(Declared):
+    """Base of the job payloads (``JOB_SCHEMAS``): a job row is checked against its kind's before it is run."""
+
+
+class _WakeJob(JobPayload):
+    """wake (to the policy leader) and send-wake (to the host's segment)."""
+
+    OPTIONS = (_TARGET, _CAUSE, _SOURCE, _METHOD, _TEST)
+
+
+class _NapJob(JobPayload):
+    """nap: to the policy leader."""
+
+    OPTIONS = (_TARGET, _CAUSE, _SOURCE, _ACTION, _FORCE)
+
+
+class _SendNapJob(JobPayload):
+    """send-nap: to the host's segment."""
+
+    OPTIONS = (_TARGET, _CAUSE, _SOURCE, _ACTION, Option("wake_at", P.TIME, doc="RTC wake alarm (epoch)."),
+               Option("urgent", Boolean(), doc="Sent before its turn (a UPS shed)."))  # fmt: skip
+
+
+class _ReportJob(JobPayload):
+    """report: a verified report forwarded to the leader of its host's segment."""
+
+    OPTIONS = (Option("message", _Message(), required=True, doc="The report."),
+               Option("sender", P.PeerAddress(), doc="[ip, port] it came from."))  # fmt: skip
+
+
+class _ClearMarkJob(JobPayload):
+    """clear-mark: to the host's segment."""
+
+    OPTIONS = (_TARGET, _SOURCE)
+
+
+class _EngineVetoJob(JobPayload):
+    """engine-veto: a report's veto, to the policy leader."""
+
+    OPTIONS = (_TARGET, Option("veto_for", _REPORT("veto_for").type, required=True, doc="Seconds (0 lifts it)."),
+               _REPORT("veto_reason"))  # fmt: skip
+
+
+class _VetoJob(JobPayload):
+    """veto: an API veto (or its lifting), to the policy leader."""
+
+    OPTIONS = (_TARGET, _SOURCE, _REQUEST("ttl"), Option("cause", _REQUEST("reason").type, doc="Why."),
+               Option("clear", Boolean(), required=True, doc="Lift the group's vetoes instead."))  # fmt: skip
+
+
+class _DemandJob(JobPayload):
+    """demand: an API demand, to the policy leader."""
+
+    OPTIONS = (_TARGET, _SOURCE, Option("more", _REQUEST("more").type, required=True, doc="More awake hosts."),
+               Option("ttl", _REQUEST("ttl").type, required=True, doc="For this long."))  # fmt: skip
+
+
+class _DecideJob(JobPayload):
+    """decide: an API approval or rejection, to the policy leader."""
+
+    OPTIONS = (_TARGET, _SOURCE, Option("approve", Boolean(), required=True, doc="Approve (else reject)."), _FORCE)
+
+
+class _HoldJob(JobPayload):
+    """hold: a UPS policy's hold or its release, from the policy leader to the host's segment."""
+
+    OPTIONS = (_TARGET, Option("hold", String(nonempty=True, max_length=_TEXT), doc="The hold (null: released)."),
+               Option("policy", String(nonempty=True, max_length=_TEXT), required=True,
+                      doc="The policy's hold."))  # fmt: skip
+
+
+JOB_SCHEMAS = {"wake": _WakeJob, "send-wake": _WakeJob, "nap": _NapJob, "send-nap": _SendNapJob,
+               "report": _ReportJob, "clear-mark": _ClearMarkJob, "engine-veto": _EngineVetoJob, "veto": _VetoJob,
+               "demand": _DemandJob, "decide": _DecideJob, "hold": _HoldJob}  # fmt: skip
+assert set(JOB_SCHEMAS) == set(JOB_KINDS), "a job kind without its payload's schema"
 
 
 class FleetMode:
@@ -325,10 +428,13 @@ class FleetMode:
                 # Older than the clock-skew window: every instance refuses such a message by its time already.
                 skew = float(self.server.config.server["max_skew"])
                 self.conn.execute("DELETE FROM powerwaked_nonces WHERE ts < %s", (time.time() - 2 * skew,))
+                # A done report job (one per report a standby forwarded: millions a day in a large fleet) has no
+                # reader: it goes once older than max_skew; any other finished job is kept JOBS_KEPT.
                 self.conn.execute(
                     "DELETE FROM powerwaked_jobs WHERE state IN ('done', 'failed') "
-                    "AND finished < now() - make_interval(secs => %s)",
-                    (JOBS_KEPT,),
+                    "AND (finished < now() - make_interval(secs => %s) OR (kind = 'report' AND state = 'done' "
+                    "AND finished < now() - make_interval(secs => %s)))",
+                    (JOBS_KEPT, skew),
                 )
                 self.store.forget_gone(GONE_KEPT)
             for job_id in list(self.running):
@@ -369,6 +475,7 @@ class FleetMode:
         """Queue a job (durable once this returns); StoreError when the database refuses."""
         if not self._ensure_jobs():
             raise StoreError("fleet: no database connection for jobs (retrying)")
+        payload = {key: value[:_TEXT] if isinstance(value, str) else value for key, value in payload.items()}
         try:
             job_id = self.queue.submit(segment, kind, payload, self.job_ttl(kind, payload))
         except Exception as exc:  # psycopg.Error
@@ -518,14 +625,16 @@ class FleetMode:
     def _execute(self, job: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """Do one job; its payload is checked like any input (a database row is no trusted source)."""
         server = self.server
-        kind, payload = job["kind"], job["payload"]
-        if kind not in JOB_KINDS or not isinstance(payload, dict):
-            raise ValueError("unknown job kind or payload")
+        kind = job["kind"]
+        if kind not in JOB_SCHEMAS:
+            raise ValueError("unknown job kind %r" % str(kind)[:32])
+        payload = JOB_SCHEMAS[kind].check_values(job["payload"])  # ValueError names the field
         if kind == "report":
-            message = P.check_message(payload.get("message"))
-            sender = payload.get("sender")
-            address = tuple(P.PeerAddress().check(sender)) if sender is not None else None
+            message, sender = payload["message"], payload.get("sender")
+            address = tuple(sender) if sender is not None else None
             answer = server.accept_report(message, address, forwarded=True)
+            if answer is not None and answer.get("forwarded"):  # the host is of another segment: sent on to it
+                return {"host": message["from"], "applied": False, "job": answer["job"]}
             return {"host": message["from"], "applied": answer is not None}
         host = _text(payload.get("host"))
         cause = _text(payload.get("cause") or "job %d" % job["id"])
@@ -542,6 +651,8 @@ class FleetMode:
         record = server.registry.get(host)
         if record is None:
             raise ValueError("no host %r" % host[:64])
+        if kind in SEGMENT_JOBS and self.segment_of(record) != self.segment:  # L2 work, record writes: its writer's
+            raise ValueError("host %s is of segment %s, not %s" % (host[:64], self.segment_of(record), self.segment))
         if kind == "engine-veto":
             veto = {"veto_for": float(payload["veto_for"]), "veto_reason": _text(payload.get("veto_reason") or "")}
             server.rails.engine_veto(record, veto, server.clock.wall())
@@ -549,8 +660,6 @@ class FleetMode:
         if kind == "clear-mark":
             return _json(server.rails.health.clear(record, source, server.clock.wall()))
         if kind == "hold":  # a UPS policy's hold (or its release) on one of our hosts, from the policy leader
-            if not server.registry.owns(record):
-                raise ValueError("host %s is not of segment %s" % (host[:64], self.segment))
             policy_hold, hold = _text(payload["policy"]), payload.get("hold")
             if policy_hold not in {policy.hold for policy, _poller in server.ups} or hold not in (None, policy_hold):
                 raise ValueError("no such hold here: %r" % policy_hold[:64])  # the configs of the fleet differ

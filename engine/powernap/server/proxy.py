@@ -211,8 +211,14 @@ class SleepProxy:
             self.counts[outcome] += 1
         return outcome
 
+    def _ours(self, record: Any) -> Any:
+        """The record if this segment's: in fleet mode the registry holds every segment's hosts (the mirror), and a
+        host of another segment is neither answered for nor woken nor probed from here (its own leader does)."""
+        owns = self.registry.owns
+        return record if record is not None and (owns is None or owns(record)) else None
+
     def _decide(self, frame: Frame, now: float) -> Optional[str]:
-        sender = self.registry.by_mac(frame.src_mac)
+        sender = self._ours(self.registry.by_mac(frame.src_mac))
         if sender is not None and not sender.up and frame.src_mac not in self.own_macs:
             # A sleeper that speaks may be awake, or someone forged its MAC: probe, do not believe.
             self.counts["hint"] += 1
@@ -228,7 +234,7 @@ class SleepProxy:
             return "probe"
         if frame.sender_ip == frame.target_ip:
             return "gratuitous"
-        target = self.registry.by_ip(frame.target_ip)
+        target = self._ours(self.registry.by_ip(frame.target_ip))
         if target is None or target.up:
             return None
         if target.state == "unknown" and not (self.wake_unreported and target.last_seen is None and target.macs):

@@ -290,12 +290,28 @@ class Registry:
         return self.hosts.get(name)
 
     def by_ip(self, ip: str) -> Optional[HostRecord]:
-        name = self._by_ip.get(ip)
-        return self.hosts.get(name) if name else None
+        return self._lookup(self._by_ip, ip, lambda record: ip in record.ips)
 
     def by_mac(self, mac: str) -> Optional[HostRecord]:
-        name = self._by_mac.get(mac.lower())
-        return self.hosts.get(name) if name else None
+        mac = mac.lower()
+        return self._lookup(self._by_mac, mac, lambda record: any(own.lower() == mac for own in record.macs))
+
+    def _lookup(self, index: Dict[str, str], key: str, holds: Callable[[HostRecord], bool]) -> Optional[HostRecord]:
+        """The host ``index`` names for ``key`` if it still has that address.  The index only grows between
+        reindexes: an entry left by a host that gave the address up is repaired (once) from the hosts that hold it,
+        so every instance of a fleet answers the same whatever history its index saw."""
+        name = index.get(key)
+        if name is None:
+            return None
+        record = self.hosts.get(name)
+        if record is not None and holds(record):
+            return record
+        record = next((other for other in self.hosts.values() if holds(other)), None)
+        if record is None:
+            del index[key]
+        else:
+            index[key] = record.name
+        return record
 
     def find(self, target: str) -> Optional[HostRecord]:
         """A host by name, IP address or MAC."""

@@ -120,7 +120,11 @@ class JobQueue:
             ).fetchone()
         if row is None:
             return None
-        return {"id": int(row[0]), "kind": row[1], "payload": json.loads(row[2]), "attempts": int(row[3])}
+        try:
+            payload = json.loads(row[2])
+        except (ValueError, RecursionError):  # a row no JSON parser takes: the caller refuses it (None) for good
+            payload = None
+        return {"id": int(row[0]), "kind": row[1], "payload": payload, "attempts": int(row[3])}
 
     def renew(self, job_id: int, lease: float) -> bool:
         """Extend our lease on a job still running; False when it is no longer ours."""
@@ -180,7 +184,7 @@ class JobQueue:
         for job_id, segment, kind, payload in rows:
             try:
                 host = json.loads(payload).get("host")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 host = None
             expired.append({"id": int(job_id), "segment": segment, "kind": kind,
                             "host": host if isinstance(host, str) else None})  # fmt: skip
