@@ -264,6 +264,10 @@ class Registry:
         # written at the next tick (``save_if_due``), not with the next snapshot: the other instances' APIs show a
         # report within about a tick, not ``save_every``.  (The snapshot still writes anything else that changed.)
         self.changed_rows: Set[str] = set()
+        # ``owned`` at 100,000 hosts: the records of the led segment, computed again only when ``hosts`` gained or
+        # replaced one of that segment (``_placed``) or the segment led changed; (segment, generation, records).
+        self._owned_generation = 0
+        self._owned_cache: Optional[Tuple[str, int, List[HostRecord]]] = None
         self._rows_written: Optional[Tuple[float, Optional[str]]] = None  # (when, error) from a row writer
 
     # -- lookup -----------------------------------------------------------------------------
@@ -277,9 +281,15 @@ class Registry:
         """The records this instance writes (all of them, unless fleet mode says otherwise)."""
         if self.owns is None:
             return list(self.hosts.values())
-        if self.owned_segment is not None:  # the same test without a call per record (twice a tick at 100,000)
+        if self.owned_segment is not None:  # the same test without a call per record (4 times a tick at 100,000)
             segment = self.owned_segment()
-            return [] if segment is None else [record for record in self.hosts.values() if record.segment == segment]
+            if segment is None:
+                return []
+            cache = self._owned_cache
+            if cache is None or cache[0] != segment or cache[1] != self._owned_generation:
+                records = [record for record in self.hosts.values() if record.segment == segment]
+                cache = self._owned_cache = (segment, self._owned_generation, records)
+            return list(cache[2])  # a copy: callers change the registry while they walk it
         return [record for record in self.hosts.values() if self.owns(record)]
 
     def get(self, name: str) -> Optional[HostRecord]:
@@ -306,7 +316,12 @@ class Registry:
         for mac in record.macs:
             self._by_mac[mac.lower()] = record.name
 
+    def placed(self) -> None:
+        """A record was added to ``hosts``, replaced there or given another ``segment``: ``owned`` looks again."""
+        self._owned_generation += 1
+
     def _reindex(self) -> None:
+        self.placed()  # a whole registry read (load, take_over)
         self._by_ip = {}
         self._by_mac = {}
         for record in self.hosts.values():
@@ -331,6 +346,7 @@ class Registry:
         record.bmc = bmc or record.bmc
         record.wake = list(wake)
         self.hosts[name] = record
+        self.placed()
         self._index(record)
         self._dirty = True
         return record
@@ -379,6 +395,7 @@ class Registry:
         record = self.hosts.get(name)
         if record is None:
             record = self.hosts[name] = HostRecord(name)
+            self.placed()
         record.last_seen = now
         record.engine = True
         if sender is not None:
@@ -458,8 +475,12 @@ class Registry:
         if (old in P.UP_STATES) != (state in P.UP_STATES):
             record.power_since = now
         self._dirty = True
-        self._urgent = True
-        if self.owns is not None:
+        if self.owns is None:
+            self._urgent = True
+        else:
+            # Fleet mode: the record's row is written at the next tick (``_write_rows``), so a state change need not
+            # hurry the whole snapshot too (a full one every second while hosts register costs most of a core at
+            # 100,000 hosts); a report's state is in the journal already.
             self.changed_rows.add(record.name)
         if self.log is not None:
             self.log.info("host %s: %s -> %s (%s)", record.name, old, state, cause)
@@ -721,6 +742,8 @@ class Registry:
                 capped += 1
                 continue
             self.hosts[record.name] = record
+            if old is None or old.segment != record.segment:
+                self.placed()  # a record that stays on another segment leaves ``owned`` as it was
             self._index(record)
             taken += 1
             if old is not None and old.state != record.state:
