@@ -337,8 +337,8 @@ def test_a_fleet_larger_than_max_hosts_is_reported_not_silently_cut_at_the_mirro
     """Fleet mode: every instance holds every host of the fleet; rows the cap leaves out are said in the status."""
 
     class Rows:  # the store's mirror read: rows of another segment's writer
-        def mirror(self, since, problems):
-            return [("lan-b", {"name": "b%d" % n, "state": "awake"}) for n in range(3)], since + 3
+        def mirror(self, since, problems, held=None):
+            return [("lan-b", {"name": "b%d" % n, "state": "awake"}, None) for n in range(3)], since + 3
 
     registry = Registry(max_hosts=2)
     registry.store = Rows()

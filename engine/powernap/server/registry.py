@@ -266,6 +266,9 @@ class Registry:
         self.changed_rows: Set[str] = set()
         # ``owned`` at 100,000 hosts: the records of the led segment, computed again only when ``hosts`` gained or
         # replaced one of that segment (``_placed``) or the segment led changed; (segment, generation, records).
+        # Fleet mode's mirror: per host, the core (``store.sql.split_liveness``) of the row text our record was made
+        # from, and that record: a row with the same core is a heartbeat, taken in without decoding it.
+        self._mirror_cores: Dict[str, Tuple[int, HostRecord]] = {}
         self._owned_generation = 0
         self._owned_cache: Optional[Tuple[str, int, List[HostRecord]]] = None
         self._rows_written: Optional[Tuple[float, Optional[str]]] = None  # (when, error) from a row writer
@@ -649,6 +652,8 @@ class Registry:
             self.history.append(dict(entry))
             del self.history[:-HISTORY_QUEUE]
             self._dirty = True
+            if self.owns is not None:  # fleet mode: the other instances show the fleet's history from the store
+                self._urgent = True
 
     def recent_history(self, limit: int) -> List[Dict[str, Any]]:
         """The newest stored history entries (start-up: the API's history survives a restart)."""
@@ -724,12 +729,13 @@ class Registry:
         if mirror is None:
             return 0
         problems: List[str] = []
-        rows, self.mirrored_version = mirror(self.mirrored_version, problems)
-        for problem in problems[:5]:
-            if self.log is not None:
-                self.log.warning("registry mirror: %s", problem)
+        rows, self.mirrored_version = mirror(self.mirrored_version, problems, self._mirrored_core)
         taken = capped = 0
-        for segment, data in rows:
+        for segment, data, core in rows:
+            if isinstance(data, tuple):  # only its liveness changed (a heartbeat): the record we hold is the rest
+                if self._refresh_liveness(data, core, problems):
+                    taken += 1
+                continue
             old = self.hosts.get(data.get("name")) if isinstance(data.get("name"), str) else None
             try:
                 record = HostRecord.from_dict(data, like=old)
@@ -744,11 +750,18 @@ class Registry:
             self.hosts[record.name] = record
             if old is None or old.segment != record.segment:
                 self.placed()  # a record that stays on another segment leaves ``owned`` as it was
+            if core is None:
+                self._mirror_cores.pop(record.name, None)
+            else:
+                self._mirror_cores[record.name] = (core, record)
             self._index(record)
             taken += 1
             if old is not None and old.state != record.state:
                 for listener in self.listeners:
                     listener(record, old.state, "mirrored from segment %s" % segment)
+        for problem in problems[:5]:
+            if self.log is not None:
+                self.log.warning("registry mirror: %s", problem)
         if capped:  # a fleet larger than max_hosts: never silently short of hosts at this instance's API
             if "mirror" not in self.problems and self.log is not None:
                 self.log.error("registry mirror: hosts of other segments left out: max_hosts = %d counts every host "
@@ -760,6 +773,27 @@ class Registry:
         elif "mirror" in self.problems and len(self.hosts) < self.max_hosts:
             del self.problems["mirror"]
         return taken
+
+    def _mirrored_core(self, name: str) -> Optional[int]:
+        """The core (``split_liveness``) of the row text our record of ``name`` was made from, if the mirror made the
+        record we hold (not replaced since: a take-over, a report of ours)."""
+        entry = self._mirror_cores.get(name)
+        return entry[0] if entry is not None and self.hosts.get(name) is entry[1] else None
+
+    def _refresh_liveness(self, row: Tuple[Any, Any, Any], core: Optional[int], problems: List[str]) -> bool:
+        """A mirrored row that differs from our record's only in ``last_seen`` / ``last_ts``: set those two."""
+        name, last_seen, last_ts = row
+        if core is None or self._mirrored_core(name) != core:
+            return False
+        try:
+            last_seen = None if last_seen is None else _RECORD_OPTIONS["last_seen"].type.check(last_seen)
+            last_ts = _RECORD_OPTIONS["last_ts"].type.check(last_ts)
+        except ValueError as exc:
+            problems.append("mirrored host %r: liveness unreadable (%s): skipped" % (name, str(exc)[:100]))
+            return False
+        record = self.hosts[name]
+        record.last_seen, record.last_ts = last_seen, last_ts
+        return True
 
     def take_over(self) -> int:
         """Fleet mode: the store now writes as our segment's leader: read its rows and journal (the previous

@@ -286,6 +286,36 @@ class SqlStore(Store):
         return entries
 
 
+def split_liveness(text: Any) -> Tuple[Optional[int], Optional[Tuple[Any, Any]]]:
+    """A stored host record's text (``dumps``: sorted keys, compact) split at its liveness fields.
+
+    Returns ``(core, (last_seen, last_ts))``: ``core`` a hash of the text without ``"last_seen":…,"last_ts":…`` (two
+    texts with equal cores differ at most there: a heartbeat), and the two values as they are stored (unchecked:
+    the caller validates them).  ``(None, None)`` for a text where they are not found as two plain values.
+    """
+    if not isinstance(text, str):
+        return None, None
+    start = text.find(_LIVENESS_AT)
+    middle = text.find(_LIVENESS_TS, start) if start >= 0 else -1
+    end = text.find(",", middle + len(_LIVENESS_TS)) if middle >= 0 else -1
+    if end < 0 or "{" in text[start:end] or "[" in text[start:end] or '"' in text[start + len(_LIVENESS_AT) : middle]:
+        return None, None
+    try:
+        values = json.loads("{" + text[start + 1 : end] + "}")
+    except ValueError:
+        return None, None
+    if not isinstance(values, dict) or len(values) != 2:
+        return None, None
+    return hash((text[:start], text[end:])), (values.get("last_seen"), values.get("last_ts"))
+
+
+# Where a stored host record keeps its liveness: sorted keys put "last_ts" right after "last_seen", both plain values
+# (a number, or null), and never first (their text is found by its leading comma: a key, not a string's content,
+# since a quote inside a string is always escaped).
+_LIVENESS_AT = ',"last_seen":'
+_LIVENESS_TS = ',"last_ts":'
+
+
 def _loads(text: Any, what: str, problems: List[str]) -> Any:
     try:
         return json.loads(text)
