@@ -10,7 +10,7 @@ from server_fakes import Sent, engine_decode, server_config
 from powernap.clock import FakeClock
 from powernap.server.fleet import Fleet
 from powernap.server.registry import HostRecord, Registry
-from powernap.server.store import open_store
+from powernap.server.store import encoded, open_store
 
 
 def report(host, state, ts, event="heartbeat", **extra):
@@ -458,7 +458,7 @@ def test_in_fleet_mode_a_state_change_writes_its_row_at_the_next_tick_not_a_whol
             self.snapshots += 1
 
         def write_rows(self, records):
-            self.rows.append(sorted(r["name"] for r in records))
+            self.rows.append(sorted(encoded(r)[0] for r in records))
 
     registry, _led = _fleet_registry()
     registry.store = store = Store()

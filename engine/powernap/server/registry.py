@@ -44,7 +44,7 @@ from ..options import (
 )
 from . import protocol as P
 from .energy import KEYS as ENERGY_KEYS
-from .store import Store, jsonfile, open_store
+from .store import Encoded, Store, jsonfile, open_store
 
 SCHEMA = 1
 QUIET_TO_ASLEEP = 20.0  # seconds after "suspending" without a word before we call the host asleep
@@ -523,9 +523,17 @@ class Registry:
             "saved": now,
             "seq": self.store.seq if self.store is not None else 0,
             "replay": dict(self.replay),
-            "hosts": [r.to_dict() for r in self.owned()],
+            "hosts": [self._stored(r) for r in self.owned()],
             "extras": {name: export() for name, export in self.extras.items()},
         }
+
+    def _stored(self, record: HostRecord) -> Any:
+        """A record as the snapshot or a row write hands it to the store: a copy (``to_dict``: it is serialised on the
+        writer thread), or in fleet mode its text at once (``Encoded``: no copy; 100,000 hosts' worth of copies cost a
+        quarter of an instance's time)."""
+        if self.owns is None:
+            return record.to_dict()
+        return Encoded.of({field: getattr(record, field) for field in HostRecord.FIELDS})
 
     def save(self, now: float) -> bool:
         """Write a snapshot now, on this thread (start-up, shutdown, tests); False (and noted) on failure."""
@@ -594,7 +602,7 @@ class Registry:
         for name in self.changed_rows:
             record = self.hosts.get(name)
             if record is not None and owns is not None and owns(record):
-                records.append(record.to_dict())
+                records.append(self._stored(record))
         self.changed_rows = set()
         if not records:
             return

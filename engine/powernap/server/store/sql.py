@@ -13,7 +13,7 @@ import json
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import HISTORY_KEEP, RESERVED, Store, StoreError, dumps
+from . import HISTORY_KEEP, RESERVED, Store, StoreError, dumps, encoded
 
 TABLES = (
     "powerwaked_meta",
@@ -167,8 +167,8 @@ class SqlStore(Store):
     def write_snapshot(self, data: Dict[str, Any]) -> None:
         hosts = {}
         for record in data.get("hosts") or ():
-            text = dumps(record)
-            hosts[str(record["name"])] = (text, hash(text))
+            name, text = encoded(record)
+            hosts[name] = (text, hash(text))
         changed_hosts = [(name, text) for name, (text, digest) in hosts.items() if self._hosts.get(name) != digest]
         gone_hosts = [(name,) for name in self._hosts if name not in hosts]
         replay = {str(k): float(v) for k, v in (data.get("replay") or {}).items()}
@@ -232,10 +232,10 @@ class SqlStore(Store):
         what the store holds); returns how many were written.  Called by one writer at a time, as snapshots are."""
         rows = []
         for record in records:
-            text = dumps(record)
+            name, text = encoded(record)
             digest = hash(text)
-            if self._hosts.get(str(record["name"])) != digest:
-                rows.append((str(record["name"]), text, digest))
+            if self._hosts.get(name) != digest:
+                rows.append((name, text, digest))
         if not rows:
             return 0
 
