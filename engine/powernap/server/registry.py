@@ -184,8 +184,8 @@ class HostRecord:
     ) -> "HostRecord":
         """A record from saved JSON, every field validated; a bad field keeps its default (and is noted).
 
-        ``like``: the record of the same host we hold (the mirror's): a field equal to its value takes a copy of
-        that value, validated when it was taken in, instead of being checked again (a heartbeat changes few fields,
+        ``like``: the record of the same host we hold (the mirror's): a field equal to its value (validated when it
+        was taken in) is taken as it is, instead of being checked again (a heartbeat changes few fields,
         and every instance takes in every row of the fleet)."""
         if not isinstance(data, dict):
             raise ValueError("a host record must be an object")
@@ -200,7 +200,7 @@ class HostRecord:
             if like is not None:
                 known = getattr(like, field)
                 if type(value) is type(known) and value == known:
-                    setattr(record, field, _copy(known))
+                    setattr(record, field, value)  # equal to a checked value, and decoded just now: ours, no copy
                     continue
             try:
                 checked = None if value is None and opt.default is None else opt.type.check(value)
