@@ -187,7 +187,6 @@ class SqlStore(Store):
         def work(cursor: Any) -> int:
             upsert = "INSERT INTO %s (%s, %s) VALUES (?, ?) ON CONFLICT (%s) DO UPDATE SET %s = excluded.%s"
             if self.SCOPED:
-                self._write_host_rows(cursor, changed_hosts, gone_hosts)
                 scoped = (
                     "INSERT INTO %s (%s, %s, scope) VALUES (?, ?, ?) "
                     "ON CONFLICT (scope, %s) DO UPDATE SET %s = excluded.%s"
@@ -217,7 +216,12 @@ class SqlStore(Store):
             sql, scope = self._scoped("DELETE FROM powerwaked_journal WHERE seq <= ?{and_scope}")
             cursor.execute(sql, (upto,) + scope)
             cursor.execute(*self._scoped("SELECT count(*) FROM powerwaked_journal{scope}"))
-            return int(cursor.fetchone()[0])
+            remaining = int(cursor.fetchone()[0])
+            if self.SCOPED:
+                # Last: the host rows take the version lock every segment's writer queues for, held until the commit;
+                # the replay floors (every sender's, at 100,000 hosts thousands a snapshot) are written before it.
+                self._write_host_rows(cursor, changed_hosts, gone_hosts)
+            return remaining
 
         remaining = self._transaction(work)
         # Committed: only now does this process believe the store holds it.
