@@ -51,6 +51,9 @@ QUIET_TO_ASLEEP = 20.0  # seconds after "suspending" without a word before we ca
 URGENT_SAVE = 1.0  # state changes reach the disk within this; a burst of them costs one write
 SAVE_RETRY = 5.0  # after a failed save (a full disk), try again this much later
 JOURNAL_LIMIT = 20000  # entries; beyond this a snapshot is written at once (it empties the journal)
+# Fleet mode: a snapshot between these holds only the records whose rows are not written yet (the rest are, at each
+# tick); every this many seconds, and after anything said ``touch``, one compares every record with the store's rows.
+FULL_SNAPSHOT_EVERY = 60.0
 HISTORY_QUEUE = 1000  # history entries held for the store while it refuses writes (the oldest go first)
 
 
@@ -269,6 +272,8 @@ class Registry:
         # Fleet mode's mirror: per host, the core (``store.sql.split_liveness``) of the row text our record was made
         # from, and that record: a row with the same core is a heartbeat, taken in without decoding it.
         self._mirror_cores: Dict[str, Tuple[int, HostRecord]] = {}
+        self._full_due = True  # fleet mode: the next snapshot compares every record (FULL_SNAPSHOT_EVERY)
+        self._full_at = 0.0
         self._owned_generation = 0
         self._owned_cache: Optional[Tuple[str, int, List[HostRecord]]] = None
         self._rows_written: Optional[Tuple[float, Optional[str]]] = None  # (when, error) from a row writer
@@ -325,6 +330,7 @@ class Registry:
 
     def _reindex(self) -> None:
         self.placed()  # a whole registry read (load, take_over)
+        self._full_due = True
         self._by_ip = {}
         self._by_mac = {}
         for record in self.hosts.values():
@@ -495,6 +501,7 @@ class Registry:
         second)."""
         self._dirty = True
         self._urgent = self._urgent or urgent
+        self._full_due = True  # what changed is not said: the next snapshot compares every record
 
     def seen(self, record: HostRecord, now: float, cause: str) -> None:
         """Proof of life without a report (a confirmed probe, a TCP answer)."""
@@ -517,13 +524,19 @@ class Registry:
                 self.set_state(record, P.UNKNOWN, "no report for %ds" % quiet, now)
 
     # -- persistence ------------------------------------------------------------------------
-    def snapshot(self, now: float) -> Dict[str, Any]:
+    def snapshot(self, now: float, only: Optional[Set[str]] = None) -> Dict[str, Any]:
+        """What the store keeps; ``only``: the records of these names (a partial snapshot), else every one we own."""
+        if only is None:
+            records = self.owned()
+        else:
+            owns = self.owns
+            records = [r for r in (self.hosts.get(n) for n in only) if r is not None and (owns is None or owns(r))]
         return {
             "schema": SCHEMA,
             "saved": now,
             "seq": self.store.seq if self.store is not None else 0,
             "replay": dict(self.replay),
-            "hosts": [self._stored(r) for r in self.owned()],
+            "hosts": [self._stored(r) for r in records],
             "extras": {name: export() for name, export in self.extras.items()},
         }
 
@@ -574,8 +587,14 @@ class Registry:
         if not background:
             return self.save(now)
         self.commit()
+        # Fleet mode: the rows of the records that changed are written at each tick, so a snapshot need only hold those
+        # not written yet; a full one (every record serialised and compared: a leader's whole segment) now and then
+        # catches changes nothing marked (a wake count, an energy total), and after a ``touch``.
+        partial = self.owns is not None and not self._full_due and now - self._full_at < FULL_SNAPSHOT_EVERY
+        if not partial:
+            self._full_due, self._full_at = False, now
+        data = self.snapshot(now, only=self.changed_rows if partial else None)
         self.changed_rows = set()  # the snapshot holds them
-        data = self.snapshot(now)
         history, self.history = self.history, []
         self._dirty = self._urgent = False  # changes from now on mark it again
 
@@ -584,7 +603,10 @@ class Registry:
             try:
                 self.store.append_history(history)
                 unsaved = []
-                self.store.write_snapshot(data)
+                if partial:
+                    self.store.write_snapshot(data, partial=True)
+                else:
+                    self.store.write_snapshot(data)
                 self._written = (data["seq"], now, None, [])
             except Exception as exc:  # OSError (a full disk) above all; whatever it is, the loop hears of it
                 self._written = (data["seq"], now, str(exc) or type(exc).__name__, unsaved)
@@ -626,7 +648,7 @@ class Registry:
     def _collect(self, now: float) -> None:
         rows, self._rows_written = self._rows_written, None
         if rows is not None and rows[1] is not None:
-            self._dirty = self._urgent = True  # the next snapshot writes the rows that differ from the store's
+            self._dirty = self._urgent = self._full_due = True  # the next snapshot writes the rows that differ
             self._save_failed(rows[0], rows[1])
         written, self._written = self._written, None
         if written is None:
@@ -635,7 +657,7 @@ class Registry:
         if error is None:
             self._save_done(seq, when, background=True)
         else:
-            self._dirty = self._urgent = True  # what it held is still unsaved: retry soon
+            self._dirty = self._urgent = self._full_due = True  # what it held is still unsaved: retry soon
             self.history = (unsaved + self.history)[-HISTORY_QUEUE:]
             self._save_failed(when, error)
 

@@ -80,8 +80,10 @@ class Store(abc.ABC):
         """Journal entries durably, one transaction for the batch (each gets ``entry["seq"]``)."""
 
     @abc.abstractmethod
-    def write_snapshot(self, data: Dict[str, Any]) -> None:
-        """Replace the snapshot and drop the journal entries up to ``data["seq"]``, one transaction."""
+    def write_snapshot(self, data: Dict[str, Any], partial: bool = False) -> None:
+        """Replace the snapshot and drop the journal entries up to ``data["seq"]``, one transaction.
+
+        ``partial`` (fleet mode): ``data["hosts"]`` holds only records that changed; the others stay as stored."""
 
     @abc.abstractmethod
     def append_history(self, entries: List[Dict[str, Any]]) -> None:

@@ -164,13 +164,13 @@ class SqlStore(Store):
         self.seq = seq  # only once durable: a refused batch leaves no gap the next one must explain
         self.journal_length += len(rows)
 
-    def write_snapshot(self, data: Dict[str, Any]) -> None:
+    def write_snapshot(self, data: Dict[str, Any], partial: bool = False) -> None:
         hosts = {}
         for record in data.get("hosts") or ():
             name, text = encoded(record)
             hosts[name] = (text, hash(text))
         changed_hosts = [(name, text) for name, (text, digest) in hosts.items() if self._hosts.get(name) != digest]
-        gone_hosts = [(name,) for name in self._hosts if name not in hosts]
+        gone_hosts = [] if partial else [(name,) for name in self._hosts if name not in hosts]
         replay = {str(k): float(v) for k, v in (data.get("replay") or {}).items()}
         changed_replay = [(k, v) for k, v in replay.items() if self._replay.get(k) != v]
         gone_replay = [(k,) for k in self._replay if k not in replay]
@@ -225,7 +225,10 @@ class SqlStore(Store):
 
         remaining = self._transaction(work)
         # Committed: only now does this process believe the store holds it.
-        self._hosts = {name: digest for name, (_text, digest) in hosts.items()}
+        if partial:
+            self._hosts.update((name, digest) for name, (_text, digest) in hosts.items())
+        else:
+            self._hosts = {name: digest for name, (_text, digest) in hosts.items()}
         self._replay = replay
         self._state = {key: digest for key, (_text, digest) in state.items()}
         self.journal_length = remaining
