@@ -44,13 +44,16 @@ from ..options import (
 )
 from . import protocol as P
 from .energy import KEYS as ENERGY_KEYS
-from .store import Store, jsonfile, open_store
+from .store import Encoded, Store, jsonfile, open_store
 
 SCHEMA = 1
 QUIET_TO_ASLEEP = 20.0  # seconds after "suspending" without a word before we call the host asleep
 URGENT_SAVE = 1.0  # state changes reach the disk within this; a burst of them costs one write
 SAVE_RETRY = 5.0  # after a failed save (a full disk), try again this much later
 JOURNAL_LIMIT = 20000  # entries; beyond this a snapshot is written at once (it empties the journal)
+# Fleet mode: a snapshot between these holds only the records whose rows are not written yet (the rest are, at each
+# tick); every this many seconds, and after anything said ``touch``, one compares every record with the store's rows.
+FULL_SNAPSHOT_EVERY = 60.0
 HISTORY_QUEUE = 1000  # history entries held for the store while it refuses writes (the oldest go first)
 
 
@@ -184,8 +187,8 @@ class HostRecord:
     ) -> "HostRecord":
         """A record from saved JSON, every field validated; a bad field keeps its default (and is noted).
 
-        ``like``: the record of the same host we hold (the mirror's): a field equal to its value takes a copy of
-        that value, validated when it was taken in, instead of being checked again (a heartbeat changes few fields,
+        ``like``: the record of the same host we hold (the mirror's): a field equal to its value (validated when it
+        was taken in) is taken as it is, instead of being checked again (a heartbeat changes few fields,
         and every instance takes in every row of the fleet)."""
         if not isinstance(data, dict):
             raise ValueError("a host record must be an object")
@@ -200,7 +203,7 @@ class HostRecord:
             if like is not None:
                 known = getattr(like, field)
                 if type(value) is type(known) and value == known:
-                    setattr(record, field, _copy(known))
+                    setattr(record, field, value)  # equal to a checked value, and decoded just now: ours, no copy
                     continue
             try:
                 checked = None if value is None and opt.default is None else opt.type.check(value)
@@ -268,6 +271,15 @@ class Registry:
         # written at the next tick (``save_if_due``), not with the next snapshot: the other instances' APIs show a
         # report within about a tick, not ``save_every``.  (The snapshot still writes anything else that changed.)
         self.changed_rows: Set[str] = set()
+        # ``owned`` at 100,000 hosts: the records of the led segment, computed again only when ``hosts`` gained or
+        # replaced one of that segment (``_placed``) or the segment led changed; (segment, generation, records).
+        # Fleet mode's mirror: per host, the core (``store.sql.split_liveness``) of the row text our record was made
+        # from, and that record: a row with the same core is a heartbeat, taken in without decoding it.
+        self._mirror_cores: Dict[str, Tuple[int, HostRecord]] = {}
+        self._full_due = True  # fleet mode: the next snapshot compares every record (FULL_SNAPSHOT_EVERY)
+        self._full_at = 0.0
+        self._owned_generation = 0
+        self._owned_cache: Optional[Tuple[str, int, List[HostRecord]]] = None
         self._rows_written: Optional[Tuple[float, Optional[str]]] = None  # (when, error) from a row writer
 
     # -- lookup -----------------------------------------------------------------------------
@@ -281,9 +293,15 @@ class Registry:
         """The records this instance writes (all of them, unless fleet mode says otherwise)."""
         if self.owns is None:
             return list(self.hosts.values())
-        if self.owned_segment is not None:  # the same test without a call per record (twice a tick at 100,000)
+        if self.owned_segment is not None:  # the same test without a call per record (4 times a tick at 100,000)
             segment = self.owned_segment()
-            return [] if segment is None else [record for record in self.hosts.values() if record.segment == segment]
+            if segment is None:
+                return []
+            cache = self._owned_cache
+            if cache is None or cache[0] != segment or cache[1] != self._owned_generation:
+                records = [record for record in self.hosts.values() if record.segment == segment]
+                cache = self._owned_cache = (segment, self._owned_generation, records)
+            return list(cache[2])  # a copy: callers change the registry while they walk it
         return [record for record in self.hosts.values() if self.owns(record)]
 
     def get(self, name: str) -> Optional[HostRecord]:
@@ -326,7 +344,13 @@ class Registry:
         for mac in record.macs:
             self._by_mac[mac.lower()] = record.name
 
+    def placed(self) -> None:
+        """A record was added to ``hosts``, replaced there or given another ``segment``: ``owned`` looks again."""
+        self._owned_generation += 1
+
     def _reindex(self) -> None:
+        self.placed()  # a whole registry read (load, take_over)
+        self._full_due = True
         self._by_ip = {}
         self._by_mac = {}
         for record in self.hosts.values():
@@ -351,6 +375,7 @@ class Registry:
         record.bmc = bmc or record.bmc
         record.wake = list(wake)
         self.hosts[name] = record
+        self.placed()
         self._index(record)
         self._dirty = True
         return record
@@ -399,6 +424,7 @@ class Registry:
         record = self.hosts.get(name)
         if record is None:
             record = self.hosts[name] = HostRecord(name)
+            self.placed()
         record.last_seen = now
         record.engine = True
         if sender is not None:
@@ -478,8 +504,12 @@ class Registry:
         if (old in P.UP_STATES) != (state in P.UP_STATES):
             record.power_since = now
         self._dirty = True
-        self._urgent = True
-        if self.owns is not None:
+        if self.owns is None:
+            self._urgent = True
+        else:
+            # Fleet mode: the record's row is written at the next tick (``_write_rows``), so a state change need not
+            # hurry the whole snapshot too (a full one every second while hosts register costs most of a core at
+            # 100,000 hosts); a report's state is in the journal already.
             self.changed_rows.add(record.name)
         if self.log is not None:
             self.log.info("host %s: %s -> %s (%s)", record.name, old, state, cause)
@@ -491,6 +521,7 @@ class Registry:
         second)."""
         self._dirty = True
         self._urgent = self._urgent or urgent
+        self._full_due = True  # what changed is not said: the next snapshot compares every record
 
     def set_hold(self, record: HostRecord, hold: Optional[str], policy_hold: str) -> None:
         """A policy (``policy_hold``, e.g. "ups rack1") puts a host on hold (``hold``) or lifts its own hold (None).
@@ -530,15 +561,29 @@ class Registry:
                 self.set_state(record, P.UNKNOWN, "no report for %ds" % quiet, now)
 
     # -- persistence ------------------------------------------------------------------------
-    def snapshot(self, now: float) -> Dict[str, Any]:
+    def snapshot(self, now: float, only: Optional[Set[str]] = None) -> Dict[str, Any]:
+        """What the store keeps; ``only``: the records of these names (a partial snapshot), else every one we own."""
+        if only is None:
+            records = self.owned()
+        else:
+            owns = self.owns
+            records = [r for r in (self.hosts.get(n) for n in only) if r is not None and (owns is None or owns(r))]
         return {
             "schema": SCHEMA,
             "saved": now,
             "seq": self.store.seq if self.store is not None else 0,
             "replay": dict(self.replay),
-            "hosts": [r.to_dict() for r in self.owned()],
+            "hosts": [self._stored(r) for r in records],
             "extras": {name: export() for name, export in self.extras.items()},
         }
+
+    def _stored(self, record: HostRecord) -> Any:
+        """A record as the snapshot or a row write hands it to the store: a copy (``to_dict``: it is serialised on the
+        writer thread), or in fleet mode its text at once (``Encoded``: no copy; 100,000 hosts' worth of copies cost a
+        quarter of an instance's time)."""
+        if self.owns is None:
+            return record.to_dict()
+        return Encoded.of({field: getattr(record, field) for field in HostRecord.FIELDS})
 
     def save(self, now: float) -> bool:
         """Write a snapshot now, on this thread (start-up, shutdown, tests); False (and noted) on failure."""
@@ -579,8 +624,14 @@ class Registry:
         if not background:
             return self.save(now)
         self.commit()
+        # Fleet mode: the rows of the records that changed are written at each tick, so a snapshot need only hold those
+        # not written yet; a full one (every record serialised and compared: a leader's whole segment) now and then
+        # catches changes nothing marked (a wake count, an energy total), and after a ``touch``.
+        partial = self.owns is not None and not self._full_due and now - self._full_at < FULL_SNAPSHOT_EVERY
+        if not partial:
+            self._full_due, self._full_at = False, now
+        data = self.snapshot(now, only=self.changed_rows if partial else None)
         self.changed_rows = set()  # the snapshot holds them
-        data = self.snapshot(now)
         history, self.history = self.history, []
         self._dirty = self._urgent = False  # changes from now on mark it again
 
@@ -589,7 +640,10 @@ class Registry:
             try:
                 self.store.append_history(history)
                 unsaved = []
-                self.store.write_snapshot(data)
+                if partial:
+                    self.store.write_snapshot(data, partial=True)
+                else:
+                    self.store.write_snapshot(data)
                 self._written = (data["seq"], now, None, [])
             except Exception as exc:  # OSError (a full disk) above all; whatever it is, the loop hears of it
                 self._written = (data["seq"], now, str(exc) or type(exc).__name__, unsaved)
@@ -607,7 +661,7 @@ class Registry:
         for name in self.changed_rows:
             record = self.hosts.get(name)
             if record is not None and owns is not None and owns(record):
-                records.append(record.to_dict())
+                records.append(self._stored(record))
         self.changed_rows = set()
         if not records:
             return
@@ -631,7 +685,7 @@ class Registry:
     def _collect(self, now: float) -> None:
         rows, self._rows_written = self._rows_written, None
         if rows is not None and rows[1] is not None:
-            self._dirty = self._urgent = True  # the next snapshot writes the rows that differ from the store's
+            self._dirty = self._urgent = self._full_due = True  # the next snapshot writes the rows that differ
             self._save_failed(rows[0], rows[1])
         written, self._written = self._written, None
         if written is None:
@@ -640,7 +694,7 @@ class Registry:
         if error is None:
             self._save_done(seq, when, background=True)
         else:
-            self._dirty = self._urgent = True  # what it held is still unsaved: retry soon
+            self._dirty = self._urgent = self._full_due = True  # what it held is still unsaved: retry soon
             self.history = (unsaved + self.history)[-HISTORY_QUEUE:]
             self._save_failed(when, error)
 
@@ -665,6 +719,8 @@ class Registry:
             self.history.append(dict(entry))
             del self.history[:-HISTORY_QUEUE]
             self._dirty = True
+            if self.owns is not None:  # fleet mode: the other instances show the fleet's history from the store
+                self._urgent = True
 
     def recent_history(self, limit: int) -> List[Dict[str, Any]]:
         """The newest stored history entries (start-up: the API's history survives a restart)."""
@@ -740,12 +796,13 @@ class Registry:
         if mirror is None:
             return 0
         problems: List[str] = []
-        rows, self.mirrored_version = mirror(self.mirrored_version, problems)
-        for problem in problems[:5]:
-            if self.log is not None:
-                self.log.warning("registry mirror: %s", problem)
+        rows, self.mirrored_version = mirror(self.mirrored_version, problems, self._mirrored_core)
         taken = capped = 0
-        for segment, data in rows:
+        for segment, data, core in rows:
+            if isinstance(data, tuple):  # only its liveness changed (a heartbeat): the record we hold is the rest
+                if self._refresh_liveness(data, core, problems):
+                    taken += 1
+                continue
             old = self.hosts.get(data.get("name")) if isinstance(data.get("name"), str) else None
             try:
                 record = HostRecord.from_dict(data, like=old)
@@ -758,11 +815,20 @@ class Registry:
                 capped += 1
                 continue
             self.hosts[record.name] = record
+            if old is None or old.segment != record.segment:
+                self.placed()  # a record that stays on another segment leaves ``owned`` as it was
+            if core is None:
+                self._mirror_cores.pop(record.name, None)
+            else:
+                self._mirror_cores[record.name] = (core, record)
             self._index(record)
             taken += 1
             if old is not None and old.state != record.state:
                 for listener in self.listeners:
                     listener(record, old.state, "mirrored from segment %s" % segment)
+        for problem in problems[:5]:
+            if self.log is not None:
+                self.log.warning("registry mirror: %s", problem)
         if capped:  # a fleet larger than max_hosts: never silently short of hosts at this instance's API
             if "mirror" not in self.problems and self.log is not None:
                 self.log.error("registry mirror: hosts of other segments left out: max_hosts = %d counts every host "
@@ -795,6 +861,27 @@ class Registry:
                 self.log.info("registry mirror: %d hosts deleted by their writers: %s", len(dropped),
                               ", ".join(dropped[:10]))  # fmt: skip
         return dropped
+
+    def _mirrored_core(self, name: str) -> Optional[int]:
+        """The core (``split_liveness``) of the row text our record of ``name`` was made from, if the mirror made the
+        record we hold (not replaced since: a take-over, a report of ours)."""
+        entry = self._mirror_cores.get(name)
+        return entry[0] if entry is not None and self.hosts.get(name) is entry[1] else None
+
+    def _refresh_liveness(self, row: Tuple[Any, Any, Any], core: Optional[int], problems: List[str]) -> bool:
+        """A mirrored row that differs from our record's only in ``last_seen`` / ``last_ts``: set those two."""
+        name, last_seen, last_ts = row
+        if core is None or self._mirrored_core(name) != core:
+            return False
+        try:
+            last_seen = None if last_seen is None else _RECORD_OPTIONS["last_seen"].type.check(last_seen)
+            last_ts = _RECORD_OPTIONS["last_ts"].type.check(last_ts)
+        except ValueError as exc:
+            problems.append("mirrored host %r: liveness unreadable (%s): skipped" % (name, str(exc)[:100]))
+            return False
+        record = self.hosts[name]
+        record.last_seen, record.last_ts = last_seen, last_ts
+        return True
 
     def take_over(self) -> int:
         """Fleet mode: the store now writes as our segment's leader: read its rows and journal (the previous

@@ -30,6 +30,27 @@ HISTORY_KEEP = 10000  # history entries kept; older ones are dropped as new ones
 RESERVED = ("hosts", "replay", "seq")  # snapshot keys with a table of their own; the rest is keyed state
 
 
+class Encoded(str):
+    """A host record already serialised by ``dumps``, with its ``name``: fleet mode's registry serialises its records
+    under its own lock (no copy of each record first, to be serialised later on the writer thread: that copy was a
+    quarter of an instance's time at 100,000 hosts).  A backend stores the text as it is."""
+
+    name = ""
+
+    @classmethod
+    def of(cls, record: Dict[str, Any]) -> "Encoded":
+        text = cls(dumps(record))
+        text.name = str(record["name"])
+        return text
+
+
+def encoded(record: Any) -> Tuple[str, str]:
+    """``(name, text)`` of a host record given as a dict or as ``Encoded``."""
+    if isinstance(record, Encoded):
+        return record.name, str(record)
+    return str(record["name"]), dumps(record)
+
+
 class StoreError(OSError):
     """The store refused (a full disk, a database down, a file not ours): nothing written, retry later."""
 
@@ -59,8 +80,10 @@ class Store(abc.ABC):
         """Journal entries durably, one transaction for the batch (each gets ``entry["seq"]``)."""
 
     @abc.abstractmethod
-    def write_snapshot(self, data: Dict[str, Any]) -> None:
-        """Replace the snapshot and drop the journal entries up to ``data["seq"]``, one transaction."""
+    def write_snapshot(self, data: Dict[str, Any], partial: bool = False) -> None:
+        """Replace the snapshot and drop the journal entries up to ``data["seq"]``, one transaction.
+
+        ``partial`` (fleet mode): ``data["hosts"]`` holds only records that changed; the others stay as stored."""
 
     @abc.abstractmethod
     def append_history(self, entries: List[Dict[str, Any]]) -> None:

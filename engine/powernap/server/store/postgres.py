@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import StoreError, redact
 from .coord import JOB_DDL, JOB_DDL_3
-from .sql import SqlStore, _loads
+from .sql import SqlStore, _loads, split_liveness
 
 INSTANCE_LOCK = 0x70776B64  # "pwkd": the session lock one server holds on its database
 MIGRATE_LOCK = 0x70776B6D  # "pwkm": taken for the length of a schema migration
@@ -255,11 +255,18 @@ class PostgresStore(SqlStore):
                     (self.rows_segment, [name for (name,) in gone], self.rows_segment),
                 )
 
-    def mirror(self, since: int, problems: List[str]) -> Tuple[List[Tuple[str, Dict[str, Any]]], int]:
+    def mirror(
+        self, since: int, problems: List[str], held: Optional[Callable[[str], Optional[int]]] = None
+    ) -> Tuple[List[Tuple[Any, ...]], int]:
         """Host rows other writers changed after version ``since``, oldest first: ``([(segment, record)], newest)``.
 
         At most MIRROR_BATCH rows a call (the caller asks again next tick). Rows of our own segment are skipped
         (we write them); an unreadable row is noted in ``problems`` and skipped.
+
+        ``held(name)``: the ``core`` (``split_liveness``) of the row text the caller's record of that host was made
+        from, or None.  With it, rows come as ``(segment, record, core)``, and a row that differs from the held one
+        only in its liveness (``last_seen``, ``last_ts``: every heartbeat) as ``(segment, (name, last_seen, last_ts),
+        core)``, not decoded at all: each instance takes in every row of the fleet, ~3,000 a second at 100,000 hosts.
         """
 
         def work(cursor: Any) -> List[Any]:
@@ -272,15 +279,26 @@ class PostgresStore(SqlStore):
             return cursor.fetchall()
 
         rows = self._transaction(work)
-        records = []
+        records: List[Tuple[Any, ...]] = []
+        decoded = set()
         newest = int(since)
         for name, segment, text, version in rows:
             newest = max(newest, int(version))
             if self.rows_segment is not None and segment == self.rows_segment:
                 continue
+            if held is None:
+                record = _loads(text, "mirrored host %r" % name, problems)
+                if isinstance(record, dict):
+                    records.append((segment, record))
+                continue
+            core, liveness = split_liveness(text)
+            if liveness is not None and name not in decoded and core == held(name):
+                records.append((segment, (name,) + liveness, core))
+                continue
+            decoded.add(name)  # a later row of it in this batch is compared with this one, which the caller lacks yet
             record = _loads(text, "mirrored host %r" % name, problems)
             if isinstance(record, dict):
-                records.append((segment, record))
+                records.append((segment, record, core))
         return records, newest
 
     def gone_since(self, since: int) -> Tuple[List[Tuple[str, str]], int]:

@@ -13,7 +13,7 @@ import json
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import HISTORY_KEEP, RESERVED, Store, StoreError, dumps
+from . import HISTORY_KEEP, RESERVED, Store, StoreError, dumps, encoded
 
 TABLES = (
     "powerwaked_meta",
@@ -164,13 +164,13 @@ class SqlStore(Store):
         self.seq = seq  # only once durable: a refused batch leaves no gap the next one must explain
         self.journal_length += len(rows)
 
-    def write_snapshot(self, data: Dict[str, Any]) -> None:
+    def write_snapshot(self, data: Dict[str, Any], partial: bool = False) -> None:
         hosts = {}
         for record in data.get("hosts") or ():
-            text = dumps(record)
-            hosts[str(record["name"])] = (text, hash(text))
+            name, text = encoded(record)
+            hosts[name] = (text, hash(text))
         changed_hosts = [(name, text) for name, (text, digest) in hosts.items() if self._hosts.get(name) != digest]
-        gone_hosts = [(name,) for name in self._hosts if name not in hosts]
+        gone_hosts = [] if partial else [(name,) for name in self._hosts if name not in hosts]
         replay = {str(k): float(v) for k, v in (data.get("replay") or {}).items()}
         changed_replay = [(k, v) for k, v in replay.items() if self._replay.get(k) != v]
         gone_replay = [(k,) for k in self._replay if k not in replay]
@@ -187,7 +187,6 @@ class SqlStore(Store):
         def work(cursor: Any) -> int:
             upsert = "INSERT INTO %s (%s, %s) VALUES (?, ?) ON CONFLICT (%s) DO UPDATE SET %s = excluded.%s"
             if self.SCOPED:
-                self._write_host_rows(cursor, changed_hosts, gone_hosts)
                 scoped = (
                     "INSERT INTO %s (%s, %s, scope) VALUES (?, ?, ?) "
                     "ON CONFLICT (scope, %s) DO UPDATE SET %s = excluded.%s"
@@ -217,11 +216,19 @@ class SqlStore(Store):
             sql, scope = self._scoped("DELETE FROM powerwaked_journal WHERE seq <= ?{and_scope}")
             cursor.execute(sql, (upto,) + scope)
             cursor.execute(*self._scoped("SELECT count(*) FROM powerwaked_journal{scope}"))
-            return int(cursor.fetchone()[0])
+            remaining = int(cursor.fetchone()[0])
+            if self.SCOPED:
+                # Last: the host rows take the version lock every segment's writer queues for, held until the commit;
+                # the replay floors (every sender's, at 100,000 hosts thousands a snapshot) are written before it.
+                self._write_host_rows(cursor, changed_hosts, gone_hosts)
+            return remaining
 
         remaining = self._transaction(work)
         # Committed: only now does this process believe the store holds it.
-        self._hosts = {name: digest for name, (_text, digest) in hosts.items()}
+        if partial:
+            self._hosts.update((name, digest) for name, (_text, digest) in hosts.items())
+        else:
+            self._hosts = {name: digest for name, (_text, digest) in hosts.items()}
         self._replay = replay
         self._state = {key: digest for key, (_text, digest) in state.items()}
         self.journal_length = remaining
@@ -232,10 +239,10 @@ class SqlStore(Store):
         what the store holds); returns how many were written.  Called by one writer at a time, as snapshots are."""
         rows = []
         for record in records:
-            text = dumps(record)
+            name, text = encoded(record)
             digest = hash(text)
-            if self._hosts.get(str(record["name"])) != digest:
-                rows.append((str(record["name"]), text, digest))
+            if self._hosts.get(name) != digest:
+                rows.append((name, text, digest))
         if not rows:
             return 0
 
@@ -284,6 +291,36 @@ class SqlStore(Store):
             if isinstance(entry, dict):
                 entries.append(entry)
         return entries
+
+
+def split_liveness(text: Any) -> Tuple[Optional[int], Optional[Tuple[Any, Any]]]:
+    """A stored host record's text (``dumps``: sorted keys, compact) split at its liveness fields.
+
+    Returns ``(core, (last_seen, last_ts))``: ``core`` a hash of the text without ``"last_seen":…,"last_ts":…`` (two
+    texts with equal cores differ at most there: a heartbeat), and the two values as they are stored (unchecked:
+    the caller validates them).  ``(None, None)`` for a text where they are not found as two plain values.
+    """
+    if not isinstance(text, str):
+        return None, None
+    start = text.find(_LIVENESS_AT)
+    middle = text.find(_LIVENESS_TS, start) if start >= 0 else -1
+    end = text.find(",", middle + len(_LIVENESS_TS)) if middle >= 0 else -1
+    if end < 0 or "{" in text[start:end] or "[" in text[start:end] or '"' in text[start + len(_LIVENESS_AT) : middle]:
+        return None, None
+    try:
+        values = json.loads("{" + text[start + 1 : end] + "}")
+    except ValueError:
+        return None, None
+    if not isinstance(values, dict) or len(values) != 2:
+        return None, None
+    return hash((text[:start], text[end:])), (values.get("last_seen"), values.get("last_ts"))
+
+
+# Where a stored host record keeps its liveness: sorted keys put "last_ts" right after "last_seen", both plain values
+# (a number, or null), and never first (their text is found by its leading comma: a key, not a string's content,
+# since a quote inside a string is always escaped).
+_LIVENESS_AT = ',"last_seen":'
+_LIVENESS_TS = ',"last_ts":'
 
 
 def _loads(text: Any, what: str, problems: List[str]) -> Any:
