@@ -256,12 +256,11 @@ def test_hostile_host_tombstone_and_instance_rows_neither_stop_an_instance_nor_r
     assert a.registry.get("bad name!") is None
 
 
-@pytest.mark.xfail(strict=True, reason="Registry.mirror / PostgresStore.mirror (b18's) do not check a row's name")
 def test_a_row_whose_record_names_another_host_does_not_replace_that_host(fleet):
     """A host row is keyed by its name; its record names a host too.  A row 'r4' of lan-b whose record says 'a1'
-    replaces a1 (of lan-a) at every instance that does not write a1: its segment, MACs and state become the row's,
-    so wakes for a1 asked there go to lan-b.  Fix: PostgresStore.mirror selects ``name`` already; a record whose
-    ``name`` is not the row's is a problem (noted, skipped), like a row that is not JSON."""
+    would replace a1 (of lan-a) at every instance that does not write a1: its segment, MACs and state would become
+    the row's, so wakes for a1 asked there would go to lan-b.  A record whose ``name`` is not the row's is a problem
+    (noted, skipped), like a row that is not JSON."""
     a = _policy_leader(fleet)
     standby = fleet.start("seg-a-2", "lan-a")
     pump(a, standby)

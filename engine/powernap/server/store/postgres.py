@@ -261,7 +261,8 @@ class PostgresStore(SqlStore):
         """Host rows other writers changed after version ``since``, oldest first: ``([(segment, record)], newest)``.
 
         At most MIRROR_BATCH rows a call (the caller asks again next tick). Rows of our own segment are skipped
-        (we write them); an unreadable row is noted in ``problems`` and skipped.
+        (we write them); an unreadable row, or one whose record names another host than its row (it would replace
+        that host at every instance), is noted in ``problems`` and skipped.
 
         ``held(name)``: the ``core`` (``split_liveness``) of the row text the caller's record of that host was made
         from, or None.  With it, rows come as ``(segment, record, core)``, and a row that differs from the held one
@@ -287,8 +288,8 @@ class PostgresStore(SqlStore):
             if self.rows_segment is not None and segment == self.rows_segment:
                 continue
             if held is None:
-                record = _loads(text, "mirrored host %r" % name, problems)
-                if isinstance(record, dict):
+                record = _mirrored(name, text, problems)
+                if record is not None:
                     records.append((segment, record))
                 continue
             core, liveness = split_liveness(text)
@@ -296,8 +297,8 @@ class PostgresStore(SqlStore):
                 records.append((segment, (name,) + liveness, core))
                 continue
             decoded.add(name)  # a later row of it in this batch is compared with this one, which the caller lacks yet
-            record = _loads(text, "mirrored host %r" % name, problems)
-            if isinstance(record, dict):
+            record = _mirrored(name, text, problems)
+            if record is not None:
                 records.append((segment, record, core))
         return records, newest
 
@@ -482,6 +483,17 @@ class PostgresStore(SqlStore):
                 self.conn.close()  # the session's advisory locks go with it in any case
                 self.conn = None
                 self.leads = {}
+
+
+def _mirrored(name: str, text: Any, problems: List[str]) -> Optional[Dict[str, Any]]:
+    """A host row's record, or None (noted in ``problems``) when it is unreadable or names another host."""
+    record = _loads(text, "mirrored host %r" % name, problems)
+    if not isinstance(record, dict):
+        return None
+    if record.get("name") != name:
+        problems.append("mirrored host %r: its record names %r: skipped" % (name, str(record.get("name"))[:64]))
+        return None
+    return record
 
 
 class BackgroundConnect:
