@@ -85,6 +85,9 @@ SERVER_NAME = "powerwaked"
 URL_SCHEMES = ("udp", "http", "https")
 TO_SERVER = b"engine>server"
 TO_ENGINE = b"server>engine"
+# A report waits for its ack this many times (timeout / REPORT_TRIES each), with a fresh nonce each time: one datagram
+# lost on the way (a server's full receive buffer) costs a report no more than that.
+REPORT_TRIES = 3
 HOST_KINDS = ("report", "command-ack")  # signed by an engine with its host key; the rest with the master
 
 # Host states as the registry keeps them.  Engines report the first seven;
@@ -760,7 +763,7 @@ class FleetReporter(Reporter):
         server = self._resolve()
         if server is None:
             return False
-        tries = 3 if wait else 1
+        tries = REPORT_TRIES if wait else 1
         for _attempt in range(tries):
             data = encode(self.secret, message)  # a fresh ts and nonce on every try
             nonce = json.loads(data.split(b" ", 2)[2])["nonce"]
