@@ -7,7 +7,6 @@ changes nothing, and goes on with the next job.  The same harness as test_server
 import json
 import time
 
-import psycopg
 import pytest
 import test_server_fleet
 from server_fakes import signed_report
@@ -23,6 +22,8 @@ def _conn(server):
     """A connection of the test's own (the instance's may be what a bad row breaks)."""
     conn = getattr(server, "_test_conn", None)
     if conn is None:
+        import psycopg  # the fixtures skip a run without it (Python 3.9's venv), so only here
+
         conn = server._test_conn = psycopg.connect(server.registry.store.conninfo(), autocommit=True)
     return conn
 

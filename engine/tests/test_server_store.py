@@ -323,13 +323,17 @@ class _Powerwaked:
         self.proc.wait(timeout=10)
 
     def stop(self):
+        """SIGTERM, and the daemon's own clean stop (its last snapshot, the store closed: SQLite removes its -wal and
+        -shm files), within systemd's default stop timeout (90 s) on a busy machine; else SIGKILL and a failure."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+                log = self.log.read_text()[-3000:]
+                raise AssertionError("powerwaked did not stop within 90 s of SIGTERM:\n" + log) from None
 
 
 def _stream(port, hosts, stop, acked):
