@@ -159,8 +159,8 @@ def test_a_database_that_stops_answering_costs_the_lead_within_a_bound_never_the
         watched = namespaces.ctl([PYTHON, "-c", script, str(WATCH)], timeout=WATCH + 60).stdout
         reads = [json.loads(line) for line in watched.splitlines()]
         slowest = max(read["took"] for read in reads)
-        print("lead given up %.1fs after the silence; slowest of %d API reads since: %.2fs" % (detected, len(reads),
-                                                                                             slowest))  # fmt: skip
+        figures = (detected, len(reads), slowest)
+        print("lead given up %.1fs after the silence; slowest of %d API reads since: %.2fs" % figures)
         assert reads and all(read["status"] is not None for read in reads), "no API answer:\n" + server.logs()
         assert slowest <= ANSWER_BOUND, "an API read took %.1fs while the database was silent" % slowest
         assert not any(read["status"]["fleet"]["segment_leader"] for read in reads), "leads with a silent database"
