@@ -171,7 +171,6 @@ class FleetMode:
         self.conn: Any = None  # autocommit: jobs and LISTEN
         self.queue: Any = None
         self._listening_fd: Optional[int] = None
-        self._connect_at = 0.0
         self._next_poll = 0.0
         self._next_cleanup = 0.0
         self._notified = True
@@ -364,10 +363,7 @@ class FleetMode:
         if error is not None:
             self._note("jobs", "cannot connect for jobs: %s" % error)
         if conn is None:
-            mono = time.monotonic()
-            if mono >= self._connect_at:
-                self._connect_at = mono + max(self.poll, RECONNECT_EVERY)
-                self._jobs_connect.start()
+            self._jobs_connect.start(max(self.poll, RECONNECT_EVERY))
             return False
         from .store.coord import JobQueue
 

@@ -140,7 +140,6 @@ class PostgresStore(SqlStore):
         self._psycopg = psycopg
         self.ERRORS = (psycopg.Error,)
         self.conn: Optional[Any] = None
-        self._retry_at = 0.0
         self._reconnect = BackgroundConnect(self._connect)
         self._connect_error: Optional[str] = None  # why the last attempt to connect again failed
         self.session = 1  # counts connections: a lead taken on one session is gone with it
@@ -433,10 +432,7 @@ class PostgresStore(SqlStore):
             if conn is None:
                 if error is not None:
                     self._connect_error = str(error)
-                now = time.monotonic()
-                if now >= self._retry_at:
-                    self._retry_at = now + RECONNECT_EVERY
-                    self._reconnect.start()
+                self._reconnect.start(RECONNECT_EVERY)
                 raise StoreError(self._connect_error or "PostgreSQL store %s: not connected (connecting)" % self.where)
             self.conn, self._connect_error = conn, None
             self.session += 1
@@ -498,17 +494,21 @@ def _mirrored(name: str, text: Any, problems: List[str]) -> Optional[Dict[str, A
 
 class BackgroundConnect:
     """Makes a connection on a thread of its own: a database that does not answer never holds the caller's loop
-    for ``connect_timeout``.  ``start`` an attempt (none if one runs), ``take`` what the last one gave."""
+    for ``connect_timeout``.  ``start`` an attempt (none if one runs or one started less than ``every`` seconds
+    ago), ``take`` what the last one gave."""
 
     def __init__(self, connect: Callable[[], Any]):
         self._connect = connect
         self._thread: Optional[threading.Thread] = None
         self._result: Optional[Tuple[Any, Optional[Exception]]] = None
         self._closed = False
+        self._started = float("-inf")
 
-    def start(self) -> None:
-        if self._closed or (self._thread is not None and self._thread.is_alive()):
+    def start(self, every: float) -> None:
+        now = time.monotonic()
+        if self._closed or now - self._started < every or (self._thread is not None and self._thread.is_alive()):
             return
+        self._started = now
 
         def attempt() -> None:
             try:
