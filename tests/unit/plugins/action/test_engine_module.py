@@ -208,12 +208,13 @@ def test_a_postgresql_store_asks_for_psycopg_only_where_the_engines_python_lacks
     assert result["missing_packages"] == []
 
 
-def test_the_action_installs_what_the_module_found_missing_then_converges(monkeypatch):
-    """A host without ethtool: the package module installs it, then the engine module runs once more."""
+def _recording_action(args, engine_answer):
+    """The engine action with its module calls recorded: (action, calls).  apt answers changed; the engine module
+    answers ``engine_answer(number of calls so far, module_args)``."""
     from ansible_collections.powernap.fleet.plugins.action import engine as engine_action
     from ansible_collections.powernap.fleet.tests.unit.plugins.action.test_return_docs import make_action
 
-    action = make_action(engine_action.ActionModule, {"config": CONFIG, "install_packages": True})
+    action = make_action(engine_action.ActionModule, dict({"config": CONFIG, "install_packages": True}, **args))
     action._task.check_mode = False
     calls = []
 
@@ -221,12 +222,22 @@ def test_the_action_installs_what_the_module_found_missing_then_converges(monkey
         calls.append((module_name, dict(module_args)))
         if module_name == "ansible.legacy.apt":
             return {"changed": True}
-        if len(calls) == 1:
-            return {"changed": False, "missing_packages": ["ethtool"], "package_manager": "apt"}
-        return {"changed": False, "engine_ready": True, "missing_packages": [], "release": "r"}
+        return engine_answer(len(calls), module_args)
 
     action._execute_module = execute
     action._remove_tmp_path = lambda path: None
+    return action, calls
+
+
+def test_the_action_installs_what_the_module_found_missing_then_converges(monkeypatch):
+    """A host without ethtool: the package module installs it, then the engine module runs once more."""
+
+    def engine_answer(count, module_args):
+        if count == 1:
+            return {"changed": False, "missing_packages": ["ethtool"], "package_manager": "apt"}
+        return {"changed": False, "engine_ready": True, "missing_packages": [], "release": "r"}
+
+    action, calls = _recording_action({}, engine_answer)
     result = action.run(task_vars={"inventory_hostname": "h1"})
     assert [name for name, _args in calls] == ["powernap.fleet.engine", "ansible.legacy.apt", "powernap.fleet.engine"]
     assert calls[1][1] == {"name": ["ethtool"], "state": "present", "update_cache": True, "cache_valid_time": 3600}
@@ -241,24 +252,15 @@ def test_a_fresh_host_still_reports_the_packages_installed_before_the_engine(mon
     missing_packages), not that last run's [].
     """
     from ansible_collections.powernap.fleet.plugins.action import engine as engine_action
-    from ansible_collections.powernap.fleet.tests.unit.plugins.action.test_return_docs import make_action
 
-    action = make_action(engine_action.ActionModule, {"config": CONFIG, "install_packages": True, "psycopg": True})
-    action._task.check_mode = False
-    calls = []
-
-    def execute(module_name, module_args, task_vars):
-        calls.append((module_name, dict(module_args)))
-        if module_name == "ansible.legacy.apt":
-            return {"changed": True}
-        if len(calls) == 1:
+    def engine_answer(count, module_args):
+        if count == 1:
             return {"changed": False, "missing_packages": ["python3-psycopg"], "package_manager": "apt"}
         if "archive" not in module_args:
             return {"changed": False, "archive_needed": True, "missing_packages": []}
         return {"changed": True, "engine_ready": True, "missing_packages": [], "release": "r"}
 
-    action._execute_module = execute
-    action._remove_tmp_path = lambda path: None
+    action, calls = _recording_action({"psycopg": True}, engine_answer)
     action._transfer_file = lambda local, remote: remote
     action._fixup_perms2 = lambda paths: None
     monkeypatch.setattr(engine_action, "archive_path", lambda manifest: "/nonexistent/engine.tar.gz")
